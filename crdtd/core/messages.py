@@ -1,0 +1,158 @@
+"""Protocol messages: frozen, slotted dataclasses named with nouns.
+
+Every datagram carries exactly one message plus a header naming its sender
+(``Origin``) and a per-sender sequence number (room for replay protection). Lists inside
+a message are split across datagrams by ``crdtd.core.wire``; every message stays
+meaningful on its own when only some of its datagrams arrive.
+
+Replication:
+- ``Announce``: periodic multicast; mode, epoch, the barrier the sender is in, and its
+  digest (per variable, per origin, the highest contiguous nonce it holds).
+- ``OpBatch``: ops, multicast when fresh and unicast as repair. A group with no ops
+  still says that its variable exists (that is how ``create`` replicates).
+- ``Bases``: folded prefixes ``(variable, origin, upto, total)``, the repair answer for
+  ops that were compacted away.
+- ``Nack``: a unicast request for exactly the missing nonce ranges.
+
+Full sync (see ``crdtd.core.barrier``): ``SyncStart``, ``SyncJoin``, ``SyncReady``,
+``SyncReadyAck``, ``SyncCommit``, ``SyncDone``, ``SyncAbort``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from crdtd.core.ids import Origin
+
+
+class BarrierId(NamedTuple):
+    """Names one barrier attempt; the smallest id wins when two run at once."""
+
+    epoch: int
+    initiator: str
+    serial: int
+
+
+@dataclass(frozen=True, slots=True)
+class OpGroup:
+    variable: str
+    origin: Origin
+    ops: tuple[tuple[int, int], ...]  # (nonce, delta), nonces ascending
+
+
+@dataclass(frozen=True, slots=True)
+class OpBatch:
+    groups: tuple[OpGroup, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class BaseEntry:
+    variable: str
+    origin: Origin
+    upto: int
+    total: int
+
+
+@dataclass(frozen=True, slots=True)
+class Bases:
+    entries: tuple[BaseEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class VariableDigest:
+    variable: str
+    marks: tuple[tuple[Origin, int], ...]  # (origin, highest contiguous nonce held)
+
+
+@dataclass(frozen=True, slots=True)
+class Announce:
+    mode: str
+    epoch: int
+    barrier: BarrierId | None
+    digests: tuple[VariableDigest, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class NackRange:
+    variable: str
+    origin: Origin
+    first: int
+    last: int
+
+
+@dataclass(frozen=True, slots=True)
+class Nack:
+    ranges: tuple[NackRange, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SyncStart:
+    """The initiator asks a peer to freeze and take part."""
+
+    barrier: BarrierId
+
+
+@dataclass(frozen=True, slots=True)
+class SyncJoin:
+    """A participant acknowledges ``SyncStart``: it is frozen for this barrier."""
+
+    barrier: BarrierId
+
+
+@dataclass(frozen=True, slots=True)
+class SyncReady:
+    """A participant holds every op it knows any participant holds; ``digest`` names that set."""
+
+    barrier: BarrierId
+    digest: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SyncReadyAck:
+    barrier: BarrierId
+    digest: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SyncCommit:
+    """Everyone reported the same digest: fold exactly that set and return to work."""
+
+    barrier: BarrierId
+    digest: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SyncDone:
+    """A participant acknowledges ``SyncCommit`` or ``SyncAbort``."""
+
+    barrier: BarrierId
+
+
+@dataclass(frozen=True, slots=True)
+class SyncAbort:
+    barrier: BarrierId
+
+
+Message = (
+    Announce
+    | OpBatch
+    | Bases
+    | Nack
+    | SyncStart
+    | SyncJoin
+    | SyncReady
+    | SyncReadyAck
+    | SyncCommit
+    | SyncDone
+    | SyncAbort
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A decoded datagram: who sent it, its sequence number, and the message."""
+
+    sender: Origin
+    seq: int
+    message: Message

@@ -1,0 +1,918 @@
+"""The node: one replica's whole protocol state, driven by its caller.
+
+Theory of operation. Inputs are method calls that each carry ``now``:
+``receive_datagram``, ``handle_timer``, and the local commands ``create``, ``add`` and
+``start_sync``. Outputs are pulled, and the driver must pull them in this order after
+every input (or batch of inputs): ``records_to_persist`` (write and sync them first),
+``datagrams_to_send``, ``events``; then re-arm one timer at ``get_timer()``.
+
+Replication, in one paragraph. A local add takes the next nonce of this node's origin
+for that variable, becomes a durable record, and is multicast in an ``OpBatch`` together
+with every other op of the same step. Receivers apply ops idempotently. A hole in an
+origin's nonces (seen from a later op, or from a peer's periodic ``Announce`` digest,
+which is how a lost *last* op is noticed) becomes a *want*: after a random delay (so
+that many nodes missing the same datagram do not ask at once) the node asks one holder
+(the origin if alive, else a random peer whose digest covers it) by unicast ``Nack`` for
+exactly the missing ranges, and retries with exponential backoff and jitter, changing
+holder, until the hole is filled. A holder answers with the ops it has and, for nonces
+it has folded, its base; it never sends more than ``repair_bytes_max`` per request. A new
+node is just a node with every hole: the same path brings it everything.
+
+Rules:
+- peer input never raises out of here: a bad datagram is dropped and counted in
+  ``stats``; our own misuse (a bad name or delta from the local caller) raises
+  `InvalidInput`;
+- nothing here reads a clock or draws unseeded randomness: ``now`` comes in, and the
+  random stream is the caller's;
+- iteration is deterministic: dicts in insertion order or ``sorted``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from crdtd.core import wire
+from crdtd.core.barrier import (
+    TRANSITIONS,
+    Closing,
+    Coordination,
+    Cut,
+    Input,
+    Member,
+    Mode,
+    Participation,
+    Status,
+    take_cut,
+)
+from crdtd.core.counters import Applied, Counter
+from crdtd.core.events import (
+    AddApplied,
+    DatagramRejected,
+    Event,
+    GapRepaired,
+    PeerJoined,
+    PeerLost,
+    SyncFinished,
+    SyncStarted,
+    ValueChanged,
+    VariableAdded,
+)
+from crdtd.core.ids import Address, InvalidInput, Origin, check_delta, check_name
+from crdtd.core.messages import (
+    Announce,
+    BarrierId,
+    BaseEntry,
+    Bases,
+    Message,
+    Nack,
+    NackRange,
+    OpBatch,
+    OpGroup,
+    SyncAbort,
+    SyncCommit,
+    SyncDone,
+    SyncJoin,
+    SyncReady,
+    SyncReadyAck,
+    SyncStart,
+    VariableDigest,
+)
+from crdtd.core.records import BaseFolded, EpochAdvanced, OpRecorded, Record, VariableCreated
+from crdtd.core.settings import Settings
+
+__all__ = ["Datagram", "Mode", "Node", "PeerView"]
+
+_OP_WIRE_BYTES = 16  # what one op costs inside an OpBatch, for the repair byte budget
+
+
+@dataclass(frozen=True, slots=True)
+class Datagram:
+    """A payload to send; ``destination`` None means the multicast group."""
+
+    payload: bytes
+    destination: Address | None
+
+
+@dataclass(frozen=True, slots=True)
+class PeerView:
+    node_id: str
+    incarnation: int
+    address: Address
+    mode: str
+    epoch: int
+    last_seen_ms: int
+    suspected: bool
+
+
+@dataclass(slots=True)
+class Peer:
+    node_id: str
+    incarnation: int
+    address: Address
+    last_seen: float
+    mode: str = Mode.WORK.value
+    epoch: int = 0
+    barrier: BarrierId | None = None
+    suspected: bool = False
+    marks: dict[tuple[str, Origin], int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Want:
+    """A hole to fill: every nonce up to ``high`` of (variable, origin) exists somewhere."""
+
+    high: int
+    due: float
+    attempt: int = 0
+    hint: str | None = None  # the peer that revealed the hole
+    first: int = 0  # the first nonce missing when the hole was noticed
+
+
+class Node:
+    """One replica. See the module docstring for how to drive it."""
+
+    def __init__(
+        self,
+        origin: Origin,
+        settings: Settings,
+        rng: random.Random,
+        now: float,
+        records: Iterable[Record] = (),
+    ) -> None:
+        self.origin = origin
+        self.node_id = origin.node_id
+        self.settings = settings
+        self.mode = Mode.WORK
+        self.epoch = 0
+        self.stats: dict[str, int] = {}
+        self.counters: dict[str, Counter] = {}
+        self.peers: dict[str, Peer] = {}
+        self._rng = rng
+        self._encoder = wire.Encoder(origin, settings.keys)
+        self._records: list[Record] = []
+        self._out: list[Datagram] = []
+        self._events: list[Event] = []
+        self._fresh: dict[str, list[tuple[int, int]]] = {}
+        self._wants: dict[tuple[str, Origin], Want] = {}
+        self._tickets = 0
+        self._held: list[tuple[int, str, int]] = []
+        self._sync_tickets: list[int] = []
+        self._serial = 0
+        self._part: Participation | None = None
+        self._coord: Coordination | None = None
+        self._closing: dict[BarrierId, Closing] = {}
+        self._late_cuts: dict[BarrierId, Participation] = {}
+        self._last_barrier_at = now
+        self._changed = 0  # bumped whenever a watermark or base moves (cuts go stale)
+        self._reported_at = 0
+        self._next_announce = now
+        for record in records:
+            self._restore(record)
+        self._records.clear()
+
+    # --- inputs -------------------------------------------------------------------
+
+    def receive_datagram(self, data: bytes, address: Address, now: float) -> None:
+        """Take one datagram from the network. Never raises for bad input."""
+        try:
+            envelope = wire.decode(data, self.settings.keys)
+        except wire.MalformedDatagram as error:
+            self._reject(error.reason, address)
+            return
+        sender = envelope.sender
+        if sender.node_id == self.node_id:
+            if sender.incarnation != self.origin.incarnation:
+                self._reject("id_clash", address)
+            return  # our own multicast, looped back
+        peer = self._touch_peer(sender, address, now)
+        if peer is None:
+            return
+        self._count("datagrams_received")
+        self._dispatch(envelope.message, peer, now)
+        self._barrier_progress(now)
+
+    def handle_timer(self, now: float) -> None:
+        """Do whatever is due: announce, ask for repairs, expire peers, drive barriers."""
+        self._expire_peers(now)
+        self._send_nacks(now)
+        self._barrier_timers(now)
+        self._barrier_progress(now)
+        self._maybe_schedule_sync(now)
+        if now >= self._next_announce:
+            self._announce(now)
+
+    def create(self, variable: str, now: float) -> bool:
+        """Create *variable* here and everywhere; False (a no-op) if it exists."""
+        check_name(variable)
+        if variable in self.counters:
+            return False
+        self._ensure(variable, local=True)
+        return True
+
+    def add(self, variable: str, delta: int, now: float) -> int:
+        """Add *delta* to *variable* (created if new); `AddApplied` carries the ticket.
+
+        During a barrier the add is held, and applied when this node is back in Work
+        (at most ``sync_freeze_max_s`` later): never refused, never dropped.
+        """
+        check_name(variable)
+        check_delta(delta)
+        if variable not in self.counters and len(self.counters) >= self.settings.variables_max:
+            raise InvalidInput(f"variables_max ({self.settings.variables_max}) reached")
+        self._tickets += 1
+        if self.mode is Mode.WORK:
+            self._apply_local(self._tickets, variable, delta)
+        else:
+            self._held.append((self._tickets, variable, delta))
+        return self._tickets
+
+    def start_sync(self, now: float) -> int:
+        """Run a full sync now; `SyncFinished` lists the returned ticket."""
+        self._tickets += 1
+        self._sync_tickets.append(self._tickets)
+        if self.mode is Mode.WORK:
+            self._initiate(now)
+        return self._tickets
+
+    # --- outputs ------------------------------------------------------------------
+
+    def records_to_persist(self) -> list[Record]:
+        records, self._records = self._records, []
+        return records
+
+    def datagrams_to_send(self) -> list[Datagram]:
+        if self._fresh:
+            groups = [
+                OpGroup(variable, self.origin, tuple(ops)) for variable, ops in self._fresh.items()
+            ]
+            self._fresh = {}
+            self._out.extend(Datagram(p, None) for p in self._encoder.op_batch(groups))
+            self._count("ops_batches_sent")
+        out, self._out = self._out, []
+        self._count("datagrams_sent", len(out))
+        return out
+
+    def events(self) -> list[Event]:
+        events, self._events = self._events, []
+        return events
+
+    def get_timer(self) -> float:
+        """The one next deadline at which ``handle_timer`` must be called."""
+        deadlines = [self._next_announce]
+        deadlines.extend(want.due for want in self._wants.values())
+        for peer in self.peers.values():
+            limit = self.settings.peer_timeout_s if peer.suspected else self.settings.peer_suspect_s
+            deadlines.append(peer.last_seen + limit)
+        if self._part is not None:
+            deadlines.append(self._part.deadline)
+            if self._part.reported is not None and not self._part.acked:
+                deadlines.append(self._part.next_send)
+        if self._coord is not None:
+            deadlines.extend((self._coord.deadline, self._coord.next_send))
+        deadlines.extend(closing.next_send for closing in self._closing.values())
+        if self.settings.sync_interval_s > 0 and self.mode is Mode.WORK:
+            deadlines.append(self._last_barrier_at + self._sync_gap())
+        return min(deadlines)
+
+    # --- queries ------------------------------------------------------------------
+
+    def variables(self) -> list[str]:
+        return sorted(self.counters)
+
+    def value(self, variable: str) -> int | None:
+        counter = self.counters.get(variable)
+        return None if counter is None else counter.value
+
+    def before(self, variable: str) -> int | None:
+        counter = self.counters.get(variable)
+        return None if counter is None else counter.before
+
+    def history(self, variable: str) -> list[tuple[Origin, int, int]] | None:
+        counter = self.counters.get(variable)
+        return None if counter is None else counter.history()
+
+    def ops_in_log(self) -> int:
+        return sum(counter.log_len for counter in self.counters.values())
+
+    def peer_views(self, now: float) -> list[PeerView]:
+        return [
+            PeerView(
+                peer.node_id,
+                peer.incarnation,
+                peer.address,
+                peer.mode,
+                peer.epoch,
+                int((now - peer.last_seen) * 1000),
+                peer.suspected,
+            )
+            for _, peer in sorted(self.peers.items())
+        ]
+
+    # --- local state changes ------------------------------------------------------
+
+    def _restore(self, record: Record) -> None:
+        if isinstance(record, VariableCreated):
+            self._ensure(record.variable, local=False)
+        elif isinstance(record, OpRecorded):
+            self._ensure(record.variable, local=False).apply(
+                record.origin, record.nonce, record.delta
+            )
+        elif isinstance(record, BaseFolded):
+            self._ensure(record.variable, local=False).adopt_base(
+                record.origin, record.upto, record.total
+            )
+        else:
+            self.epoch = max(self.epoch, record.epoch)
+        self._events.clear()
+
+    def _ensure(self, variable: str, local: bool) -> Counter:
+        counter = self.counters.get(variable)
+        if counter is None:
+            counter = self.counters[variable] = Counter(variable)
+            self._records.append(VariableCreated(variable))
+            self._events.append(VariableAdded(variable))
+            if local:
+                self._fresh.setdefault(variable, [])
+        return counter
+
+    def _apply_local(self, ticket: int, variable: str, delta: int) -> None:
+        counter = self._ensure(variable, local=True)
+        nonce = counter.watermark(self.origin) + 1
+        counter.apply(self.origin, nonce, delta)
+        self._changed += 1
+        self._records.append(OpRecorded(variable, self.origin, nonce, delta))
+        self._fresh.setdefault(variable, []).append((nonce, delta))
+        self._count("ops_local")
+        self._events.append(AddApplied(ticket, variable, self.origin, nonce, counter.value))
+        self._events.append(ValueChanged(variable, counter.value))
+
+    def _remote_variable(self, variable: str) -> Counter | None:
+        if variable in self.counters:
+            return self.counters[variable]
+        if len(self.counters) >= self.settings.variables_max:
+            self._count("variables_max_reached")
+            return None
+        return self._ensure(variable, local=False)
+
+    # --- peers --------------------------------------------------------------------
+
+    def _touch_peer(self, sender: Origin, address: Address, now: float) -> Peer | None:
+        peer = self.peers.get(sender.node_id)
+        if peer is not None and sender.incarnation < peer.incarnation:
+            self._reject("stale_incarnation", address)
+            return None
+        if peer is None or sender.incarnation > peer.incarnation:
+            if peer is None and len(self.peers) >= self.settings.peers_max:
+                self._reject("peers_max_reached", address)
+                return None
+            peer = Peer(sender.node_id, sender.incarnation, address, now)
+            self.peers[sender.node_id] = peer
+            self._events.append(PeerJoined(sender.node_id, sender.incarnation, address))
+            self._pull_into_barrier(peer, now)
+            # Tell the newcomer what we hold right away, by unicast: it may be joining.
+            self._announce(now, destination=address, reschedule=False)
+        peer.last_seen = now
+        peer.address = address
+        peer.suspected = False
+        return peer
+
+    def _expire_peers(self, now: float) -> None:
+        # Compare deadlines exactly as get_timer computes them, so float rounding can
+        # never leave a deadline due but unhandled (a timer spin).
+        for node_id, peer in list(self.peers.items()):
+            if now >= peer.last_seen + self.settings.peer_timeout_s:
+                del self.peers[node_id]
+                self._events.append(PeerLost(node_id, now - peer.last_seen))
+                self._drop_member(node_id)
+            elif now >= peer.last_seen + self.settings.peer_suspect_s:
+                peer.suspected = True
+
+    def _live_peers(self) -> list[Peer]:
+        return [peer for _, peer in sorted(self.peers.items()) if not peer.suspected]
+
+    # --- messages -----------------------------------------------------------------
+
+    def _dispatch(self, message: Message, peer: Peer, now: float) -> None:
+        if isinstance(message, OpBatch):
+            self._on_ops(message, peer, now)
+        elif isinstance(message, Announce):
+            self._on_announce(message, peer, now)
+        elif isinstance(message, Nack):
+            self._on_nack(message, peer)
+        elif isinstance(message, Bases):
+            self._on_bases(message, now)
+        elif isinstance(message, SyncStart):
+            self._on_sync_start(message.barrier, peer, now)
+        elif isinstance(message, SyncJoin):
+            self._on_sync_join(message.barrier, peer)
+        elif isinstance(message, SyncReady):
+            self._on_sync_ready(message, peer, now)
+        elif isinstance(message, SyncReadyAck):
+            part = self._part
+            if part is not None and part.barrier == message.barrier:
+                part.acked = part.reported == message.digest
+        elif isinstance(message, SyncCommit):
+            self._on_sync_end(message.barrier, message.digest, peer, now)
+        elif isinstance(message, SyncAbort):
+            self._on_sync_abort(message.barrier, peer, now)
+        else:
+            self._on_sync_done(message.barrier, peer)
+
+    def _on_ops(self, batch: OpBatch, peer: Peer, now: float) -> None:
+        for group in batch.groups:
+            counter = self._remote_variable(group.variable)
+            if counter is None:
+                continue
+            origin = group.origin
+            before = counter.value
+            for nonce, delta in group.ops:
+                result = counter.apply(origin, nonce, delta)
+                if result is Applied.NEW:
+                    self._records.append(OpRecorded(group.variable, origin, nonce, delta))
+                    self._count("ops_applied")
+                elif result is Applied.DUPLICATE:
+                    self._count("ops_duplicate")
+                else:
+                    self._count("ops_conflicting")
+            if group.ops:
+                self._changed += 1
+                self._after_change(counter, origin, group.ops[-1][0], peer.node_id, now)
+            if counter.value != before:
+                self._events.append(ValueChanged(group.variable, counter.value))
+
+    def _on_bases(self, message: Bases, now: float) -> None:
+        for entry in message.entries:
+            counter = self._remote_variable(entry.variable)
+            if counter is None:
+                continue
+            before = counter.value
+            if counter.adopt_base(entry.origin, entry.upto, entry.total):
+                self._changed += 1
+                self._records.append(
+                    BaseFolded(entry.variable, entry.origin, entry.upto, entry.total)
+                )
+                self._count("bases_adopted")
+                self._after_change(counter, entry.origin, entry.upto, None, now)
+            if counter.value != before:
+                self._events.append(ValueChanged(entry.variable, counter.value))
+
+    def _after_change(
+        self, counter: Counter, origin: Origin, seen: int, hint: str | None, now: float
+    ) -> None:
+        """Note a hole below *seen*, or close the want that this change filled."""
+        key = (counter.name, origin)
+        mark = counter.watermark(origin)
+        want = self._wants.get(key)
+        if want is None:
+            if mark < seen:
+                self._want(counter.name, origin, seen, hint, now)
+            return
+        if mark >= want.high:
+            del self._wants[key]
+            self._count("gaps_repaired")
+            self._events.append(GapRepaired(counter.name, origin, want.first, want.high))
+        elif mark >= want.first:
+            # Progress: a repair is streaming in; ask for the rest soon, from the start.
+            want.first = mark + 1
+            want.attempt = 0
+            want.due = min(want.due, now + self.settings.nack_retry_s)
+
+    def _want(self, variable: str, origin: Origin, high: int, hint: str | None, now: float) -> None:
+        key = (variable, origin)
+        want = self._wants.get(key)
+        if want is None:
+            counter = self.counters[variable]
+            delay = self._rng.uniform(
+                self.settings.nack_delay_min_s, self.settings.nack_delay_max_s
+            )
+            self._wants[key] = Want(
+                high, now + delay, hint=hint, first=counter.watermark(origin) + 1
+            )
+            self._count("gaps_detected")
+        elif high > want.high:
+            want.high = high
+
+    def _on_announce(self, message: Announce, peer: Peer, now: float) -> None:
+        peer.mode, peer.epoch, peer.barrier = message.mode, message.epoch, message.barrier
+        for digest in message.digests:
+            counter = self._remote_variable(digest.variable)
+            if counter is None:
+                continue
+            for origin, mark in digest.marks:
+                key = (digest.variable, origin)
+                if mark > peer.marks.get(key, 0):
+                    peer.marks[key] = mark
+                if mark > counter.watermark(origin):
+                    self._want(digest.variable, origin, mark, peer.node_id, now)
+
+    def _on_nack(self, message: Nack, peer: Peer) -> None:
+        """Answer with what we hold of the ranges, within ``repair_bytes_max``."""
+        budget = self.settings.repair_bytes_max
+        groups: list[OpGroup] = []
+        bases: list[BaseEntry] = []
+        for wanted in message.ranges:
+            counter = self.counters.get(wanted.variable)
+            if counter is None or budget <= 0:
+                continue
+            first = wanted.first
+            base = counter.bases.get(wanted.origin)
+            if base is not None and first <= base[0]:
+                bases.append(BaseEntry(wanted.variable, wanted.origin, base[0], base[1]))
+                budget -= 64
+                first = base[0] + 1
+            ops: list[tuple[int, int]] = []
+            for op in counter.ops_in(wanted.origin, first, wanted.last):
+                if budget < _OP_WIRE_BYTES:
+                    self._count("repair_truncated")
+                    break
+                ops.append(op)
+                budget -= _OP_WIRE_BYTES
+            if ops:
+                groups.append(OpGroup(wanted.variable, wanted.origin, tuple(ops)))
+        self._count("nacks_received")
+        if bases:
+            self._unicast(self._encoder.bases(bases), peer.address)
+        if groups:
+            self._unicast(self._encoder.op_batch(groups), peer.address)
+            self._count("repairs_served")
+
+    def _send_nacks(self, now: float) -> None:
+        """Ask for every due hole, one Nack per chosen holder."""
+        by_holder: dict[str, list[NackRange]] = {}
+        for (variable, origin), want in list(self._wants.items()):
+            if want.due > now:
+                continue
+            counter = self.counters[variable]
+            if counter.watermark(origin) >= want.high:
+                del self._wants[(variable, origin)]
+                continue
+            holder = self._choose_holder(variable, origin, counter.watermark(origin) + 1, want)
+            want.attempt += 1
+            backoff = min(
+                self.settings.nack_retry_s * 2 ** (want.attempt - 1), self.settings.nack_retry_max_s
+            )
+            want.due = now + backoff * self._rng.uniform(1.0, 1.5)
+            if holder is None:
+                continue
+            missing = counter.missing(origin, want.high, self.settings.nack_ranges_max)
+            by_holder.setdefault(holder, []).extend(
+                NackRange(variable, origin, first, last) for first, last in missing
+            )
+        for holder, ranges in by_holder.items():
+            self._count("nacks_sent")
+            self._unicast(self._encoder.nack(ranges), self.peers[holder].address)
+
+    def _choose_holder(self, variable: str, origin: Origin, first: int, want: Want) -> str | None:
+        """The origin first, then whoever revealed the hole, then any peer that covers it."""
+        key = (variable, origin)
+        covering = [p.node_id for p in self._live_peers() if p.marks.get(key, 0) >= first]
+        preferred = [
+            node_id
+            for node_id in (origin.node_id, want.hint)
+            if node_id is not None
+            and node_id in self.peers
+            and not self.peers[node_id].suspected
+            and (node_id != origin.node_id or self.peers[node_id].incarnation == origin.incarnation)
+        ]
+        if want.attempt < len(preferred):
+            return preferred[want.attempt]
+        candidates = covering or preferred
+        return self._rng.choice(candidates) if candidates else None
+
+    def _announce(
+        self, now: float, destination: Address | None = None, reschedule: bool = True
+    ) -> None:
+        digests = [
+            VariableDigest(
+                name,
+                tuple((origin, counter.watermark(origin)) for origin in counter.origins()),
+            )
+            for name, counter in sorted(self.counters.items())
+        ]
+        barrier = self._part.barrier if self._part is not None else None
+        for payload in self._encoder.announce(self.mode.value, self.epoch, barrier, digests):
+            self._out.append(Datagram(payload, destination))
+        self._count("announces_sent")
+        if reschedule:
+            interval = self.settings.announce_interval_s
+            if self.mode is not Mode.WORK:
+                interval = min(interval, self.settings.sync_freeze_max_s / 8)
+            self._next_announce = now + interval * self._rng.uniform(0.9, 1.1)
+
+    # --- barrier: participant -----------------------------------------------------
+
+    def _step(self, event: Input, barrier: BarrierId, now: float, **context: object) -> None:
+        """Apply the barrier transition table; inputs not in it are counted and ignored."""
+        entry = TRANSITIONS.get((self.mode, event))
+        if entry is None:
+            self._count(f"barrier_ignored_{event.value}")
+            return
+        action, self.mode = entry
+        getattr(self, f"_do_{action.value}")(barrier, now, **context)
+
+    def _on_sync_start(self, barrier: BarrierId, peer: Peer, now: float) -> None:
+        current = self._part.barrier if self._part is not None else None
+        if current == barrier:
+            self._send_sync(SyncJoin(barrier), peer.address)  # a retransmit: ack again
+            return
+        if barrier in self._late_cuts or barrier in self._closing:
+            return  # a retransmit of a barrier we already left
+        if current is not None and current < barrier:
+            self._step(Input.START_WORSE, barrier, now, address=peer.address)
+            return
+        self._step(Input.START, barrier, now, address=peer.address)
+
+    def _do_enter(self, barrier: BarrierId, now: float, address: Address | None = None) -> None:
+        if self._coord is not None and self._coord.barrier != barrier:
+            self._finish_coordination(now, digest=None)
+        if self._part is not None:
+            self._leave(now, "aborted", "lost to an earlier barrier")
+        self._part = Participation(barrier, address, now, now + self.settings.sync_freeze_max_s)
+        if address is not None:
+            self._send_sync(SyncJoin(barrier), address)
+        self._events.append(SyncStarted(barrier.epoch, barrier.initiator))
+        self.mode = Mode.SYNC
+        self._announce(now)
+
+    def _do_refuse(self, barrier: BarrierId, now: float, address: Address) -> None:
+        self._send_sync(SyncAbort(barrier), address)
+
+    def _do_report(self, barrier: BarrierId, now: float) -> None:
+        part = self._part
+        assert part is not None
+        digest, cut = take_cut(self.counters)
+        part.cuts[digest] = cut
+        part.reported = digest
+        part.acked = False
+        part.next_send = now
+        self._send_ready(now)
+
+    def _do_fold(
+        self, barrier: BarrierId, now: float, digest: bytes, address: Address | None
+    ) -> None:
+        if address is not None:
+            self._send_sync(SyncDone(barrier), address)
+        part = self._part
+        assert part is not None
+        if self._fold(barrier, part.cuts.get(digest)):
+            self._leave(now, "completed", "")
+        else:
+            self._leave(now, "aborted", "commit names a cut we never took")
+
+    def _fold(self, barrier: BarrierId, cut: Cut | None) -> bool:
+        """Fold *cut* into the bases; safe at any time, since a cut is a held prefix."""
+        if cut is None:
+            self._count("commits_without_cut")
+            return False
+        for (variable, origin), (upto, total) in cut.items():
+            if self.counters[variable].adopt_base(origin, upto, total):
+                self._changed += 1
+                self._records.append(BaseFolded(variable, origin, upto, total))
+        if barrier.epoch > self.epoch:
+            self.epoch = barrier.epoch
+            self._records.append(EpochAdvanced(self.epoch))
+        return True
+
+    def _do_leave(
+        self, barrier: BarrierId, now: float, address: Address | None = None, reason: str = ""
+    ) -> None:
+        if address is not None:
+            self._send_sync(SyncDone(barrier), address)
+        self._leave(now, "aborted", reason)
+
+    def _leave(self, now: float, result: str, reason: str) -> None:
+        """Back to Work: report the outcome, then apply the writes held meanwhile."""
+        part = self._part
+        assert part is not None
+        if result == "aborted" and part.cuts:
+            self._late_cuts = {part.barrier: part}  # a commit may still come; folding then is safe
+        self._part = None
+        self.mode = Mode.WORK
+        self._last_barrier_at = now
+        self._events.append(self._finished(part, result, now, reason))
+        held, self._held = self._held, []
+        for ticket, variable, delta in held:
+            self._apply_local(ticket, variable, delta)
+
+    def _finished(self, part: Participation, result: str, now: float, reason: str) -> SyncFinished:
+        tickets = tuple(self._sync_tickets)
+        self._sync_tickets.clear()
+        self._count(f"barriers_{result}")
+        return SyncFinished(
+            result,
+            self.epoch,
+            part.barrier.initiator,
+            part.barrier.serial,
+            now - part.entered_at,
+            reason,
+            tickets,
+        )
+
+    def _on_sync_end(self, barrier: BarrierId, digest: bytes, peer: Peer, now: float) -> None:
+        if self._part is not None and self._part.barrier == barrier:
+            self._step(Input.COMMIT, barrier, now, digest=digest, address=peer.address)
+            return
+        self._send_sync(SyncDone(barrier), peer.address)
+        late = self._late_cuts.pop(barrier, None)
+        if late is not None and self._fold(barrier, late.cuts.get(digest)):
+            self._count("late_folds")
+
+    def _on_sync_abort(self, barrier: BarrierId, peer: Peer, now: float) -> None:
+        coord = self._coord
+        if coord is not None and coord.barrier == barrier and peer.node_id in coord.members:
+            # A member refused our barrier: it is in an earlier one, which will pull us in.
+            self._finish_coordination(now, digest=None)
+            self._step(Input.ABORT, barrier, now, reason=f"refused by {peer.node_id}")
+            return
+        if self._part is None or self._part.barrier != barrier:
+            self._send_sync(SyncDone(barrier), peer.address)
+            return
+        self._step(Input.ABORT, barrier, now, address=peer.address, reason="aborted by initiator")
+
+    def _send_ready(self, now: float) -> None:
+        part = self._part
+        assert part is not None and part.reported is not None
+        message = SyncReady(part.barrier, part.reported)
+        if part.initiator_address is None:
+            self._on_sync_ready(message, None, now)
+        else:
+            self._send_sync(message, part.initiator_address)
+        part.next_send = now + self.settings.sync_retry_s
+
+    def _holds_everything(self) -> bool:
+        """True when we hold every op that any participant we heard from holds."""
+        part = self._part
+        assert part is not None
+        for peer in self.peers.values():
+            if peer.barrier != part.barrier:
+                continue
+            for (variable, origin), mark in peer.marks.items():
+                counter = self.counters.get(variable)
+                if counter is None or counter.watermark(origin) < mark:
+                    return False
+        return True
+
+    def _barrier_progress(self, now: float) -> None:
+        part = self._part
+        if part is None:
+            return
+        if self.mode is Mode.SYNC and self._holds_everything():
+            self._step(Input.COMPLETE, part.barrier, now)
+            self._reported_at = self._changed
+        elif self.mode is Mode.READY and self._changed != self._reported_at:
+            self._reported_at = self._changed
+            self._step(Input.CHANGED, part.barrier, now)
+
+    def _barrier_timers(self, now: float) -> None:
+        coord = self._coord
+        if coord is not None:
+            if now >= coord.deadline:
+                self._finish_coordination(now, digest=None)
+                self._step(Input.ABORT, coord.barrier, now, reason="freeze_max_s passed")
+            elif now >= coord.next_send:
+                self._invite(now)
+        part = self._part
+        if part is not None:
+            if now >= part.deadline:
+                self._step(Input.DEADLINE, part.barrier, now, reason="freeze_max_s passed")
+            elif part.reported is not None and not part.acked and now >= part.next_send:
+                self._send_ready(now)
+        for barrier, closing in list(self._closing.items()):
+            if not closing.pending or now >= closing.give_up_at:
+                del self._closing[barrier]
+            elif now >= closing.next_send:
+                self._repeat_closing(closing, now)
+
+    # --- barrier: initiator -------------------------------------------------------
+
+    def _initiate(self, now: float) -> None:
+        self._serial += 1
+        epoch = max([self.epoch, *(peer.epoch for peer in self.peers.values())]) + 1
+        barrier = BarrierId(epoch, self.node_id, self._serial)
+        members = {self.node_id: Member(None, Status.JOINED, now)}
+        for peer in self._live_peers():
+            members[peer.node_id] = Member(peer.address, Status.INVITED, now)
+        self._coord = Coordination(barrier, now, now + self.settings.sync_freeze_max_s, members)
+        self._count("barriers_started")
+        self._step(Input.START, barrier, now)
+        self._invite(now)
+
+    def _invite(self, now: float) -> None:
+        """(Re)send SyncStart to members that have not joined; drop the long-silent."""
+        coord = self._coord
+        assert coord is not None
+        join_timeout = self.settings.sync_freeze_max_s / 4
+        for node_id, member in list(coord.members.items()):
+            if member.status is not Status.INVITED:
+                continue
+            if now - member.invited_at >= join_timeout:
+                del coord.members[node_id]
+                self._count("barrier_members_dropped")
+            elif member.address is not None:
+                self._send_sync(SyncStart(coord.barrier), member.address)
+        coord.next_send = now + self.settings.sync_retry_s
+        self._maybe_commit(now)
+
+    def _pull_into_barrier(self, peer: Peer, now: float) -> None:
+        coord = self._coord
+        if coord is not None and peer.node_id not in coord.members:
+            coord.members[peer.node_id] = Member(peer.address, Status.INVITED, now)
+            self._send_sync(SyncStart(coord.barrier), peer.address)
+
+    def _drop_member(self, node_id: str) -> None:
+        if self._coord is not None:
+            self._coord.members.pop(node_id, None)
+
+    def _on_sync_join(self, barrier: BarrierId, peer: Peer) -> None:
+        coord = self._coord
+        member = coord.members.get(peer.node_id) if coord and coord.barrier == barrier else None
+        if member is not None and member.status is Status.INVITED:
+            member.status = Status.JOINED
+
+    def _on_sync_ready(self, message: SyncReady, peer: Peer | None, now: float) -> None:
+        coord = self._coord
+        if coord is None or coord.barrier != message.barrier:
+            return
+        node_id = self.node_id if peer is None else peer.node_id
+        member = coord.members.get(node_id)
+        if member is None:
+            return
+        member.status = Status.JOINED
+        member.digest = message.digest
+        if peer is not None:
+            self._send_sync(SyncReadyAck(message.barrier, message.digest), peer.address)
+        else:
+            assert self._part is not None
+            self._part.acked = True
+        self._maybe_commit(now)
+
+    def _maybe_commit(self, now: float) -> None:
+        coord = self._coord
+        if coord is None:
+            return
+        digest = coord.agreed_digest()
+        if digest is not None:
+            self._finish_coordination(now, digest=digest)
+            self._step(Input.COMMIT, coord.barrier, now, digest=digest, address=None)
+
+    def _finish_coordination(self, now: float, digest: bytes | None) -> None:
+        """Stop coordinating: tell every member to commit *digest* (or abort, if None)
+        and keep telling them until each acknowledges. Our own part is the caller's."""
+        coord = self._coord
+        assert coord is not None
+        self._coord = None
+        pending = {
+            node_id: member.address
+            for node_id, member in coord.members.items()
+            if member.address is not None
+        }
+        closing = Closing(coord.barrier, digest, pending, now + 2 * self.settings.sync_freeze_max_s)
+        self._closing[coord.barrier] = closing
+        self._repeat_closing(closing, now)
+
+    def _repeat_closing(self, closing: Closing, now: float) -> None:
+        for address in closing.pending.values():
+            if closing.digest is None:
+                self._send_sync(SyncAbort(closing.barrier), address)
+            else:
+                self._send_sync(SyncCommit(closing.barrier, closing.digest), address)
+        closing.next_send = now + self.settings.sync_retry_s
+
+    def _on_sync_done(self, barrier: BarrierId, peer: Peer) -> None:
+        closing = self._closing.get(barrier)
+        if closing is not None:
+            closing.pending.pop(peer.node_id, None)
+
+    # --- scheduling ---------------------------------------------------------------
+
+    def _sync_gap(self) -> float:
+        return max(self.settings.sync_interval_s, self.settings.sync_min_gap_s)
+
+    def _maybe_schedule_sync(self, now: float) -> None:
+        """Every interval, the lowest live node id starts a barrier; nobody else does."""
+        if self.settings.sync_interval_s <= 0 or self.mode is not Mode.WORK:
+            return
+        if now < self._last_barrier_at + self._sync_gap():
+            return
+        live = [peer.node_id for peer in self._live_peers()]
+        if live and min(live) < self.node_id:
+            self._last_barrier_at = now  # someone else's turn; check again an interval later
+            return
+        self._initiate(now)
+
+    # --- plumbing -----------------------------------------------------------------
+
+    def _send_sync(self, message: wire.SyncMessage, address: Address) -> None:
+        self._out.append(Datagram(self._encoder.sync(message), address))
+
+    def _unicast(self, payloads: list[bytes], address: Address) -> None:
+        self._out.extend(Datagram(payload, address) for payload in payloads)
+
+    def _reject(self, reason: str, address: Address) -> None:
+        self._count(f"rejected_{reason}")
+        self._events.append(DatagramRejected(reason, address))
+
+    def _count(self, name: str, amount: int = 1) -> None:
+        self.stats[name] = self.stats.get(name, 0) + amount

@@ -1,0 +1,58 @@
+"""Durable records: what a node asks its driver to write down before anything else.
+
+The driver obeys one order on every flush: write and sync ``Node.records_to_persist()``,
+then send ``Node.datagrams_to_send()``, then report ``Node.events()``. So a nonce is on
+disk before it is on the wire, and an add is acknowledged only once it is durable.
+
+A node is rebuilt by replaying records in the order they were written (``Node(...,
+records=...)``). Every record is idempotent, so a store may also hand back an equivalent,
+compacted sequence: each variable, then each base, then the ops above the bases, then the
+epoch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from crdtd.core.ids import Origin
+
+
+@dataclass(frozen=True, slots=True)
+class VariableCreated:
+    """A variable exists from now on; creating it again is a no-op."""
+
+    variable: str
+
+
+@dataclass(frozen=True, slots=True)
+class OpRecorded:
+    """One op of the log. ``(variable, origin, nonce)`` names it; its delta never changes."""
+
+    variable: str
+    origin: Origin
+    nonce: int
+    delta: int
+
+
+@dataclass(frozen=True, slots=True)
+class BaseFolded:
+    """The ops of *origin* on *variable* with nonce <= ``upto`` are folded into ``total``.
+
+    The ops themselves may be deleted: any node whose base for that origin is lower
+    adopts this one, which replaces exactly those ops.
+    """
+
+    variable: str
+    origin: Origin
+    upto: int
+    total: int
+
+
+@dataclass(frozen=True, slots=True)
+class EpochAdvanced:
+    """A full sync completed; ``epoch`` counts completed barriers this node took part in."""
+
+    epoch: int
+
+
+Record = VariableCreated | OpRecorded | BaseFolded | EpochAdvanced

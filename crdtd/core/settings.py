@@ -1,0 +1,45 @@
+"""Protocol tunables. Every limit carries its unit last in its name.
+
+The daemon fills these from the YAML config; the simulator from its scenario. Defaults
+suit a LAN with sub-millisecond latency.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DATAGRAM_BYTES_MAX = 1400
+"""No datagram we send is larger, and a larger one is dropped before parsing."""
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    """A cluster key: datagrams carry an HMAC-SHA256 over their bytes under one of these."""
+
+    key_id: str
+    secret: bytes
+
+    def __repr__(self) -> str:
+        return f"Key(key_id={self.key_id!r}, secret=<{len(self.secret)} bytes>)"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """How a node paces itself. See ``config/crdtd.yaml`` for the meaning of each."""
+
+    announce_interval_s: float = 1.0
+    peer_suspect_s: float = 3.0
+    peer_timeout_s: float = 10.0
+    nack_delay_min_s: float = 0.005
+    nack_delay_max_s: float = 0.03
+    nack_retry_s: float = 0.05
+    nack_retry_max_s: float = 0.5
+    nack_ranges_max: int = 64
+    repair_bytes_max: int = 64 * 1024
+    sync_interval_s: float = 300.0
+    sync_min_gap_s: float = 10.0
+    sync_freeze_max_s: float = 2.0
+    sync_retry_s: float = 0.05
+    variables_max: int = 10_000
+    peers_max: int = 256
+    keys: tuple[Key, ...] = field(default=())

@@ -1,0 +1,396 @@
+"""The daemon's YAML config (``crdtd --config FILE``), checked before anything starts.
+
+Rules:
+- the keys are a public contract; ``config/crdtd.yaml`` lists every one with its
+  default, and loading that file gives exactly `Config()`;
+- a missing key takes its default; an empty file, or a section left empty (all of its
+  keys commented out), means defaults;
+- an unknown or repeated key is an error, so a typo never silently becomes a default;
+- types are strict: a string is not a number, and a YAML boolean (``yes``, ``on``) is not
+  a number either; quote a node id that looks like a number;
+- peer timing must be strictly increasing: announce_interval_s < peer_suspect_s <
+  peer_timeout_s, whether the file sets one of them or all three;
+- every error is one line ``FILE:LINE: dotted.key: expected WHAT, got FOUND`` (FILE as
+  given), where LINE is the line of the offending value (of the key, for an unknown or
+  repeated key), so the operator can fix the file without reading this code.
+
+Theory of operation: the file is composed into a YAML node tree (which keeps line
+numbers) rather than loaded into plain dicts (which lose them). Each dataclass field
+carries the check for its key in its metadata, so a key, its type, its default and its
+rule are written once. Each scalar is constructed with PyYAML's safe constructor and
+handed to that check.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import operator
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, NoReturn
+
+import yaml
+
+from crdtd.core.ids import NAME_MAX, is_name
+from crdtd.core.settings import Settings
+from crdtd.daemon.logs import FORMATS, LEVELS
+
+DEFAULT_CONFIG_PATH = Path("/etc/crdtd/crdtd.yaml")
+
+
+class ConfigError(Exception):
+    """The config file cannot be used; the message names file, line, key and the fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Check:
+    """How one key is checked: *convert* raises ValueError for a value that does not fit."""
+
+    expected: str
+    convert: Callable[[object], object]
+
+
+def _rule(check: _Check) -> dict[str, _Check]:
+    """Field metadata for a key: the loader finds the key's check here."""
+    return {"check": check}
+
+
+def _integer(low: int, high: int | None = None) -> _Check:
+    def convert(value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError
+        if value < low or (high is not None and value > high):
+            raise ValueError
+        return value
+
+    span = f"{low}..{high}" if high is not None else f">= {low}"
+    return _Check(f"an integer {span}", convert)
+
+
+def _seconds(*, zero_means: str | None = None) -> _Check:
+    def convert(value: object) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError
+        if not math.isfinite(value) or value < 0 or (value == 0 and zero_means is None):
+            raise ValueError
+        return float(value)
+
+    if zero_means is None:
+        return _Check("a number of seconds > 0", convert)
+    return _Check(f"a number of seconds >= 0 (0 = {zero_means})", convert)
+
+
+def _choice(*options: str) -> _Check:
+    def convert(value: object) -> str:
+        if value not in options:
+            raise ValueError
+        assert isinstance(value, str)
+        return value
+
+    return _Check(f"one of: {', '.join(options)}", convert)
+
+
+def _to_path(value: object) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ValueError
+    return Path(value)
+
+
+def _to_optional_path(value: object) -> Path | None:
+    return None if value is None else _to_path(value)
+
+
+def _to_node_id(value: object) -> str | None:
+    if value == "auto":
+        return None
+    if not is_name(value):
+        raise ValueError
+    assert isinstance(value, str)
+    return value
+
+
+# Linux interface names: at most 15 bytes (IFNAMSIZ - 1), no '/', ':' or whitespace.
+_INTERFACE_NAME = re.compile(r"[^\s/:]{1,15}\Z")
+# Digits and dots mean the user meant an IPv4 address, even if it is not a valid one.
+_LOOKS_LIKE_IPV4 = re.compile(r"[0-9.]+\Z")
+
+
+def _to_interface(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError
+    if _LOOKS_LIKE_IPV4.match(value):
+        return str(ipaddress.IPv4Address(value))  # raises ValueError for 1.2.3.300
+    if value in (".", "..") or not _INTERFACE_NAME.match(value):
+        raise ValueError
+    return value
+
+
+def _to_multicast_group(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError
+    group = ipaddress.IPv4Address(value)
+    if not group.is_multicast:
+        raise ValueError
+    return str(group)
+
+
+_PORT = _integer(1, 65535)
+_COUNT = _integer(1)
+_PATH = _Check("a non-empty path", _to_path)
+_OPTIONAL_PATH = _Check("a non-empty path or null", _to_optional_path)
+_NODE_ID = _Check(f"'auto' or a name of 1-{NAME_MAX} characters [A-Za-z0-9_.-]", _to_node_id)
+_INTERFACE = _Check("'auto', an interface name or an IPv4 address", _to_interface)
+_GROUP = _Check("an IPv4 multicast address (224.0.0.0/4)", _to_multicast_group)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """Who this node is and where it keeps its state."""
+
+    id: str | None = field(default=None, metadata=_rule(_NODE_ID))
+    state_dir: Path = field(default=Path("/var/lib/crdtd"), metadata=_rule(_PATH))
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkConfig:
+    """Where the node talks to its peers and how often it says it is alive."""
+
+    interface: str = field(default="auto", metadata=_rule(_INTERFACE))
+    group: str = field(default="239.255.77.77", metadata=_rule(_GROUP))
+    port: int = field(default=7777, metadata=_rule(_PORT))
+    unicast_port: int = field(default=7778, metadata=_rule(_PORT))
+    ttl: int = field(default=1, metadata=_rule(_integer(0, 255)))
+    announce_interval_s: float = field(default=1.0, metadata=_rule(_seconds()))
+    peer_suspect_s: float = field(default=3.0, metadata=_rule(_seconds()))
+    peer_timeout_s: float = field(default=10.0, metadata=_rule(_seconds()))
+
+
+@dataclass(frozen=True, slots=True)
+class ControlConfig:
+    """Where crdtctl reaches the daemon."""
+
+    socket: Path = field(default=Path("/run/crdtd/crdtd.sock"), metadata=_rule(_PATH))
+
+
+@dataclass(frozen=True, slots=True)
+class SyncConfig:
+    """Full-state anti-entropy between peers."""
+
+    interval_s: float = field(default=300.0, metadata=_rule(_seconds(zero_means="manual only")))
+    min_gap_s: float = field(default=10.0, metadata=_rule(_seconds(zero_means="no gap")))
+    freeze_max_s: float = field(default=2.0, metadata=_rule(_seconds()))
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityConfig:
+    """Datagram authentication; the key file itself is read by the key loader."""
+
+    key_file: Path | None = field(default=None, metadata=_rule(_OPTIONAL_PATH))
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    """What the daemon logs and how it writes it."""
+
+    level: str = field(default="info", metadata=_rule(_choice(*LEVELS)))
+    format: str = field(default="auto", metadata=_rule(_choice(*FORMATS)))
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """Bounds on what peers and clients can make this node hold."""
+
+    variables_max: int = field(default=10_000, metadata=_rule(_COUNT))
+    peers_max: int = field(default=256, metadata=_rule(_COUNT))
+    control_connections_max: int = field(default=64, metadata=_rule(_COUNT))
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole config file; `Config()` is the built-in defaults."""
+
+    node: NodeConfig = field(default_factory=NodeConfig, metadata={"section": NodeConfig})
+    network: NetworkConfig = field(
+        default_factory=NetworkConfig, metadata={"section": NetworkConfig}
+    )
+    control: ControlConfig = field(
+        default_factory=ControlConfig, metadata={"section": ControlConfig}
+    )
+    sync: SyncConfig = field(default_factory=SyncConfig, metadata={"section": SyncConfig})
+    security: SecurityConfig = field(
+        default_factory=SecurityConfig, metadata={"section": SecurityConfig}
+    )
+    log: LogConfig = field(default_factory=LogConfig, metadata={"section": LogConfig})
+    limits: LimitsConfig = field(default_factory=LimitsConfig, metadata={"section": LimitsConfig})
+
+    def settings(self) -> Settings:
+        """The protocol tunables this config sets; the others keep their defaults.
+
+        Keys are added later by the key loader, from ``security.key_file``.
+        """
+        return Settings(
+            announce_interval_s=self.network.announce_interval_s,
+            peer_suspect_s=self.network.peer_suspect_s,
+            peer_timeout_s=self.network.peer_timeout_s,
+            sync_interval_s=self.sync.interval_s,
+            sync_min_gap_s=self.sync.min_gap_s,
+            sync_freeze_max_s=self.sync.freeze_max_s,
+            variables_max=self.limits.variables_max,
+            peers_max=self.limits.peers_max,
+        )
+
+
+# Each pair must be strictly increasing: a peer suspected no sooner than it could have
+# missed an announce, and declared gone no sooner than it was suspected.
+_INCREASING = (
+    ("network.announce_interval_s", "network.peer_suspect_s"),
+    ("network.peer_suspect_s", "network.peer_timeout_s"),
+)
+
+
+def default_config_path() -> Path | None:
+    """The file ``crdtd`` reads without ``--config``: /etc/crdtd/crdtd.yaml if present."""
+    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.is_file() else None
+
+
+def load_config(path: Path | None) -> Config:
+    """Read and check *path*; None gives the built-in defaults. Raises `ConfigError`."""
+    if path is None:
+        return Config()
+    loader = _Loader(str(path))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text: {error.reason}") from None
+    root = loader.compose(text)
+    if root is None:
+        return Config()
+    config = loader.build(Config, root, "")
+    assert isinstance(config, Config)
+    loader.check_increasing(config)
+    return config
+
+
+class _Loader:
+    """Walks one file's node tree, remembering each key's value node for later errors."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.value_nodes: dict[str, yaml.Node] = {}
+        self.constructor = yaml.constructor.SafeConstructor()
+
+    def compose(self, text: str) -> yaml.Node | None:
+        try:
+            node: yaml.Node | None = yaml.compose(text, Loader=yaml.SafeLoader)
+        except yaml.MarkedYAMLError as error:
+            mark = error.problem_mark or error.context_mark
+            where = f":{mark.line + 1}" if mark is not None else ""
+            # The context completes some problems: "expected a single document in the
+            # stream, but found another document".
+            what = ", ".join(part for part in (error.context, error.problem) if part)
+            raise ConfigError(f"{self.file}{where}: invalid YAML: {what}") from None
+        except yaml.reader.ReaderError as error:
+            # Raised before any mark exists; for text input, character is a code point.
+            line = text.count("\n", 0, error.position) + 1
+            raise ConfigError(
+                f"{self.file}:{line}: invalid YAML: "
+                f"non-printable character U+{error.character:04X} not allowed"
+            ) from None
+        return node
+
+    def build(self, cls: type[Any], node: yaml.Node, path: str) -> object:
+        """Make a *cls* (a section, or Config itself) from a mapping node."""
+        if _tag(node) == "null":
+            return cls()
+        if not isinstance(node, yaml.MappingNode):
+            where = path or "top level"
+            self.fail(node, where, "a mapping of keys to values")
+        known = {f.name: f for f in fields(cls)}
+        values: dict[str, object] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                self.fail(key_node, path or "top level", "a key name")
+            # The key's source text: YAML would read a key such as `on` as a boolean.
+            key = str(key_node.value)
+            key_path = f"{path}.{key}" if path else key
+            if key not in known:
+                raise ConfigError(
+                    f"{self.file}:{_line(key_node)}: {key_path}: unknown key; "
+                    f"expected one of: {', '.join(known)}"
+                )
+            if key in values:
+                raise ConfigError(f"{self.file}:{_line(key_node)}: {key_path}: key given twice")
+            metadata = known[key].metadata
+            if "section" in metadata:
+                values[key] = self.build(metadata["section"], value_node, key_path)
+            else:
+                values[key] = self.convert(metadata["check"], value_node, key_path)
+        return cls(**values)
+
+    def convert(self, check: _Check, node: yaml.Node, path: str) -> object:
+        self.value_nodes[path] = node
+        if not isinstance(node, yaml.ScalarNode):
+            self.fail(node, path, check.expected)
+        try:
+            return check.convert(self.constructor.construct_object(node))
+        except (ValueError, yaml.YAMLError):
+            # YAMLError: a tag the safe constructor refuses, or `!!int abc`.
+            self.fail(node, path, check.expected)
+
+    def check_increasing(self, config: Config) -> None:
+        for lower, higher in _INCREASING:
+            low = operator.attrgetter(lower)(config)
+            high = operator.attrgetter(higher)(config)
+            if low < high:
+                continue
+            # Blame the key the file sets; when it sets both, the later one in the pair.
+            if higher in self.value_nodes:
+                self.fail(
+                    self.value_nodes[higher],
+                    higher,
+                    f"a number of seconds greater than {lower} ({low:g})",
+                )
+            self.fail(
+                self.value_nodes[lower],
+                lower,
+                f"a number of seconds less than {higher} ({high:g})",
+            )
+
+    def fail(self, node: yaml.Node, path: str, expected: str) -> NoReturn:
+        """Raise the one-line error ``FILE:LINE: path: expected ..., got ...``."""
+        raise ConfigError(
+            f"{self.file}:{_line(node)}: {path}: expected {expected}, got {_found(node)}"
+        )
+
+
+def _line(node: yaml.Node) -> int:
+    return int(node.start_mark.line) + 1
+
+
+def _tag(node: yaml.Node) -> str:
+    """The short tag of a resolved node: ``str``, ``int``, ``bool``, ``null``, ``map``..."""
+    return str(node.tag).rsplit(":", 1)[-1]
+
+
+_KIND = {"bool": "a boolean", "timestamp": "a date", "binary": "binary data"}
+
+
+def _found(node: yaml.Node) -> str:
+    """Describe a value as the user wrote it, with its YAML type when that may surprise."""
+    if isinstance(node, yaml.MappingNode):
+        return "a mapping"
+    if isinstance(node, yaml.SequenceNode):
+        return "a list"
+    tag = _tag(node)
+    if tag == "str":
+        return repr(node.value)
+    if tag == "null":
+        return "null"
+    if tag in ("int", "float"):
+        return str(node.value)
+    return f"{node.value} ({_KIND.get(tag, 'tagged ' + str(node.tag))})"

@@ -1,0 +1,482 @@
+"""The node's durable state: one SQLite database in ``node.state_dir``.
+
+Layout of the state directory (created with mode 0700 when missing)::
+
+    crdtd.sqlite3           the database; -wal and -shm lie beside it while it is open
+    lock                    flock()ed while a Store is open; holds the owner's pid
+
+Rules:
+
+- A committed `Store.append` survives kill -9 and power loss. The database runs in WAL
+  mode with ``synchronous=FULL``: every commit fsyncs the WAL before it returns. (With
+  NORMAL the WAL is synced only at checkpoints: a killed process loses nothing, because
+  the kernel still holds the bytes, but a power cut could take the last commits, and
+  they are adds the node has already acknowledged and sent.)
+- One batch of records is one transaction, so the caller pays one fsync per batch
+  (group commit), and a crash leaves all of a batch or none of it.
+- Every record applies idempotently (see `Store.append`), so applying a batch twice, or
+  an old op below a base, changes nothing.
+- The identity ``(node_id, incarnation)`` is written in the transaction that creates
+  the schema: a state either has one or does not exist, and it never changes after.
+- One process per state directory: `Store.open` takes an exclusive ``flock`` on
+  ``lock`` and holds it until `Store.close` (the kernel drops it if the process dies).
+- `Store.open` refuses, and never resets, a state it cannot trust. It raises
+  `StoreError` when the directory
+
+  * holds a database that is damaged (``PRAGMA quick_check``) or not SQLite at all;
+  * holds a database of a newer schema (``PRAGMA user_version`` > `SCHEMA_VERSION`);
+  * holds an SQLite database crdtd did not create (``PRAGMA application_id`` is not
+    `APPLICATION_ID`, or it is 0 but the database already has tables);
+  * holds any file other than ours (and ``lost+found``, for a state directory that is
+    a filesystem of its own). The state lives in a directory of its own so that a
+    mistyped ``node.state_dir`` (``/var/lib``, a home directory) never gets a database
+    dropped into it, and so that "empty the state directory to start fresh" can never
+    delete somebody else's files;
+  * holds ``crdtd.sqlite3-wal``, ``-shm`` or ``-journal`` without ``crdtd.sqlite3``:
+    the database was deleted under its log, which may hold its latest commits.
+
+Storage: an incarnation, a nonce and a base's ``upto`` may use all 64 unsigned bits,
+but an SQLite INTEGER is signed, so they are stored minus 2**63, which keeps their
+order for the ``upto >= nonce`` comparisons. A base's total is a sum of signed 64-bit
+deltas and may leave that range, so it is stored as decimal text.
+
+Threading: the connection is opened with ``check_same_thread=False`` so the daemon can
+call the blocking methods through ``asyncio.to_thread``. A Store is not thread-safe:
+only one thread may use it at a time (the daemon's one driver task awaits each call).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from crdtd.core.ids import UINT64_MAX, Origin
+from crdtd.core.records import BaseFolded, EpochAdvanced, OpRecorded, Record, VariableCreated
+
+DB_NAME = "crdtd.sqlite3"
+LOCK_NAME = "lock"
+_SIDECARS = tuple(DB_NAME + suffix for suffix in ("-wal", "-shm", "-journal"))
+_OURS = frozenset({DB_NAME, LOCK_NAME, *_SIDECARS, "lost+found"})
+
+APPLICATION_ID = 0x43524454
+"""``PRAGMA application_id`` of every crdtd database: "CRDT" in ASCII."""
+
+SCHEMA_VERSION = 1
+"""``PRAGMA user_version``; a later schema gets a higher number and a migration."""
+
+_U64_BIAS = 2**63
+_DAMAGED_SQLITE_ERRORS = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
+
+_SCHEMA = (
+    """CREATE TABLE node (
+        only_row    INTEGER PRIMARY KEY CHECK (only_row = 1),
+        node_id     TEXT NOT NULL,
+        incarnation INTEGER NOT NULL,
+        epoch       INTEGER NOT NULL
+    )""",
+    "CREATE TABLE variables (name TEXT PRIMARY KEY) WITHOUT ROWID",
+    """CREATE TABLE bases (
+        variable    TEXT NOT NULL,
+        node_id     TEXT NOT NULL,
+        incarnation INTEGER NOT NULL,
+        upto        INTEGER NOT NULL,
+        total       TEXT NOT NULL,
+        PRIMARY KEY (variable, node_id, incarnation)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE ops (
+        variable    TEXT NOT NULL,
+        node_id     TEXT NOT NULL,
+        incarnation INTEGER NOT NULL,
+        nonce       INTEGER NOT NULL,
+        delta       INTEGER NOT NULL,
+        PRIMARY KEY (variable, node_id, incarnation, nonce)
+    ) WITHOUT ROWID""",
+)
+
+# "ON CONFLICT DO NOTHING" rather than "INSERT OR IGNORE": OR IGNORE would also swallow a
+# NOT NULL violation, i.e. silently drop a malformed record instead of raising.
+_INSERT_VARIABLE = "INSERT INTO variables (name) VALUES (?) ON CONFLICT DO NOTHING"
+_INSERT_OP = """
+    INSERT INTO ops (variable, node_id, incarnation, nonce, delta)
+    SELECT :variable, :node_id, :incarnation, :nonce, :delta
+    WHERE NOT EXISTS (
+        SELECT 1 FROM bases
+        WHERE variable = :variable AND node_id = :node_id AND incarnation = :incarnation
+          AND upto >= :nonce
+    )
+    ON CONFLICT DO NOTHING
+"""
+_RAISE_BASE = """
+    INSERT INTO bases (variable, node_id, incarnation, upto, total)
+    VALUES (:variable, :node_id, :incarnation, :upto, :total)
+    ON CONFLICT (variable, node_id, incarnation) DO UPDATE
+        SET upto = excluded.upto, total = excluded.total
+        WHERE excluded.upto > bases.upto
+"""
+_DELETE_FOLDED_OPS = """
+    DELETE FROM ops
+    WHERE variable = :variable AND node_id = :node_id AND incarnation = :incarnation
+      AND nonce <= :upto
+"""
+_ADVANCE_EPOCH = "UPDATE node SET epoch = max(epoch, ?)"
+
+
+class StoreError(Exception):
+    """The state directory cannot be used; the message names the path and what to do."""
+
+
+class Store:
+    """The durable state of one node. Get one with `Store.open`; `close` it when done."""
+
+    def __init__(
+        self,
+        connection: sqlite3.Connection,
+        lock_fd: int,
+        db_path: Path,
+        node_id: str,
+        incarnation: int,
+    ) -> None:
+        self._connection = connection
+        self._lock_fd = lock_fd
+        self._db_path = db_path
+        self._node_id = node_id
+        self._incarnation = incarnation
+
+    @classmethod
+    def open(
+        cls,
+        state_dir: Path,
+        node_id: str | None,
+        new_incarnation: Callable[[], int],
+        new_node_id: Callable[[], str],
+    ) -> Store:
+        """Open the state in *state_dir*, creating it on first start.
+
+        *node_id* None means "auto": a new state takes ``new_node_id()``, and an existing
+        one keeps the id it has. A new state takes ``new_incarnation()``. Raises
+        `StoreError` for any state this module refuses (see the module docstring).
+        """
+        _prepare_directory(state_dir)
+        db_path = state_dir / DB_NAME
+        with contextlib.ExitStack() as undo:
+            lock_fd = _lock(state_dir)
+            undo.callback(os.close, lock_fd)
+            _refuse_orphaned_sidecars(state_dir)
+            with _translated(db_path, "opening the database"):
+                connection = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+                undo.callback(connection.close)
+                node_id, incarnation = _open_state(
+                    connection, db_path, node_id, new_incarnation, new_node_id
+                )
+            undo.pop_all()
+        return cls(connection, lock_fd, db_path, node_id, incarnation)
+
+    @property
+    def node_id(self) -> str:
+        return self._node_id
+
+    @property
+    def incarnation(self) -> int:
+        return self._incarnation
+
+    def load(self) -> list[Record]:
+        """Records that rebuild the node: variables, bases, ops, then the epoch if any."""
+        query = self._connection.execute
+        with _translated(self._db_path, "reading the state"):
+            records: list[Record] = [
+                VariableCreated(name)
+                for (name,) in query("SELECT name FROM variables ORDER BY name")
+            ]
+            records += [
+                BaseFolded(variable, Origin(node_id, _from_u64(inc)), _from_u64(upto), int(total))
+                for variable, node_id, inc, upto, total in query(
+                    "SELECT variable, node_id, incarnation, upto, total FROM bases"
+                    " ORDER BY variable, node_id, incarnation"
+                )
+            ]
+            records += [
+                OpRecorded(variable, Origin(node_id, _from_u64(inc)), _from_u64(nonce), delta)
+                for variable, node_id, inc, nonce, delta in query(
+                    "SELECT variable, node_id, incarnation, nonce, delta FROM ops"
+                    " ORDER BY variable, node_id, incarnation, nonce"
+                )
+            ]
+            ((epoch,),) = query("SELECT epoch FROM node").fetchall()
+        if epoch > 0:
+            records.append(EpochAdvanced(epoch))
+        return records
+
+    def append(self, records: Sequence[Record]) -> None:
+        """Apply *records* in one transaction and return once it is durable.
+
+        - `VariableCreated`: insert unless present.
+        - `OpRecorded`: insert unless present, or unless the base of its variable and
+          origin already covers its nonce.
+        - `BaseFolded`: raise the base to ``(upto, total)`` if ``upto`` is higher than the
+          stored one, and delete the ops it covers.
+        - `EpochAdvanced`: the epoch becomes the higher of the stored and the new one.
+        """
+        if not records:
+            return
+        with _translated(self._db_path, "writing records"), _transaction(self._connection):
+            for record in records:
+                self._apply(record)
+
+    def close(self) -> None:
+        """Close the database (checkpointing the WAL) and release the directory lock.
+
+        Closing again does nothing; it must not close whatever file reused the lock's fd.
+        """
+        if self._lock_fd < 0:
+            return
+        try:
+            self._connection.close()
+        finally:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    def _apply(self, record: Record) -> None:
+        execute = self._connection.execute
+        match record:
+            case VariableCreated(variable):
+                execute(_INSERT_VARIABLE, (variable,))
+            case OpRecorded(variable, origin, nonce, delta):
+                execute(
+                    _INSERT_OP,
+                    {**_origin_key(variable, origin), "nonce": _to_u64(nonce), "delta": delta},
+                )
+            case BaseFolded(variable, origin, upto, total):
+                key = {**_origin_key(variable, origin), "upto": _to_u64(upto)}
+                execute(_RAISE_BASE, {**key, "total": str(total)})
+                # Unconditional: below a higher stored base these ops are already gone.
+                execute(_DELETE_FOLDED_OPS, key)
+            case EpochAdvanced(epoch):
+                execute(_ADVANCE_EPOCH, (epoch,))
+            case _:
+                raise TypeError(f"not a record: {record!r}")
+
+
+def _open_state(
+    connection: sqlite3.Connection,
+    db_path: Path,
+    node_id: str | None,
+    new_incarnation: Callable[[], int],
+    new_node_id: Callable[[], str],
+) -> tuple[str, int]:
+    """Check the database is ours and sound, create it if empty; return its identity."""
+    # Set before the first write: the setting is per connection, not stored in the file.
+    connection.execute("PRAGMA synchronous = FULL")
+    application_id = _scalar(connection, "PRAGMA application_id")
+    version = _scalar(connection, "PRAGMA user_version")
+    tables = _scalar(connection, "SELECT count(*) FROM sqlite_master")
+    empty = application_id == 0 and version == 0 and tables == 0
+    if not empty:
+        _refuse_foreign_or_newer(db_path, application_id, version)
+        _refuse_damaged(connection, db_path)
+    # journal_mode=WAL is stored in the file, and only a checked database is written to.
+    mode = _scalar(connection, "PRAGMA journal_mode = WAL")
+    if mode != "wal":
+        raise StoreError(
+            f"{db_path}: SQLite could not switch to WAL mode (journal_mode is {mode!r}); "
+            "put node.state_dir on a local filesystem"
+        )
+    if empty:
+        # A kill before this commit leaves an empty database again: nothing used the
+        # identity yet, so the next start simply draws a new one.
+        return _create(connection, db_path, node_id or new_node_id(), new_incarnation())
+    rows = connection.execute("SELECT node_id, incarnation FROM node").fetchall()
+    if len(rows) != 1:
+        raise StoreError(_damaged(db_path, f"{len(rows)} identity rows instead of 1"))
+    ((stored_id, stored_incarnation),) = rows
+    if node_id is not None and node_id != stored_id:
+        raise StoreError(
+            f"{db_path}: this state belongs to node id {stored_id!r}, but node.id is "
+            f"configured as {node_id!r}. Set node.id to {stored_id!r} (or leave it unset "
+            "to reuse the stored id), or point node.state_dir at a new directory to run "
+            f"as a new node {node_id!r}"
+        )
+    return stored_id, _from_u64(stored_incarnation)
+
+
+def _create(
+    connection: sqlite3.Connection, db_path: Path, node_id: str, incarnation: int
+) -> tuple[str, int]:
+    with _transaction(connection):
+        for statement in _SCHEMA:
+            connection.execute(statement)
+        connection.execute(
+            "INSERT INTO node (only_row, node_id, incarnation, epoch) VALUES (1, ?, ?, 0)",
+            (node_id, _to_u64(incarnation)),
+        )
+        # Both pragmas are part of this transaction, so "ours" and "has a schema" agree.
+        connection.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    # SQLite syncs the directory for the WAL it creates but not for the database file.
+    _fsync_directory(db_path.parent)
+    return node_id, incarnation
+
+
+def _refuse_foreign_or_newer(db_path: Path, application_id: int, version: int) -> None:
+    if application_id != APPLICATION_ID:
+        raise StoreError(
+            f"{db_path}: an SQLite database that crdtd did not create (application_id "
+            f"{application_id:#010x}, crdtd uses {APPLICATION_ID:#010x}). crdtd will not "
+            "write into another program's database: move the file away, or point "
+            "node.state_dir at an empty directory"
+        )
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"{db_path}: schema version {version} was written by a newer crdtd; this one "
+            f"reads version {SCHEMA_VERSION}. Run the newer crdtd, or move the directory's "
+            "contents away to start this node fresh (it loses its local state)"
+        )
+    if version != SCHEMA_VERSION:
+        raise StoreError(_damaged(db_path, f"unknown schema version {version}"))
+
+
+def _refuse_damaged(connection: sqlite3.Connection, db_path: Path) -> None:
+    problems = [row for (row,) in connection.execute("PRAGMA quick_check")]
+    if problems != ["ok"]:
+        raise StoreError(_damaged(db_path, "; ".join(problems[:3])))
+
+
+def _damaged(db_path: Path, detail: str) -> str:
+    return (
+        f"{db_path}: the database is damaged ({detail}). crdtd will not start on damaged "
+        "state, nor reset it by itself: restore the state directory from a backup, or "
+        "move its contents away to start this node fresh (it rejoins with a new "
+        "incarnation)"
+    )
+
+
+@contextlib.contextmanager
+def _transaction(connection: sqlite3.Connection) -> Iterator[None]:
+    """One transaction: committed (durably) at the end, rolled back if anything raises."""
+    # IMMEDIATE takes the write lock at BEGIN instead of upgrading to it mid-transaction.
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        connection.execute("COMMIT")
+    except BaseException:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise
+
+
+@contextlib.contextmanager
+def _translated(db_path: Path, doing: str) -> Iterator[None]:
+    """Turn errors SQLite reports about the file into `StoreError`.
+
+    Errors without an SQLite code (a closed connection, a bad binding) are our misuse and
+    pass through unchanged.
+    """
+    try:
+        yield
+    except sqlite3.Error as error:
+        name = getattr(error, "sqlite_errorname", None)
+        if name is None:
+            raise
+        if name in _DAMAGED_SQLITE_ERRORS:
+            raise StoreError(_damaged(db_path, str(error))) from error
+        raise StoreError(
+            f"{db_path}: {doing} failed: {error} ({name}). Check the permissions, the free "
+            "space and the health of the disk under node.state_dir"
+        ) from error
+
+
+def _prepare_directory(state_dir: Path) -> None:
+    """Create *state_dir* durably if missing; refuse it if it holds files not ours."""
+    try:
+        missing = [path for path in (state_dir, *state_dir.parents) if not path.exists()]
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if state_dir in missing:
+            os.chmod(state_dir, 0o700)  # mkdir's mode is filtered through the umask
+        for path in missing:
+            _fsync_directory(path.parent)  # so the new entry survives a power cut
+        strangers = sorted(set(os.listdir(state_dir)) - _OURS)
+    except OSError as error:
+        raise StoreError(
+            f"{state_dir}: cannot use as the state directory: {error.strerror}. Create it "
+            "(mode 0700, owned by the user crdtd runs as) or set node.state_dir"
+        ) from error
+    if strangers:
+        shown = ", ".join(strangers[:5]) + (", ..." if len(strangers) > 5 else "")
+        raise StoreError(
+            f"{state_dir}: not a crdtd state directory: it holds {shown}, which crdtd did "
+            "not create. crdtd keeps its state in a directory of its own: point "
+            "node.state_dir at an empty or new directory, or move those files away"
+        )
+
+
+def _lock(state_dir: Path) -> int:
+    """Take the directory's lock, or raise `StoreError` naming the process that has it."""
+    path = state_dir / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as error:
+        raise StoreError(f"{path}: cannot open the lock file: {error.strerror}") from error
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip()
+        os.close(fd)
+        raise StoreError(
+            f"{state_dir}: another crdtd (pid {holder or 'unknown'}) is using this state "
+            "directory. Stop it, or give this instance its own node.state_dir"
+        ) from None
+    # The pid is only for that message; the flock is what excludes.
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+    except OSError as error:
+        os.close(fd)
+        raise StoreError(f"{path}: cannot write the lock file: {error.strerror}") from error
+    return fd
+
+
+def _refuse_orphaned_sidecars(state_dir: Path) -> None:
+    if (state_dir / DB_NAME).exists():
+        return
+    orphans = [name for name in _SIDECARS if (state_dir / name).exists()]
+    if orphans:
+        raise StoreError(
+            f"{state_dir}: {', '.join(orphans)} exist but {DB_NAME} does not: the database "
+            "was removed without its log, which may hold its latest commits. Restore "
+            f"{DB_NAME}, or remove {', '.join(orphans)} too to start this node fresh"
+        )
+
+
+def _fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _scalar(connection: sqlite3.Connection, sql: str) -> Any:
+    ((value,),) = connection.execute(sql).fetchall()
+    return value
+
+
+def _origin_key(variable: str, origin: Origin) -> dict[str, object]:
+    return {
+        "variable": variable,
+        "node_id": origin.node_id,
+        "incarnation": _to_u64(origin.incarnation),
+    }
+
+
+def _to_u64(value: int) -> int:
+    if not 0 <= value <= UINT64_MAX:
+        raise ValueError(f"expected an unsigned 64-bit integer, got {value}")
+    return value - _U64_BIAS
+
+
+def _from_u64(stored: int) -> int:
+    return stored + _U64_BIAS

@@ -1,0 +1,363 @@
+"""The daemon config: defaults, a full round trip, and one exact message per kind of error."""
+
+from __future__ import annotations
+
+import dataclasses
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from crdtd.core.settings import Settings
+from crdtd.daemon import config as config_module
+from crdtd.daemon.config import (
+    Config,
+    ConfigError,
+    ControlConfig,
+    LimitsConfig,
+    LogConfig,
+    NetworkConfig,
+    NodeConfig,
+    SecurityConfig,
+    SyncConfig,
+    default_config_path,
+    load_config,
+)
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "crdtd.yaml"
+DEFAULTS = Config()
+
+
+@pytest.fixture
+def write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Write a config in a fresh directory; messages then start with plain `crdtd.yaml`."""
+    monkeypatch.chdir(tmp_path)
+
+    def write(text: str) -> Path:
+        path = Path("crdtd.yaml")
+        path.write_text(textwrap.dedent(text), encoding="utf-8")
+        return path
+
+    return write
+
+
+def load_error(path: Path) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    return str(caught.value)
+
+
+def test_example_file_loads_to_the_builtin_defaults() -> None:
+    assert load_config(EXAMPLE) == Config()
+
+
+def test_example_file_spells_out_every_key() -> None:
+    written = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
+    expected = {
+        section.name: [key.name for key in dataclasses.fields(getattr(DEFAULTS, section.name))]
+        for section in dataclasses.fields(Config)
+    }
+    assert {name: list(keys) for name, keys in written.items()} == expected
+
+
+def test_no_path_gives_the_builtin_defaults() -> None:
+    assert load_config(None) == Config()
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "# nothing but a comment\n", "node:\nsecurity:\n  # key_file: /etc/crdtd/keys\n"],
+    ids=["empty", "comment-only", "empty-sections"],
+)
+def test_empty_file_or_empty_sections_mean_defaults(write, text: str) -> None:
+    assert load_config(write(text)) == Config()
+
+
+def test_every_key_round_trips(write) -> None:
+    path = write(
+        """\
+        node: {id: kitchen-1, state_dir: /srv/crdtd}
+        network:
+          interface: 192.168.1.20
+          group: 239.1.2.3
+          port: 9000
+          unicast_port: 9001
+          ttl: 0
+          announce_interval_s: 0.5
+          peer_suspect_s: 2
+          peer_timeout_s: 5
+        control: {socket: /tmp/crdtd.sock}
+        sync: {interval_s: 0, min_gap_s: 0, freeze_max_s: 1.5}
+        security: {key_file: /etc/crdtd/keys}
+        log: {level: debug, format: json}
+        limits: {variables_max: 5, peers_max: 6, control_connections_max: 7}
+        """
+    )
+    assert load_config(path) == Config(
+        node=NodeConfig(id="kitchen-1", state_dir=Path("/srv/crdtd")),
+        network=NetworkConfig(
+            interface="192.168.1.20",
+            group="239.1.2.3",
+            port=9000,
+            unicast_port=9001,
+            ttl=0,
+            announce_interval_s=0.5,
+            peer_suspect_s=2.0,
+            peer_timeout_s=5.0,
+        ),
+        control=ControlConfig(socket=Path("/tmp/crdtd.sock")),
+        sync=SyncConfig(interval_s=0.0, min_gap_s=0.0, freeze_max_s=1.5),
+        security=SecurityConfig(key_file=Path("/etc/crdtd/keys")),
+        log=LogConfig(level="debug", format="json"),
+        limits=LimitsConfig(variables_max=5, peers_max=6, control_connections_max=7),
+    )
+
+
+def test_whole_seconds_become_floats(write) -> None:
+    loaded = load_config(write("network: {peer_timeout_s: 20}\n"))
+    assert type(loaded.network.peer_timeout_s) is float
+
+
+def test_interface_may_be_auto_or_a_name(write) -> None:
+    assert load_config(write("network: {interface: enp3s0}\n")).network.interface == "enp3s0"
+    assert load_config(write("network: {interface: auto}\n")).network.interface == "auto"
+
+
+def test_settings_carry_the_protocol_keys_and_keep_the_rest() -> None:
+    config = Config(
+        network=NetworkConfig(announce_interval_s=0.5, peer_suspect_s=2.0, peer_timeout_s=4.0),
+        sync=SyncConfig(interval_s=60.0, min_gap_s=5.0, freeze_max_s=1.0),
+        limits=LimitsConfig(variables_max=100, peers_max=8),
+    )
+    assert config.settings() == Settings(
+        announce_interval_s=0.5,
+        peer_suspect_s=2.0,
+        peer_timeout_s=4.0,
+        sync_interval_s=60.0,
+        sync_min_gap_s=5.0,
+        sync_freeze_max_s=1.0,
+        variables_max=100,
+        peers_max=8,
+    )
+
+
+def test_default_settings_are_the_protocol_defaults() -> None:
+    assert Config().settings() == Settings()
+
+
+def test_default_path_is_used_only_when_it_exists(tmp_path, monkeypatch) -> None:
+    path = tmp_path / "crdtd.yaml"
+    monkeypatch.setattr(config_module, "DEFAULT_CONFIG_PATH", path)
+    assert default_config_path() is None
+    path.write_text("", encoding="utf-8")
+    assert default_config_path() == path
+
+
+# (file text, the exact message). Line numbers point at the offending value.
+ERRORS = {
+    "string-for-integer": (
+        "# padding so the value sits on line 14\n" * 12 + "network:\n  port: 80a\n",
+        "crdtd.yaml:14: network.port: expected an integer 1..65535, got '80a'",
+    ),
+    "quoted-number": (
+        'network:\n  port: "7777"\n',
+        "crdtd.yaml:2: network.port: expected an integer 1..65535, got '7777'",
+    ),
+    "boolean-for-integer": (
+        "network:\n  ttl: yes\n",
+        "crdtd.yaml:2: network.ttl: expected an integer 0..255, got yes (a boolean)",
+    ),
+    "boolean-for-seconds": (
+        "sync:\n  interval_s: on\n",
+        "crdtd.yaml:2: sync.interval_s: expected a number of seconds >= 0 (0 = manual only),"
+        " got on (a boolean)",
+    ),
+    "float-for-integer": (
+        "limits:\n  peers_max: 2.5\n",
+        "crdtd.yaml:2: limits.peers_max: expected an integer >= 1, got 2.5",
+    ),
+    "port-out-of-range": (
+        "network:\n  unicast_port: 70000\n",
+        "crdtd.yaml:2: network.unicast_port: expected an integer 1..65535, got 70000",
+    ),
+    "port-zero": (
+        "network: {port: 0}\n",
+        "crdtd.yaml:1: network.port: expected an integer 1..65535, got 0",
+    ),
+    "ttl-out-of-range": (
+        "network:\n  ttl: 256\n",
+        "crdtd.yaml:2: network.ttl: expected an integer 0..255, got 256",
+    ),
+    "limit-zero": (
+        "limits:\n  control_connections_max: 0\n",
+        "crdtd.yaml:2: limits.control_connections_max: expected an integer >= 1, got 0",
+    ),
+    "missing-value": (
+        "network:\n  port:\n  ttl: 1\n",
+        "crdtd.yaml:2: network.port: expected an integer 1..65535, got null",
+    ),
+    "list-for-scalar": (
+        "network:\n  port: [7777]\n",
+        "crdtd.yaml:2: network.port: expected an integer 1..65535, got a list",
+    ),
+    "mapping-for-scalar": (
+        "log:\n  level: {name: info}\n",
+        "crdtd.yaml:2: log.level: expected one of: debug, info, warning, error, got a mapping",
+    ),
+    "negative-seconds": (
+        "sync:\n  min_gap_s: -1\n",
+        "crdtd.yaml:2: sync.min_gap_s: expected a number of seconds >= 0 (0 = no gap), got -1",
+    ),
+    "zero-seconds": (
+        "network:\n  announce_interval_s: 0\n",
+        "crdtd.yaml:2: network.announce_interval_s: expected a number of seconds > 0, got 0",
+    ),
+    "not-a-number": (
+        "sync:\n  freeze_max_s: .nan\n",
+        "crdtd.yaml:2: sync.freeze_max_s: expected a number of seconds > 0, got .nan",
+    ),
+    "unit-in-seconds": (
+        "sync:\n  interval_s: 5m\n",
+        "crdtd.yaml:2: sync.interval_s: expected a number of seconds >= 0 (0 = manual only),"
+        " got '5m'",
+    ),
+    "date-for-seconds": (
+        "sync:\n  interval_s: 2024-01-01\n",
+        "crdtd.yaml:2: sync.interval_s: expected a number of seconds >= 0 (0 = manual only),"
+        " got 2024-01-01 (a date)",
+    ),
+    "group-not-multicast": (
+        "network:\n  group: 192.168.1.1\n",
+        "crdtd.yaml:2: network.group: expected an IPv4 multicast address (224.0.0.0/4),"
+        " got '192.168.1.1'",
+    ),
+    "group-not-an-address": (
+        "network:\n  group: lan\n",
+        "crdtd.yaml:2: network.group: expected an IPv4 multicast address (224.0.0.0/4), got 'lan'",
+    ),
+    "interface-bad-address": (
+        "network:\n  interface: 192.168.1.300\n",
+        "crdtd.yaml:2: network.interface: expected 'auto', an interface name or an IPv4"
+        " address, got '192.168.1.300'",
+    ),
+    "interface-name-too-long": (
+        "network:\n  interface: a-very-long-interface\n",
+        "crdtd.yaml:2: network.interface: expected 'auto', an interface name or an IPv4"
+        " address, got 'a-very-long-interface'",
+    ),
+    "node-id-bad-characters": (
+        "node:\n  id: kitchen 1\n",
+        "crdtd.yaml:2: node.id: expected 'auto' or a name of 1-64 characters [A-Za-z0-9_.-],"
+        " got 'kitchen 1'",
+    ),
+    "node-id-number": (
+        "node:\n  id: 42\n",
+        "crdtd.yaml:2: node.id: expected 'auto' or a name of 1-64 characters [A-Za-z0-9_.-],"
+        " got 42",
+    ),
+    "log-level": (
+        "log:\n  level: INFO\n",
+        "crdtd.yaml:2: log.level: expected one of: debug, info, warning, error, got 'INFO'",
+    ),
+    "log-format": (
+        "log:\n  format: text\n",
+        "crdtd.yaml:2: log.format: expected one of: auto, json, console, got 'text'",
+    ),
+    "empty-path": (
+        "control:\n  socket: ''\n",
+        "crdtd.yaml:2: control.socket: expected a non-empty path, got ''",
+    ),
+    "number-for-path": (
+        "security:\n  key_file: 5\n",
+        "crdtd.yaml:2: security.key_file: expected a non-empty path or null, got 5",
+    ),
+    "unsafe-tag": (
+        "node:\n  state_dir: !!python/name:os.system x\n",
+        "crdtd.yaml:2: node.state_dir: expected a non-empty path,"
+        " got x (tagged tag:yaml.org,2002:python/name:os.system)",
+    ),
+    "timeout-not-after-suspect": (
+        "network:\n  peer_suspect_s: 3\n  peer_timeout_s: 2\n",
+        "crdtd.yaml:3: network.peer_timeout_s: expected a number of seconds greater than"
+        " network.peer_suspect_s (3), got 2",
+    ),
+    "announce-not-before-default-suspect": (
+        "network:\n  announce_interval_s: 5\n",
+        "crdtd.yaml:2: network.announce_interval_s: expected a number of seconds less than"
+        " network.peer_suspect_s (3), got 5",
+    ),
+    "unknown-key": (
+        "network:\n  prot: 7777\n",
+        "crdtd.yaml:2: network.prot: unknown key; expected one of: interface, group, port,"
+        " unicast_port, ttl, announce_interval_s, peer_suspect_s, peer_timeout_s",
+    ),
+    "unknown-section": (
+        "netwrok:\n  port: 7777\n",
+        "crdtd.yaml:1: netwrok: unknown key; expected one of: node, network, control, sync,"
+        " security, log, limits",
+    ),
+    "key-given-twice": (
+        "network:\n  port: 1\n  port: 2\n",
+        "crdtd.yaml:3: network.port: key given twice",
+    ),
+    "section-not-a-mapping": (
+        "node:\n  id: a\nnetwork: 7777\n",
+        "crdtd.yaml:3: network: expected a mapping of keys to values, got 7777",
+    ),
+    "top-level-not-a-mapping": (
+        "- node\n- network\n",
+        "crdtd.yaml:1: top level: expected a mapping of keys to values, got a list",
+    ),
+    "yaml-syntax": (
+        "network:\n  port: 1\n bad\n",
+        "crdtd.yaml:3: invalid YAML: while parsing a block mapping, expected <block end>,"
+        " but found '<scalar>'",
+    ),
+    "yaml-two-documents": (
+        "node: {}\n---\nnetwork: {}\n",
+        "crdtd.yaml:2: invalid YAML: expected a single document in the stream,"
+        " but found another document",
+    ),
+    "yaml-control-character": (
+        "node: {}\nnetwork: \x01\n",
+        "crdtd.yaml:2: invalid YAML: non-printable character U+0001 not allowed",
+    ),
+}
+
+
+@pytest.mark.parametrize(("text", "message"), ERRORS.values(), ids=ERRORS.keys())
+def test_error_names_file_line_key_expected_and_found(write, text: str, message: str) -> None:
+    assert load_error(write(text)) == message
+
+
+NUMERIC_KEYS = [
+    (section.name, key.name)
+    for section in dataclasses.fields(Config)
+    for key in dataclasses.fields(getattr(DEFAULTS, section.name))
+    if isinstance(getattr(getattr(DEFAULTS, section.name), key.name), int | float)
+]
+
+
+@pytest.mark.parametrize(("section", "key"), NUMERIC_KEYS)
+def test_booleans_never_pass_as_numbers(write, section: str, key: str) -> None:
+    message = load_error(write(f"{section}:\n  {key}: true\n"))
+    assert message.startswith(f"crdtd.yaml:2: {section}.{key}: expected ")
+    assert message.endswith(", got true (a boolean)")
+
+
+def test_missing_file_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "absent.yaml"
+    assert load_error(path) == f"{path}: cannot read: No such file or directory"
+
+
+def test_file_that_is_not_utf8_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "crdtd.yaml"
+    path.write_bytes(b"node: {id: caf\xe9}\n")
+    assert load_error(path).startswith(f"{path}: not UTF-8 text: ")
+
+
+def test_message_names_the_path_as_given(tmp_path: Path) -> None:
+    path = tmp_path / "site.yaml"
+    path.write_text("network: {port: 80a}\n", encoding="utf-8")
+    assert load_error(path).startswith(f"{path}:1: network.port: ")

@@ -1,0 +1,415 @@
+"""The SQLite store, on real databases in tmp_path: durable, idempotent, and refusing."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Generic, TypeVar
+
+import pytest
+
+from crdtd.core.ids import INT64_MAX, INT64_MIN, UINT64_MAX, Origin
+from crdtd.core.records import BaseFolded, EpochAdvanced, OpRecorded, Record, VariableCreated
+from crdtd.store.sqlite import APPLICATION_ID, DB_NAME, SCHEMA_VERSION, Store, StoreError
+
+REPO = Path(__file__).resolve().parents[2]
+A = Origin("a", 1)
+B = Origin("b", 7)
+T = TypeVar("T")
+
+
+class Factory(Generic[T]):
+    """Hands out make(1), make(2), ... and counts the calls, to see when one was drawn."""
+
+    def __init__(self, make: Callable[[int], T]) -> None:
+        self._numbers = itertools.count(1)
+        self._make = make
+        self.calls = 0
+
+    def __call__(self) -> T:
+        self.calls += 1
+        return self._make(next(self._numbers))
+
+
+def open_store(
+    state_dir: Path,
+    node_id: str | None = None,
+    incarnations: Callable[[], int] | None = None,
+    node_ids: Callable[[], str] | None = None,
+) -> Store:
+    return Store.open(
+        state_dir,
+        node_id,
+        incarnations or Factory(lambda n: 100 + n),
+        node_ids or Factory(lambda n: f"auto-{n}"),
+    )
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    return tmp_path / "state"
+
+
+@pytest.fixture
+def store(state_dir: Path) -> Iterator[Store]:
+    store = open_store(state_dir, "n1")
+    yield store
+    store.close()
+
+
+def reopened(store: Store, state_dir: Path) -> list[Record]:
+    store.close()
+    again = open_store(state_dir, store.node_id)
+    try:
+        return again.load()
+    finally:
+        again.close()
+
+
+# roundtrip and record semantics ---------------------------------------------------------
+
+
+def test_every_record_kind_survives_reopen_in_compacted_order(
+    store: Store, state_dir: Path
+) -> None:
+    store.append(
+        [
+            EpochAdvanced(3),
+            OpRecorded("y", B, 2, -5),
+            VariableCreated("y"),
+            OpRecorded("x", A, 9, INT64_MAX),
+            BaseFolded("x", A, 4, 10),
+            OpRecorded("x", A, 5, INT64_MIN),
+            VariableCreated("x"),
+            BaseFolded("y", Origin("c", UINT64_MAX), UINT64_MAX, 2**70),
+        ]
+    )
+    assert reopened(store, state_dir) == [
+        VariableCreated("x"),
+        VariableCreated("y"),
+        BaseFolded("x", A, 4, 10),
+        BaseFolded("y", Origin("c", UINT64_MAX), UINT64_MAX, 2**70),
+        OpRecorded("x", A, 5, INT64_MIN),
+        OpRecorded("x", A, 9, INT64_MAX),
+        OpRecorded("y", B, 2, -5),
+        EpochAdvanced(3),
+    ]
+
+
+def test_ops_load_ordered_by_variable_node_incarnation_nonce(store: Store) -> None:
+    ops = [
+        OpRecorded(variable, Origin(node, incarnation), nonce, 1)
+        for variable in ("v2", "v1")
+        for node in ("b", "a")
+        for incarnation in (2**63 + 1, 2)  # across the signed boundary of the encoding
+        for nonce in (10, 9, 2**64 - 1)
+    ]
+    store.append(ops)
+    assert store.load() == sorted(
+        ops, key=lambda op: (op.variable, op.origin.node_id, op.origin.incarnation, op.nonce)
+    )
+
+
+def test_a_fresh_store_loads_nothing_and_no_epoch(store: Store) -> None:
+    assert store.load() == []
+
+
+def test_appending_the_same_records_twice_changes_nothing(store: Store) -> None:
+    batch: list[Record] = [
+        VariableCreated("x"),
+        OpRecorded("x", A, 1, 5),
+        OpRecorded("x", A, 2, 6),
+        BaseFolded("x", B, 3, 30),
+        EpochAdvanced(2),
+    ]
+    store.append(batch)
+    once = store.load()
+    store.append(batch)
+    store.append(batch[::-1])
+    assert store.load() == once
+
+
+def test_an_op_keeps_its_first_delta(store: Store) -> None:
+    store.append([OpRecorded("x", A, 1, 5)])
+    store.append([OpRecorded("x", A, 1, 99)])
+    assert store.load() == [OpRecorded("x", A, 1, 5)]
+
+
+def test_a_base_deletes_the_ops_it_covers_and_only_those(store: Store) -> None:
+    store.append([OpRecorded("x", A, nonce, nonce) for nonce in range(1, 6)])
+    store.append([OpRecorded("x", B, 1, 1), OpRecorded("y", A, 1, 1)])
+    store.append([BaseFolded("x", A, 3, 6)])
+    assert store.load() == [
+        BaseFolded("x", A, 3, 6),
+        OpRecorded("x", A, 4, 4),
+        OpRecorded("x", A, 5, 5),
+        OpRecorded("x", B, 1, 1),
+        OpRecorded("y", A, 1, 1),
+    ]
+
+
+def test_an_old_op_at_or_below_the_base_is_ignored(store: Store) -> None:
+    store.append([BaseFolded("x", A, 3, 6)])
+    store.append([OpRecorded("x", A, 2, 2), OpRecorded("x", A, 3, 3), OpRecorded("x", A, 4, 4)])
+    assert store.load() == [BaseFolded("x", A, 3, 6), OpRecorded("x", A, 4, 4)]
+
+
+def test_an_op_below_a_base_in_the_same_batch_is_deleted(store: Store) -> None:
+    store.append([OpRecorded("x", A, 2, 2), BaseFolded("x", A, 3, 6)])
+    assert store.load() == [BaseFolded("x", A, 3, 6)]
+
+
+def test_a_lower_or_equal_base_does_not_replace_a_higher_one(store: Store) -> None:
+    store.append([BaseFolded("x", A, 5, 50)])
+    store.append([BaseFolded("x", A, 3, 30), BaseFolded("x", A, 5, 999)])
+    assert store.load() == [BaseFolded("x", A, 5, 50)]
+
+
+def test_the_epoch_only_moves_forward(store: Store) -> None:
+    store.append([EpochAdvanced(4), EpochAdvanced(2)])
+    store.append([EpochAdvanced(3)])
+    assert store.load() == [EpochAdvanced(4)]
+
+
+def test_a_batch_that_fails_midway_leaves_nothing(store: Store) -> None:
+    with pytest.raises(ValueError, match="unsigned 64-bit"):
+        store.append([VariableCreated("x"), OpRecorded("x", A, -1, 1)])
+    assert store.load() == []
+
+
+def test_an_unknown_record_type_raises(store: Store) -> None:
+    with pytest.raises(TypeError, match="not a record"):
+        store.append(["VariableCreated x"])  # type: ignore[list-item]
+
+
+def test_the_store_works_from_another_thread(store: Store) -> None:
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            store.append([VariableCreated("x")])
+        except BaseException as error:  # handed to the main thread, which fails the test
+            errors.append(error)
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    worker.join(timeout=10)
+    assert errors == []
+    assert store.load() == [VariableCreated("x")]
+
+
+# identity -------------------------------------------------------------------------------
+
+
+def test_the_state_directory_is_created_private(state_dir: Path) -> None:
+    open_store(state_dir / "deeper").close()
+    assert (state_dir / "deeper").stat().st_mode & 0o777 == 0o700
+
+
+def test_an_auto_node_id_is_drawn_once_and_kept(state_dir: Path) -> None:
+    node_ids = Factory(lambda n: f"auto-{n}")
+    first = open_store(state_dir, None, node_ids=node_ids)
+    first.close()
+    second = open_store(state_dir, None, node_ids=node_ids)
+    second.close()
+    assert (first.node_id, second.node_id, node_ids.calls) == ("auto-1", "auto-1", 1)
+
+
+def test_a_configured_node_id_is_used_and_kept(state_dir: Path) -> None:
+    open_store(state_dir, "n1").close()
+    store = open_store(state_dir, None)
+    store.close()
+    assert store.node_id == "n1"
+
+
+def test_a_changed_node_id_is_refused_naming_both(state_dir: Path) -> None:
+    open_store(state_dir, "n1").close()
+    with pytest.raises(StoreError, match=r"'n1'.*'n2'") as refused:
+        open_store(state_dir, "n2")
+    assert str(state_dir) in str(refused.value)
+
+
+def test_the_incarnation_is_stable_across_restarts_and_new_after_a_wipe(
+    state_dir: Path,
+) -> None:
+    incarnations = Factory(lambda n: 2**64 - n)  # the largest, to cover the encoding
+    seen = []
+    for wipe in (False, False, True, False):
+        if wipe:
+            for path in state_dir.iterdir():
+                path.unlink()
+        store = open_store(state_dir, "n1", incarnations=incarnations)
+        seen.append(store.incarnation)
+        store.close()
+    assert seen == [2**64 - 1, 2**64 - 1, 2**64 - 2, 2**64 - 2]
+
+
+# refusals -------------------------------------------------------------------------------
+
+
+def test_a_second_open_of_the_same_directory_is_refused(store: Store, state_dir: Path) -> None:
+    with pytest.raises(StoreError, match=rf"another crdtd \(pid {os.getpid()}\)"):
+        open_store(state_dir, "n1")
+
+
+def test_the_lock_is_released_on_close(state_dir: Path) -> None:
+    open_store(state_dir, "n1").close()
+    open_store(state_dir, "n1").close()
+
+
+def test_closing_twice_is_harmless(state_dir: Path) -> None:
+    store = open_store(state_dir, "n1")
+    store.close()
+    store.close()
+    open_store(state_dir, "n1").close()
+
+
+def test_a_file_that_is_not_sqlite_is_refused_and_left_alone(state_dir: Path) -> None:
+    state_dir.mkdir()
+    garbage = os.urandom(8192)
+    (state_dir / DB_NAME).write_bytes(garbage)
+    with pytest.raises(StoreError, match=r"damaged.*move its contents away") as refused:
+        open_store(state_dir)
+    assert str(state_dir / DB_NAME) in str(refused.value)
+    assert (state_dir / DB_NAME).read_bytes() == garbage
+
+
+def test_a_database_with_damaged_pages_is_refused_and_left_alone(state_dir: Path) -> None:
+    store = open_store(state_dir, "n1")
+    store.append([OpRecorded("x", A, nonce, nonce) for nonce in range(1, 5000)])
+    store.close()
+    db = state_dir / DB_NAME
+    with db.open("r+b") as file:  # keep page 1 (the header and schema), wreck the rest
+        file.seek(4096)
+        file.write(b"\xa5" * (db.stat().st_size - 4096))
+    damaged = db.read_bytes()
+    with pytest.raises(StoreError, match="damaged"):
+        open_store(state_dir, "n1")
+    assert db.read_bytes() == damaged
+
+
+def test_a_newer_schema_is_refused(state_dir: Path) -> None:
+    open_store(state_dir, "n1").close()
+    with sqlite3.connect(state_dir / DB_NAME) as connection:
+        connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    connection.close()
+    with pytest.raises(StoreError, match="schema version 2 was written by a newer crdtd"):
+        open_store(state_dir, "n1")
+
+
+def test_a_database_of_another_application_is_refused(state_dir: Path) -> None:
+    state_dir.mkdir()
+    connection = sqlite3.connect(state_dir / DB_NAME)
+    connection.execute("PRAGMA application_id = 0x12345678")
+    connection.execute("CREATE TABLE t (a)")
+    connection.commit()
+    connection.close()
+    with pytest.raises(StoreError, match=r"did not create.*0x12345678"):
+        open_store(state_dir)
+    connection = sqlite3.connect(state_dir / DB_NAME)
+    assert connection.execute("PRAGMA application_id").fetchone() == (0x12345678,)
+    connection.close()
+
+
+def test_an_sqlite_database_without_an_application_id_but_with_tables_is_refused(
+    state_dir: Path,
+) -> None:
+    state_dir.mkdir()
+    connection = sqlite3.connect(state_dir / DB_NAME)
+    connection.execute("CREATE TABLE t (a)")
+    connection.commit()
+    connection.close()
+    with pytest.raises(StoreError, match=f"did not create.*{APPLICATION_ID:#010x}"):
+        open_store(state_dir)
+
+
+def test_an_empty_database_file_is_initialised(state_dir: Path) -> None:
+    state_dir.mkdir()
+    (state_dir / DB_NAME).touch()  # what a kill during the very first start can leave
+    open_store(state_dir, "n1").close()
+    open_store(state_dir, "n1").close()
+
+
+def test_a_directory_holding_other_files_is_refused_and_gets_nothing(state_dir: Path) -> None:
+    state_dir.mkdir()
+    (state_dir / "notes.txt").write_text("mine")
+    with pytest.raises(StoreError, match=r"not a crdtd state directory.*notes.txt"):
+        open_store(state_dir)
+    assert sorted(path.name for path in state_dir.iterdir()) == ["notes.txt"]
+
+
+def test_a_log_without_its_database_is_refused(state_dir: Path) -> None:
+    state_dir.mkdir()
+    (state_dir / f"{DB_NAME}-wal").write_bytes(b"\0" * 32)
+    with pytest.raises(StoreError, match=r"-wal exist but crdtd\.sqlite3 does not"):
+        open_store(state_dir)
+
+
+def test_a_state_dir_that_is_a_file_is_refused(state_dir: Path) -> None:
+    state_dir.write_text("")
+    with pytest.raises(StoreError, match="cannot use as the state directory"):
+        open_store(state_dir)
+
+
+# durability -----------------------------------------------------------------------------
+
+WRITER = """
+import sys
+from pathlib import Path
+from typing import Generic, TypeVar
+from crdtd.core.ids import Origin
+from crdtd.core.records import EpochAdvanced, OpRecorded, VariableCreated
+from crdtd.store.sqlite import Store
+
+store = Store.open(Path(sys.argv[1]), "n1", lambda: 1, lambda: "unused")
+store.append([VariableCreated("x")])
+origin = Origin("n1", 1)
+for batch in range(1, 1_000_000):
+    ops = [OpRecorded("x", origin, 3 * batch + k, k) for k in range(3)]
+    store.append([*ops, EpochAdvanced(batch)])
+    print("committed", batch, flush=True)
+"""
+
+
+def test_every_acknowledged_append_survives_kill_9(state_dir: Path) -> None:
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(state_dir)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    # A hung writer is killed, its stdout ends, and the test fails instead of hanging.
+    watchdog = threading.Timer(30, writer.kill)
+    watchdog.start()
+    try:
+        lines = [writer.stdout.readline() for _ in range(40)]  # type: ignore[union-attr]
+        writer.send_signal(signal.SIGKILL)
+        writer.wait(timeout=30)
+    finally:
+        watchdog.cancel()
+        writer.kill()
+        _, stderr = writer.communicate(timeout=30)
+    assert lines[-1].startswith("committed"), f"writer output {lines[-3:]}, stderr {stderr}"
+    acknowledged = int(lines[-1].split()[1])
+
+    store = open_store(state_dir, "n1")
+    try:
+        records = store.load()
+    finally:
+        store.close()
+    ops = {(record.nonce, record.delta) for record in records if isinstance(record, OpRecorded)}
+    expected = {(3 * batch + k, k) for batch in range(1, acknowledged + 1) for k in range(3)}
+    assert expected <= ops
+    # Whole batches or nothing: a batch is its three ops and its epoch.
+    (epoch,) = [record.epoch for record in records if isinstance(record, EpochAdvanced)]
+    assert epoch >= acknowledged
+    assert len(ops) == 3 * epoch

@@ -1,0 +1,1 @@
+"""Sockets and the one asyncio task that owns the protocol core."""

@@ -1,0 +1,285 @@
+"""The driver: the one asyncio task that owns the Node.
+
+Rules:
+- only ``Driver.run`` calls into the node. Everyone else (control requests) hands it a
+  function with `Driver.call`, which runs between two steps, so every answer reflects
+  state that is already durable;
+- each step ends with one flush in a fixed order: persist (one SQLite transaction for
+  everything the step produced: group commit), then send, then report events. An add is
+  acknowledged only after its record is on disk;
+- ``datagram_received`` only enqueues. The inbox is bounded; datagrams over 1400 bytes
+  and overflow are dropped and counted before any parsing;
+- while a transaction is being written, datagrams and requests keep queueing; the next
+  step takes them all at once, which is what batches ops into few commits and datagrams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import socket
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+
+from crdtd.core.events import (
+    AddApplied,
+    DatagramRejected,
+    Event,
+    GapRepaired,
+    PeerJoined,
+    PeerLost,
+    SyncFinished,
+    SyncStarted,
+    ValueChanged,
+    VariableAdded,
+)
+from crdtd.core.ids import Address
+from crdtd.core.node import Node
+from crdtd.core.records import Record
+from crdtd.core.settings import DATAGRAM_BYTES_MAX
+
+T = TypeVar("T")
+
+INBOX_MAX = 8192
+STEP_DATAGRAMS_MAX = 1024  # keep one step short so timers and requests stay timely
+WATCH_QUEUE_MAX = 1024
+REJECT_LOG_EVERY_S = 10.0
+
+
+class Store(Protocol):
+    def append(self, records: list[Record]) -> None: ...
+
+
+class Notifier(Protocol):
+    def notify(self, **fields: str) -> None: ...
+
+    @property
+    def watchdog_interval_s(self) -> float | None: ...
+
+
+class _Inbox(asyncio.DatagramProtocol):
+    """Enqueue only: parsing happens in the owner task."""
+
+    def __init__(self, driver: Driver) -> None:
+        self._driver = driver
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        self._driver.enqueue_datagram(data, (str(addr[0]), int(addr[1])))
+
+    def error_received(self, exc: Exception) -> None:
+        self._driver.count("socket_errors")
+
+
+class Driver:
+    """Runs a Node on real sockets and a real disk."""
+
+    def __init__(
+        self,
+        node: Node,
+        store: Store,
+        group: Address,
+        log: Any,
+        notifier: Notifier,
+    ) -> None:
+        self.node = node
+        self.stats: dict[str, int] = {}
+        self._store = store
+        self._group = group
+        self._log = log
+        self._notifier = notifier
+        self._inbox: collections.deque[tuple[bytes, Address]] = collections.deque()
+        self._calls: collections.deque[tuple[Callable[[Node, float], Any], asyncio.Future[Any]]]
+        self._calls = collections.deque()
+        self._wakeup = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._waiters: dict[int, asyncio.Future[Any]] = {}
+        self._watchers: dict[str, list[asyncio.Queue[int]]] = {}
+        self._transport: asyncio.DatagramTransport | None = None
+        self._listeners: list[asyncio.BaseTransport] = []
+        self._rejects: dict[str, tuple[float, int]] = {}
+        self._status = ""
+
+    # --- wiring -------------------------------------------------------------------
+
+    async def attach(self, unicast: socket.socket, multicast: socket.socket) -> None:
+        """Start receiving on both sockets; everything is sent from *unicast*."""
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(lambda: _Inbox(self), sock=unicast)
+        self._transport = transport
+        listener, _ = await loop.create_datagram_endpoint(lambda: _Inbox(self), sock=multicast)
+        self._listeners = [transport, listener]
+
+    def enqueue_datagram(self, data: bytes, address: Address) -> None:
+        if len(data) > DATAGRAM_BYTES_MAX:
+            self.count("dropped_oversized")
+        elif len(self._inbox) >= INBOX_MAX:
+            self.count("dropped_inbox_full")
+        else:
+            self._inbox.append((data, address))
+            self._wakeup.set()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wakeup.set()
+
+    def count(self, name: str, amount: int = 1) -> None:
+        self.stats[name] = self.stats.get(name, 0) + amount
+
+    # --- requests from the control side -------------------------------------------
+
+    async def call(self, function: Callable[[Node, float], T]) -> T:
+        """Run ``function(node, now)`` in the owner task between steps; return its result."""
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._calls.append((function, future))
+        self._wakeup.set()
+        return await future
+
+    def waiter(self, ticket: int) -> asyncio.Future[Any]:
+        """A future resolved by the event carrying *ticket*. Call from inside `call`."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiters[ticket] = future
+        return future
+
+    def watch(self, variable: str) -> asyncio.Queue[int]:
+        queue: asyncio.Queue[int] = asyncio.Queue(WATCH_QUEUE_MAX)
+        self._watchers.setdefault(variable, []).append(queue)
+        return queue
+
+    def unwatch(self, variable: str, queue: asyncio.Queue[int]) -> None:
+        queues = self._watchers.get(variable, [])
+        if queue in queues:
+            queues.remove(queue)
+        if not queues:
+            self._watchers.pop(variable, None)
+
+    # --- the owner task -----------------------------------------------------------
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_watchdog = loop.time()
+        while not self._stopping.is_set():
+            deadline = self.node.get_timer()
+            interval = self._notifier.watchdog_interval_s
+            if interval is not None:
+                deadline = min(deadline, next_watchdog)
+            if not self._inbox and not self._calls:
+                self._wakeup.clear()
+                timeout = deadline - loop.time()
+                if timeout > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wakeup.wait(), timeout)
+            now = loop.time()
+            if interval is not None and now >= next_watchdog:
+                self._notifier.notify(WATCHDOG="1")
+                next_watchdog = now + interval
+            self._step(now)
+            await self._flush()
+        self._notifier.notify(STOPPING="1")
+        await self._flush()
+        for transport in self._listeners:
+            transport.close()
+
+    def _step(self, now: float) -> None:
+        node = self.node
+        for _ in range(min(len(self._inbox), STEP_DATAGRAMS_MAX)):
+            data, address = self._inbox.popleft()
+            node.receive_datagram(data, address, now)
+        while self._calls:
+            function, future = self._calls.popleft()
+            if future.cancelled():
+                continue
+            try:
+                future.set_result(function(node, now))
+            except Exception as error:  # handed back to the caller, who reports it
+                future.set_exception(error)
+        if node.get_timer() <= now:
+            node.handle_timer(now)
+
+    async def _flush(self) -> None:
+        records = self.node.records_to_persist()
+        if records:
+            # A failure here propagates and stops the daemon: nothing of this step was
+            # sent or acknowledged, so nothing acknowledged is lost.
+            await asyncio.to_thread(self._store.append, records)
+        assert self._transport is not None
+        for datagram in self.node.datagrams_to_send():
+            destination = datagram.destination or self._group
+            try:
+                self._transport.sendto(datagram.payload, destination)
+            except OSError:
+                self.count("send_errors")
+        for event in self.node.events():
+            self._report(event)
+        self._update_status()
+
+    # --- events -------------------------------------------------------------------
+
+    def _report(self, event: Event) -> None:
+        log = self._log
+        if isinstance(event, AddApplied):
+            self._resolve(event.ticket, event)
+        elif isinstance(event, ValueChanged):
+            for queue in self._watchers.get(event.variable, []):
+                if queue.full():
+                    queue.get_nowait()  # a slow watcher sees the latest values, not all
+                queue.put_nowait(event.value)
+        elif isinstance(event, SyncFinished):
+            for ticket in event.tickets:
+                self._resolve(ticket, event)
+            log.info(
+                f"sync_{event.result}",
+                epoch=event.epoch,
+                initiator=event.initiator,
+                duration_ms=round(event.duration_s * 1000, 1),
+                reason=event.reason or None,
+            )
+        elif isinstance(event, SyncStarted):
+            log.info("sync_started", epoch=event.epoch, initiator=event.initiator)
+        elif isinstance(event, PeerJoined):
+            log.info(
+                "peer_joined",
+                peer=event.node_id,
+                incarnation=event.incarnation,
+                address=f"{event.address[0]}:{event.address[1]}",
+            )
+        elif isinstance(event, PeerLost):
+            log.warning("peer_lost", peer=event.node_id, silent_s=round(event.silent_s, 1))
+        elif isinstance(event, GapRepaired):
+            log.debug(
+                "gap_repaired",
+                variable=event.variable,
+                origin=str(event.origin),
+                first=event.first,
+                last=event.last,
+            )
+        elif isinstance(event, DatagramRejected):
+            self._log_reject(event)
+        elif isinstance(event, VariableAdded):
+            log.debug("variable_added", variable=event.variable)
+
+    def _resolve(self, ticket: int, event: Event) -> None:
+        future = self._waiters.pop(ticket, None)
+        if future is not None and not future.done():
+            future.set_result(event)
+
+    def _log_reject(self, event: DatagramRejected) -> None:
+        """At most one line per reason every REJECT_LOG_EVERY_S, with the count since."""
+        now = asyncio.get_running_loop().time()
+        last, suppressed = self._rejects.get(event.reason, (-REJECT_LOG_EVERY_S, 0))
+        if now - last < REJECT_LOG_EVERY_S:
+            self._rejects[event.reason] = (last, suppressed + 1)
+            return
+        self._rejects[event.reason] = (now, 0)
+        self._log.warning(
+            "datagram_rejected",
+            reason=event.reason,
+            source=f"{event.address[0]}:{event.address[1]}",
+            suppressed=suppressed,
+        )
+
+    def _update_status(self) -> None:
+        status = f"mode={self.node.mode.value} peers={len(self.node.peers)}"
+        if status != self._status:
+            self._status = status
+            self._notifier.notify(STATUS=status)

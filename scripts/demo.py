@@ -88,10 +88,10 @@ def ctl(root: Path, node: str, *args: str, show: bool = True) -> str:
 def wait_agree(root: Path, variable: str, timeout_s: float = 10.0) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
-        values = {
-            name: json.loads(ctl(root, name, "--json", "get", variable, show=False))["data"]["value"]
-            for name in NODES
-        }
+        values = {}
+        for name in NODES:
+            reply = json.loads(ctl(root, name, "--json", "get", variable, show=False))
+            values[name] = reply["data"]["value"]
         if len(set(values.values())) == 1:
             say(f"all nodes agree: {variable} = {values[NODES[0]]}")
             return

@@ -33,6 +33,7 @@ class Daemon:
     unicast_port: int
     process: subprocess.Popen[bytes] | None = None
     extra_config: str = ""
+    log_level: str = "debug"
 
     @property
     def socket(self) -> Path:
@@ -52,7 +53,7 @@ class Daemon:
             f"network: {{interface: 127.0.0.1, port: {self.group_port},"
             f" unicast_port: {self.unicast_port}, ttl: 0}}\n"
             f"control: {{socket: {self.socket}}}\n"
-            "log: {level: debug, format: json}\n" + self.extra_config
+            f"log: {{level: {self.log_level}, format: json}}\n" + self.extra_config
         )
 
     def start(self) -> None:
@@ -110,12 +111,19 @@ class Cluster:
     daemons: list[Daemon] = field(default_factory=list)
 
     @classmethod
-    def start(cls, root: Path, size: int, extra_config: str = "") -> Cluster:
+    def start(
+        cls, root: Path, size: int, extra_config: str = "", log_level: str = "debug"
+    ) -> Cluster:
         cluster = cls(root)
         group_port = free_udp_port()
         for index in range(size):
             daemon = Daemon(
-                f"n{index}", root, group_port, free_udp_port(), extra_config=extra_config
+                f"n{index}",
+                root,
+                group_port,
+                free_udp_port(),
+                extra_config=extra_config,
+                log_level=log_level,
             )
             cluster.daemons.append(daemon)
             daemon.start()

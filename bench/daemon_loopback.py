@@ -5,7 +5,7 @@ connection (acknowledged = durable); add throughput unpipelined and pipelined; t
 until all nodes agree after a burst of 100k adds; barrier wall time; idle CPU and RSS
 per daemon.
 
-    .venv/bin/python bench/daemon_loopback.py [--burst 100000] [--out bench/results/daemon_loopback.json]
+    .venv/bin/python bench/daemon_loopback.py [--burst 100000] [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import json
 import os
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,9 +23,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from crdtd.control.client import Client  # noqa: E402
-from crdtd.control.protocol import encode_request  # noqa: E402
-from tests.daemon.loopback import Cluster, crdtctl  # noqa: E402
+from crdtd.control.client import Client
+from crdtd.control.protocol import encode_request
+from tests.daemon.loopback import Cluster, crdtctl
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -29,6 +29,7 @@ Rules:
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -80,7 +81,8 @@ from crdtd.core.messages import (
     VariableDigest,
 )
 from crdtd.core.records import BaseFolded, EpochAdvanced, OpRecorded, Record, VariableCreated
-from crdtd.core.settings import Settings
+from crdtd.core.replay import ReplayWindow
+from crdtd.core.settings import Key, Settings
 
 __all__ = ["Datagram", "Mode", "Node", "PeerView"]
 
@@ -117,6 +119,7 @@ class Peer:
     barrier: BarrierId | None = None
     suspected: bool = False
     marks: dict[tuple[str, Origin], int] = field(default_factory=dict)
+    window: ReplayWindow = field(default_factory=ReplayWindow)
 
 
 @dataclass(slots=True)
@@ -140,7 +143,10 @@ class Node:
         rng: random.Random,
         now: float,
         records: Iterable[Record] = (),
+        seq_start: int = 0,
     ) -> None:
+        """*seq_start* must exceed every datagram sequence number this origin used
+        before (the driver derives it from the wall clock); see `crdtd.core.replay`."""
         self.origin = origin
         self.node_id = origin.node_id
         self.settings = settings
@@ -150,7 +156,8 @@ class Node:
         self.counters: dict[str, Counter] = {}
         self.peers: dict[str, Peer] = {}
         self._rng = rng
-        self._encoder = wire.Encoder(origin, settings.keys)
+        self._encoder = wire.Encoder(origin, settings.keys, seq_start)
+        self._repair_budget: dict[Address, tuple[float, float]] = {}
         self._records: list[Record] = []
         self._out: list[Datagram] = []
         self._events: list[Event] = []
@@ -186,7 +193,16 @@ class Node:
             if sender.incarnation != self.origin.incarnation:
                 self._reject("id_clash", address)
             return  # our own multicast, looped back
-        peer = self._touch_peer(sender, address, now)
+        known = self.peers.get(sender.node_id)
+        if (
+            self.settings.keys
+            and known is not None
+            and known.incarnation == sender.incarnation
+            and not known.window.accept(envelope.seq)
+        ):
+            self._reject("replayed", address)
+            return
+        peer = self._touch_peer(sender, envelope.seq, address, now)
         if peer is None:
             return
         self._count("datagrams_received")
@@ -219,8 +235,12 @@ class Node:
         """
         check_name(variable)
         check_delta(delta)
-        if variable not in self.counters and len(self.counters) >= self.settings.variables_max:
-            raise InvalidInput(f"variables_max ({self.settings.variables_max}) reached")
+        if variable not in self.counters:
+            held = {name for _, name, _ in self._held if name not in self.counters}
+            if variable not in held and len(self.counters) + len(held) >= (
+                self.settings.variables_max
+            ):
+                raise InvalidInput(f"variables_max ({self.settings.variables_max}) reached")
         self._tickets += 1
         if self.mode is Mode.WORK:
             self._apply_local(self._tickets, variable, delta)
@@ -235,6 +255,11 @@ class Node:
         if self.mode is Mode.WORK:
             self._initiate(now)
         return self._tickets
+
+    def set_keys(self, keys: tuple[Key, ...]) -> None:
+        """Rotate cluster keys: sign with ``keys[0]`` from now on, accept any of them."""
+        self.settings = dataclasses.replace(self.settings, keys=keys)
+        self._encoder = wire.Encoder(self.origin, keys, self._encoder.seq)
 
     # --- outputs ------------------------------------------------------------------
 
@@ -358,7 +383,7 @@ class Node:
 
     # --- peers --------------------------------------------------------------------
 
-    def _touch_peer(self, sender: Origin, address: Address, now: float) -> Peer | None:
+    def _touch_peer(self, sender: Origin, seq: int, address: Address, now: float) -> Peer | None:
         peer = self.peers.get(sender.node_id)
         if peer is not None and sender.incarnation < peer.incarnation:
             self._reject("stale_incarnation", address)
@@ -369,6 +394,7 @@ class Node:
                 return None
             peer = Peer(sender.node_id, sender.incarnation, address, now)
             self.peers[sender.node_id] = peer
+            peer.window.accept(seq)
             self._events.append(PeerJoined(sender.node_id, sender.incarnation, address))
             self._pull_into_barrier(peer, now)
             # Tell the newcomer what we hold right away, by unicast: it may be joining.
@@ -384,6 +410,7 @@ class Node:
         for node_id, peer in list(self.peers.items()):
             if now >= peer.last_seen + self.settings.peer_timeout_s:
                 del self.peers[node_id]
+                self._repair_budget.pop(peer.address, None)
                 self._events.append(PeerLost(node_id, now - peer.last_seen))
                 self._drop_member(node_id)
             elif now >= peer.last_seen + self.settings.peer_suspect_s:
@@ -400,7 +427,7 @@ class Node:
         elif isinstance(message, Announce):
             self._on_announce(message, peer, now)
         elif isinstance(message, Nack):
-            self._on_nack(message, peer)
+            self._on_nack(message, peer, now)
         elif isinstance(message, Bases):
             self._on_bases(message, now)
         elif isinstance(message, SyncStart):
@@ -483,6 +510,9 @@ class Node:
         key = (variable, origin)
         want = self._wants.get(key)
         if want is None:
+            if len(self._wants) >= self.settings.wants_max:
+                self._count("wants_max_reached")  # announces will reveal it again later
+                return
             counter = self.counters[variable]
             delay = self._rng.uniform(
                 self.settings.nack_delay_min_s, self.settings.nack_delay_max_s
@@ -507,9 +537,20 @@ class Node:
                 if mark > counter.watermark(origin):
                     self._want(digest.variable, origin, mark, peer.node_id, now)
 
-    def _on_nack(self, message: Nack, peer: Peer) -> None:
-        """Answer with what we hold of the ranges, within ``repair_bytes_max``."""
-        budget = self.settings.repair_bytes_max
+    def _repair_allowance(self, address: Address, now: float) -> int:
+        """Bytes we may still send *address* now: a bucket of ``repair_bytes_per_s``."""
+        rate = self.settings.repair_bytes_per_s
+        tokens, then = self._repair_budget.get(address, (float(rate), now))
+        return int(min(float(rate), tokens + (now - then) * rate))
+
+    def _on_nack(self, message: Nack, peer: Peer, now: float) -> None:
+        """Answer with what we hold of the ranges, within ``repair_bytes_max`` per
+        request and ``repair_bytes_per_s`` per address: a Nack never amplifies much."""
+        allowance = self._repair_allowance(peer.address, now)
+        budget = min(self.settings.repair_bytes_max, allowance)
+        if budget < _OP_WIRE_BYTES:
+            self._count("repairs_rate_limited")
+            return
         groups: list[OpGroup] = []
         bases: list[BaseEntry] = []
         for wanted in message.ranges:
@@ -532,6 +573,8 @@ class Node:
             if ops:
                 groups.append(OpGroup(wanted.variable, wanted.origin, tuple(ops)))
         self._count("nacks_received")
+        spent = min(self.settings.repair_bytes_max, allowance) - budget
+        self._repair_budget[peer.address] = (float(allowance - spent), now)
         if bases:
             self._unicast(self._encoder.bases(bases), peer.address)
         if groups:

@@ -36,6 +36,8 @@ class Settings:
     nack_retry_max_s: float = 0.5
     nack_ranges_max: int = 64
     repair_bytes_max: int = 64 * 1024
+    repair_bytes_per_s: int = 4 * 1024 * 1024
+    wants_max: int = 10_000
     sync_interval_s: float = 300.0
     sync_min_gap_s: float = 10.0
     sync_freeze_max_s: float = 2.0

@@ -88,7 +88,8 @@ def _name(value: str) -> bytes:
 
 
 def _bigint(value: int) -> bytes:
-    raw = value.to_bytes((value.bit_length() + 8) // 8 or 1, "big", signed=True)
+    # The fewest bytes that hold *value* in two's complement (-(2**255) fits in 32).
+    raw = value.to_bytes((value + (value < 0)).bit_length() // 8 + 1, "big", signed=True)
     assert len(raw) <= BIGINT_BYTES_MAX, "total beyond 255 bits"
     return _U8.pack(len(raw)) + raw
 
@@ -104,11 +105,11 @@ def _barrier(barrier: BarrierId) -> bytes:
 class Encoder:
     """Turns messages from one sender into signed datagrams of at most 1400 bytes."""
 
-    def __init__(self, sender: Origin, keys: Sequence[Key] = ()) -> None:
+    def __init__(self, sender: Origin, keys: Sequence[Key] = (), seq_start: int = 0) -> None:
         self._sender = _origin(sender)
         self._key = keys[0] if keys else None
         trailer = len(_name(self._key.key_id)) + MAC_BYTES if self._key else 0
-        self.seq = 0
+        self.seq = seq_start
         self.body_bytes_max = (
             DATAGRAM_BYTES_MAX - _PREFIX.size - len(self._sender) - _U64.size - trailer
         )
@@ -281,6 +282,8 @@ def _decode_ops(r: _Reader) -> OpBatch:
     groups = []
     for _ in range(r.count(12)):
         variable, origin, count = r.name(), r.origin(), r.u16()
+        if count * _OP.size > r.end - r.pos:
+            raise MalformedDatagram("malformed", "op count beyond datagram")
         flat = r.take(_ops_struct(count)) if count else ()
         ops = tuple(zip(flat[0::2], flat[1::2], strict=True))
         previous = 0
@@ -394,13 +397,15 @@ def _check_mac(data: bytes, flags: int, keys: Sequence[Key]) -> int:
     if not keys:
         raise MalformedDatagram("unexpected_mac")
     # The trailer is key_id (u8 length + name) then the MAC; find it from the end.
+    # One key id's encoding can be the tail of another's, so try every key that fits.
     mac_at = len(data) - MAC_BYTES
+    named = False
     for key in keys:
         name = _name(key.key_id)
         start = mac_at - len(name)
         if start > _PREFIX.size and data[start:mac_at] == name:
+            named = True
             expected = hmac.new(key.secret, data[:mac_at], hashlib.sha256).digest()
             if hmac.compare_digest(expected, data[mac_at:]):
                 return start
-            raise MalformedDatagram("bad_mac")
-    raise MalformedDatagram("unknown_key")
+    raise MalformedDatagram("bad_mac" if named else "unknown_key")

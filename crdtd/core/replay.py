@@ -1,0 +1,34 @@
+"""Replay protection: a sliding window over each sender's datagram sequence numbers.
+
+Every datagram carries its sender's sequence number, which only grows: it starts each
+boot above anything sent before (the driver seeds it from the wall clock), so a datagram
+captured and replayed later, also after the sender restarted, is either at or below the
+window or already marked in it. The window tolerates reordering of up to ``WINDOW``
+datagrams, as IPsec's anti-replay window does. It is enforced only with a cluster key:
+without authentication anyone can forge a fresh datagram anyway.
+"""
+
+from __future__ import annotations
+
+WINDOW = 1024
+
+
+class ReplayWindow:
+    __slots__ = ("highest", "seen")
+
+    def __init__(self) -> None:
+        self.highest = 0
+        self.seen = 0  # bit i set: highest - i was accepted
+
+    def accept(self, seq: int) -> bool:
+        """True (and remember it) the first time *seq* is offered inside the window."""
+        if seq > self.highest:
+            shift = seq - self.highest
+            self.seen = ((self.seen << shift) | 1) & ((1 << WINDOW) - 1) if shift < WINDOW else 1
+            self.highest = seq
+            return True
+        offset = self.highest - seq
+        if offset >= WINDOW or self.seen >> offset & 1:
+            return False
+        self.seen |= 1 << offset
+        return True

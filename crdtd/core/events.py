@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from crdtd.core.ids import Address, Origin
+from crdtd.core.messages import VariableReport
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +88,15 @@ class SyncFinished:
     tickets: tuple[int, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class VerifyFinished:
+    """Every live peer's reports (ours included), and the peers that did not answer."""
+
+    ticket: int
+    reports: dict[str, dict[str, VariableReport]]
+    silent: tuple[str, ...]
+
+
 Event = (
     AddApplied
     | VariableAdded
@@ -97,4 +107,5 @@ Event = (
     | DatagramRejected
     | SyncStarted
     | SyncFinished
+    | VerifyFinished
 )

@@ -14,6 +14,12 @@ Replication:
   ops that were compacted away.
 - ``Nack``: a unicast request for exactly the missing nonce ranges.
 
+Fleet operations:
+- ``PeerList``: the peers a node knows, sent by unicast to peers that do not hear our
+  multicast, so a node that knows one seed learns everyone (multicast-less networks).
+- ``DigestRequest`` / ``DigestReply``: ``crdtctl verify`` asks every peer for its per
+  variable value, op-set hash and watermarks.
+
 Full sync (see ``crdtd.core.barrier``): ``SyncStart``, ``SyncJoin``, ``SyncReady``,
 ``SyncReadyAck``, ``SyncCommit``, ``SyncDone``, ``SyncAbort``.
 """
@@ -87,6 +93,34 @@ class Nack:
 
 
 @dataclass(frozen=True, slots=True)
+class PeerList:
+    peers: tuple[tuple[str, str, int], ...]  # (node_id, host, port)
+
+
+@dataclass(frozen=True, slots=True)
+class DigestRequest:
+    token: int
+
+
+@dataclass(frozen=True, slots=True)
+class VariableReport:
+    """One node's view of one variable, for verify: value, op-set hash, watermarks."""
+
+    variable: str
+    value: int
+    ops_hash: bytes
+    marks: tuple[tuple[Origin, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DigestReply:
+    token: int
+    page: int
+    pages: int
+    reports: tuple[VariableReport, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class SyncStart:
     """The initiator asks a peer to freeze and take part."""
 
@@ -136,6 +170,9 @@ class SyncAbort:
 
 Message = (
     Announce
+    | PeerList
+    | DigestRequest
+    | DigestReply
     | OpBatch
     | Bases
     | Nack

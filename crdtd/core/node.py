@@ -18,6 +18,12 @@ holder, until the hole is filled. A holder answers with the ops it has and, for 
 it has folded, its base; it never sends more than ``repair_bytes_max`` per request. A new
 node is just a node with every hole: the same path brings it everything.
 
+Multicast-less networks. A peer from which no multicast datagram arrived for a while
+(``via_multicast`` tells the node how each datagram came) is sent by unicast a copy of
+everything we multicast, and our ``PeerList``; configured seeds get the same until they
+answer. So a node that knows one seed reaches everyone, and a cluster mixing multicast
+and unicast-only nodes converges.
+
 Rules:
 - peer input never raises out of here: a bad datagram is dropped and counted in
   ``stats``; our own misuse (a bad name or delta from the local caller) raises
@@ -30,6 +36,7 @@ Rules:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -59,6 +66,7 @@ from crdtd.core.events import (
     SyncStarted,
     ValueChanged,
     VariableAdded,
+    VerifyFinished,
 )
 from crdtd.core.ids import Address, InvalidInput, Origin, check_delta, check_name
 from crdtd.core.messages import (
@@ -66,11 +74,14 @@ from crdtd.core.messages import (
     BarrierId,
     BaseEntry,
     Bases,
+    DigestReply,
+    DigestRequest,
     Message,
     Nack,
     NackRange,
     OpBatch,
     OpGroup,
+    PeerList,
     SyncAbort,
     SyncCommit,
     SyncDone,
@@ -79,6 +90,7 @@ from crdtd.core.messages import (
     SyncReadyAck,
     SyncStart,
     VariableDigest,
+    VariableReport,
 )
 from crdtd.core.records import BaseFolded, EpochAdvanced, OpRecorded, Record, VariableCreated
 from crdtd.core.replay import ReplayWindow
@@ -120,6 +132,18 @@ class Peer:
     suspected: bool = False
     marks: dict[tuple[str, Origin], int] = field(default_factory=dict)
     window: ReplayWindow = field(default_factory=ReplayWindow)
+    first_seen: float = 0.0
+    multicast_at: float | None = None
+
+
+@dataclass(slots=True)
+class Verify:
+    """A ``start_verify`` in progress: who we wait for, and the pages received."""
+
+    deadline: float
+    waiting: dict[str, int | None]  # node_id -> pages expected (None: none seen yet)
+    pages: dict[str, set[int]] = field(default_factory=dict)
+    reports: dict[str, dict[str, VariableReport]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -158,6 +182,9 @@ class Node:
         self._rng = rng
         self._encoder = wire.Encoder(origin, settings.keys, seq_start)
         self._repair_budget: dict[Address, tuple[float, float]] = {}
+        self._fanout: list[Address] = list(settings.seeds)
+        self._candidates: dict[Address, float] = {}  # gossiped addresses -> expiry
+        self._verifies: dict[int, Verify] = {}
         self._records: list[Record] = []
         self._out: list[Datagram] = []
         self._events: list[Event] = []
@@ -181,7 +208,9 @@ class Node:
 
     # --- inputs -------------------------------------------------------------------
 
-    def receive_datagram(self, data: bytes, address: Address, now: float) -> None:
+    def receive_datagram(
+        self, data: bytes, address: Address, now: float, via_multicast: bool = False
+    ) -> None:
         """Take one datagram from the network. Never raises for bad input."""
         try:
             envelope = wire.decode(data, self.settings.keys)
@@ -205,6 +234,8 @@ class Node:
         peer = self._touch_peer(sender, envelope.seq, address, now)
         if peer is None:
             return
+        if via_multicast:
+            peer.multicast_at = now
         self._count("datagrams_received")
         self._dispatch(envelope.message, peer, now)
         self._barrier_progress(now)
@@ -216,8 +247,12 @@ class Node:
         self._barrier_timers(now)
         self._barrier_progress(now)
         self._maybe_schedule_sync(now)
+        self._finish_verifies(now)
         if now >= self._next_announce:
+            self._plan_fanout(now)
             self._announce(now)
+            if self._fanout:
+                self._unicast_each(self._encoder.peer_list(self._peer_list()), self._fanout)
 
     def create(self, variable: str, now: float) -> bool:
         """Create *variable* here and everywhere; False (a no-op) if it exists."""
@@ -248,6 +283,20 @@ class Node:
             self._held.append((self._tickets, variable, delta))
         return self._tickets
 
+    def start_verify(self, now: float) -> int:
+        """Ask every live peer for its reports; `VerifyFinished` carries the ticket."""
+        self._tickets += 1
+        ticket = self._tickets
+        verify = Verify(now + self.settings.verify_timeout_s, {})
+        verify.reports[self.node_id] = {r.variable: r for r in self._reports()}
+        request = self._encoder.digest_request(ticket)
+        for peer in self._live_peers():
+            verify.waiting[peer.node_id] = None
+            self._out.append(Datagram(request, peer.address))
+        self._verifies[ticket] = verify
+        self._finish_verifies(now)
+        return ticket
+
     def start_sync(self, now: float) -> int:
         """Run a full sync now; `SyncFinished` lists the returned ticket."""
         self._tickets += 1
@@ -276,6 +325,13 @@ class Node:
             self._out.extend(Datagram(p, None) for p in self._encoder.op_batch(groups))
             self._count("ops_batches_sent")
         out, self._out = self._out, []
+        if self._fanout:
+            out += [
+                Datagram(datagram.payload, address)
+                for datagram in out
+                if datagram.destination is None
+                for address in self._fanout
+            ]
         self._count("datagrams_sent", len(out))
         return out
 
@@ -297,6 +353,7 @@ class Node:
         if self._coord is not None:
             deadlines.extend((self._coord.deadline, self._coord.next_send))
         deadlines.extend(closing.next_send for closing in self._closing.values())
+        deadlines.extend(verify.deadline for verify in self._verifies.values())
         if self.settings.sync_interval_s > 0 and self.mode is Mode.WORK:
             deadlines.append(self._last_barrier_at + self._sync_gap())
         return min(deadlines)
@@ -392,7 +449,8 @@ class Node:
             if peer is None and len(self.peers) >= self.settings.peers_max:
                 self._reject("peers_max_reached", address)
                 return None
-            peer = Peer(sender.node_id, sender.incarnation, address, now)
+            peer = Peer(sender.node_id, sender.incarnation, address, now, first_seen=now)
+            self._candidates.pop(address, None)
             self.peers[sender.node_id] = peer
             peer.window.accept(seq)
             self._events.append(PeerJoined(sender.node_id, sender.incarnation, address))
@@ -430,6 +488,13 @@ class Node:
             self._on_nack(message, peer, now)
         elif isinstance(message, Bases):
             self._on_bases(message, now)
+        elif isinstance(message, PeerList):
+            self._on_peer_list(message, now)
+        elif isinstance(message, DigestRequest):
+            self._unicast(self._encoder.digest_reply(message.token, self._reports()), peer.address)
+            self._count("verify_requests_served")
+        elif isinstance(message, DigestReply):
+            self._on_digest_reply(message, peer, now)
         elif isinstance(message, SyncStart):
             self._on_sync_start(message.barrier, peer, now)
         elif isinstance(message, SyncJoin):
@@ -643,6 +708,81 @@ class Node:
             if self.mode is not Mode.WORK:
                 interval = min(interval, self.settings.sync_freeze_max_s / 8)
             self._next_announce = now + interval * self._rng.uniform(0.9, 1.1)
+
+    # --- multicast-less networks and verify ------------------------------------------
+
+    def _plan_fanout(self, now: float) -> None:
+        """Who gets unicast copies of our multicast: peers we never (or no longer) hear
+        by multicast, seeds and gossiped addresses not yet heard from."""
+        quiet_s = 2 * self.settings.announce_interval_s
+        known = {peer.address for peer in self.peers.values()}
+        targets = [
+            peer.address
+            for peer in self._live_peers()
+            if (peer.multicast_at is None and now - peer.first_seen >= quiet_s)
+            or (peer.multicast_at is not None and now - peer.multicast_at >= quiet_s + 1.0)
+        ]
+        for address, expiry in list(self._candidates.items()):
+            if now >= expiry:
+                del self._candidates[address]
+        targets += [a for a in (*self.settings.seeds, *self._candidates) if a not in known]
+        self._fanout = list(dict.fromkeys(targets))
+
+    def _peer_list(self) -> list[tuple[str, str, int]]:
+        return [(p.node_id, p.address[0], p.address[1]) for p in self._live_peers()]
+
+    def _on_peer_list(self, message: PeerList, now: float) -> None:
+        known = {peer.address for peer in self.peers.values()}
+        for node_id, host, port in message.peers:
+            address = (host, port)
+            if node_id == self.node_id or address in known or address in self._candidates:
+                continue
+            if len(self._candidates) >= self.settings.peers_max:
+                self._count("candidates_max_reached")
+                return
+            self._candidates[address] = now + self.settings.peer_timeout_s
+            self._fanout.append(address)
+
+    def _reports(self) -> list[VariableReport]:
+        reports = []
+        for name, counter in sorted(self.counters.items()):
+            digest = hashlib.blake2b(digest_size=8)
+            for origin in sorted(counter.bases):
+                upto, total = counter.bases[origin]
+                digest.update(f"b {origin} {upto} {total}\n".encode())
+            for origin, nonce, delta in counter.history():
+                digest.update(f"o {origin} {nonce} {delta}\n".encode())
+            marks = tuple((origin, counter.watermark(origin)) for origin in counter.origins())
+            reports.append(VariableReport(name, counter.value, digest.digest(), marks))
+        return reports
+
+    def _on_digest_reply(self, message: DigestReply, peer: Peer, now: float) -> None:
+        verify = self._verifies.get(message.token)
+        if verify is None or peer.node_id not in verify.waiting:
+            return
+        verify.waiting[peer.node_id] = message.pages
+        verify.pages.setdefault(peer.node_id, set()).add(message.page)
+        reports = verify.reports.setdefault(peer.node_id, {})
+        for report in message.reports:
+            earlier = reports.get(report.variable)
+            if earlier is not None:  # a variable split across pages: join its marks
+                report = dataclasses.replace(report, marks=earlier.marks + report.marks)
+            reports[report.variable] = report
+        self._finish_verifies(now)
+
+    def _finish_verifies(self, now: float) -> None:
+        for ticket, verify in list(self._verifies.items()):
+            silent = tuple(
+                node_id
+                for node_id, pages in verify.waiting.items()
+                if pages is None or len(verify.pages.get(node_id, ())) < pages
+            )
+            if silent and now < verify.deadline:
+                continue
+            del self._verifies[ticket]
+            for node_id in silent:
+                verify.reports.pop(node_id, None)
+            self._events.append(VerifyFinished(ticket, verify.reports, silent))
 
     # --- barrier: participant -----------------------------------------------------
 
@@ -952,6 +1092,10 @@ class Node:
 
     def _unicast(self, payloads: list[bytes], address: Address) -> None:
         self._out.extend(Datagram(payload, address) for payload in payloads)
+
+    def _unicast_each(self, payloads: list[bytes], addresses: list[Address]) -> None:
+        for address in addresses:
+            self._unicast(payloads, address)
 
     def _reject(self, reason: str, address: Address) -> None:
         self._count(f"rejected_{reason}")

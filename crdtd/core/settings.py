@@ -44,4 +44,7 @@ class Settings:
     sync_retry_s: float = 0.05
     variables_max: int = 10_000
     peers_max: int = 256
+    seeds: tuple[tuple[str, int], ...] = ()
+    """Unicast addresses to announce to, for networks where multicast does not pass."""
+    verify_timeout_s: float = 1.0
     keys: tuple[Key, ...] = field(default=())

@@ -31,12 +31,15 @@ from crdtd.core.messages import (
     BarrierId,
     BaseEntry,
     Bases,
+    DigestReply,
+    DigestRequest,
     Envelope,
     Message,
     Nack,
     NackRange,
     OpBatch,
     OpGroup,
+    PeerList,
     SyncAbort,
     SyncCommit,
     SyncDone,
@@ -45,6 +48,7 @@ from crdtd.core.messages import (
     SyncReadyAck,
     SyncStart,
     VariableDigest,
+    VariableReport,
 )
 from crdtd.core.settings import DATAGRAM_BYTES_MAX, Key
 
@@ -57,6 +61,8 @@ BIGINT_BYTES_MAX = 32
 MODES = ("work", "sync", "ready")
 
 T_ANNOUNCE, T_OPS, T_BASES, T_NACK = 1, 2, 3, 4
+T_PEERS, T_DIGEST_REQUEST, T_DIGEST_REPLY = 5, 6, 7
+OPS_HASH_BYTES = 8
 T_SYNC_START, T_SYNC_JOIN, T_SYNC_READY, T_SYNC_READY_ACK = 10, 11, 12, 13
 T_SYNC_COMMIT, T_SYNC_DONE, T_SYNC_ABORT = 14, 15, 16
 
@@ -128,19 +134,10 @@ class Encoder:
     def _pack(self, kind: int, prefix: bytes, items: Sequence[bytes]) -> list[bytes]:
         """Greedily pack counted *items* behind *prefix*; an empty list still sends one."""
         budget = self.body_bytes_max - len(prefix) - _U16.size
-        out: list[bytes] = []
-        chunk: list[bytes] = []
-        size = 0
-        for item in items:
-            assert len(item) <= budget, "item larger than a datagram"
-            if chunk and size + len(item) > budget:
-                out.append(self._frame(kind, prefix + _U16.pack(len(chunk)) + b"".join(chunk)))
-                chunk, size = [], 0
-            chunk.append(item)
-            size += len(item)
-        if chunk or not out:
-            out.append(self._frame(kind, prefix + _U16.pack(len(chunk)) + b"".join(chunk)))
-        return out
+        return [
+            self._frame(kind, prefix + _U16.pack(len(chunk)) + b"".join(chunk))
+            for chunk in _chunks(items, budget)
+        ]
 
     def op_batch(self, groups: Sequence[OpGroup]) -> list[bytes]:
         budget = self.body_bytes_max - 2 * _U16.size
@@ -189,6 +186,44 @@ class Encoder:
             items.append(head + _U16.pack(len(part)) + b"".join(part))
         return self._pack(T_ANNOUNCE, prefix, items)
 
+    def peer_list(self, peers: Sequence[tuple[str, str, int]]) -> list[bytes]:
+        items = [_name(node_id) + _name(host) + _U16.pack(port) for node_id, host, port in peers]
+        return self._pack(T_PEERS, b"", items)
+
+    def digest_request(self, token: int) -> bytes:
+        return self._frame(T_DIGEST_REQUEST, _U64.pack(token))
+
+    def digest_reply(self, token: int, reports: Sequence[VariableReport]) -> list[bytes]:
+        """Pages carry (index, count), so the asker knows when it has the whole reply."""
+        header = _U64.size + 2 * _U16.size
+        budget = self.body_bytes_max - header - 2 * _U16.size
+        items: list[bytes] = []
+        for report in reports:
+            assert len(report.ops_hash) == OPS_HASH_BYTES
+            head = _name(report.variable) + _bigint(report.value) + report.ops_hash
+            part: list[bytes] = []
+            size = len(head)
+            for origin, mark in report.marks:
+                entry = _origin(origin) + _U64.pack(mark)
+                if part and size + len(entry) > budget:
+                    items.append(head + _U16.pack(len(part)) + b"".join(part))
+                    part, size = [], len(head)
+                part.append(entry)
+                size += len(entry)
+            items.append(head + _U16.pack(len(part)) + b"".join(part))
+        chunks = _chunks(items, budget + _U16.size)
+        return [
+            self._frame(
+                T_DIGEST_REPLY,
+                _U64.pack(token)
+                + _U16.pack(index)
+                + _U16.pack(len(chunks))
+                + _U16.pack(len(chunk))
+                + b"".join(chunk),
+            )
+            for index, chunk in enumerate(chunks)
+        ]
+
     def sync(self, message: SyncMessage) -> bytes:
         """Encode one of the small, fixed-size barrier messages."""
         kind = _SYNC_TYPES[type(message)]
@@ -198,6 +233,20 @@ class Encoder:
             assert len(digest) == DIGEST_BYTES
             body += digest
         return self._frame(kind, body)
+
+
+def _chunks(items: Sequence[bytes], budget: int) -> list[list[bytes]]:
+    """Split *items* into runs that each fit *budget* bytes; always at least one run."""
+    chunks: list[list[bytes]] = [[]]
+    size = 0
+    for item in items:
+        assert len(item) <= budget, "item larger than a datagram"
+        if chunks[-1] and size + len(item) > budget:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(item)
+        size += len(item)
+    return chunks
 
 
 def _ops_struct(count: int) -> struct.Struct:
@@ -330,6 +379,32 @@ def _decode_announce(r: _Reader) -> Announce:
     return Announce(MODES[mode_index], epoch, barrier, tuple(digests))
 
 
+def _decode_peers(r: _Reader) -> PeerList:
+    peers = []
+    for _ in range(r.count(6)):
+        node_id, host, port = r.name(), r.name(), r.u16()
+        if port == 0:
+            raise MalformedDatagram("malformed", "port 0")
+        peers.append((node_id, host, port))
+    return PeerList(tuple(peers))
+
+
+def _decode_digest_request(r: _Reader) -> DigestRequest:
+    return DigestRequest(r.u64())
+
+
+def _decode_digest_reply(r: _Reader) -> DigestReply:
+    token, page, pages = r.u64(), r.u16(), r.u16()
+    if not page < pages:
+        raise MalformedDatagram("malformed", "page beyond count")
+    reports = []
+    for _ in range(r.count(13)):
+        variable, value, ops_hash = r.name(), r.bigint(), r.raw(OPS_HASH_BYTES)
+        marks = tuple((r.origin(), r.u64()) for _ in range(r.count(18)))
+        reports.append(VariableReport(variable, value, ops_hash, marks))
+    return DigestReply(token, page, pages, tuple(reports))
+
+
 def _sync_decoder(cls: type, with_digest: bool) -> Callable[[_Reader], Message]:
     def decode(r: _Reader) -> Message:
         barrier = r.barrier()
@@ -355,6 +430,9 @@ _DECODERS: dict[int, Callable[[_Reader], Message]] = {
     T_OPS: _decode_ops,
     T_BASES: _decode_bases,
     T_NACK: _decode_nack,
+    T_PEERS: _decode_peers,
+    T_DIGEST_REQUEST: _decode_digest_request,
+    T_DIGEST_REPLY: _decode_digest_reply,
     **{
         kind: _sync_decoder(cls, cls in (SyncReady, SyncReadyAck, SyncCommit))
         for cls, kind in _SYNC_TYPES.items()

@@ -61,11 +61,12 @@ class Notifier(Protocol):
 class _Inbox(asyncio.DatagramProtocol):
     """Enqueue only: parsing happens in the owner task."""
 
-    def __init__(self, driver: Driver) -> None:
+    def __init__(self, driver: Driver, multicast: bool) -> None:
         self._driver = driver
+        self._multicast = multicast
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        self._driver.enqueue_datagram(data, (str(addr[0]), int(addr[1])))
+        self._driver.enqueue_datagram(data, (str(addr[0]), int(addr[1])), self._multicast)
 
     def error_received(self, exc: Exception) -> None:
         self._driver.count("socket_errors")
@@ -88,7 +89,7 @@ class Driver:
         self._group = group
         self._log = log
         self._notifier = notifier
-        self._inbox: collections.deque[tuple[bytes, Address]] = collections.deque()
+        self._inbox: collections.deque[tuple[bytes, Address, bool]] = collections.deque()
         self._calls: collections.deque[tuple[Callable[[Node, float], Any], asyncio.Future[Any]]]
         self._calls = collections.deque()
         self._wakeup = asyncio.Event()
@@ -105,18 +106,22 @@ class Driver:
     async def attach(self, unicast: socket.socket, multicast: socket.socket) -> None:
         """Start receiving on both sockets; everything is sent from *unicast*."""
         loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(lambda: _Inbox(self), sock=unicast)
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _Inbox(self, multicast=False), sock=unicast
+        )
         self._transport = transport
-        listener, _ = await loop.create_datagram_endpoint(lambda: _Inbox(self), sock=multicast)
+        listener, _ = await loop.create_datagram_endpoint(
+            lambda: _Inbox(self, multicast=True), sock=multicast
+        )
         self._listeners = [transport, listener]
 
-    def enqueue_datagram(self, data: bytes, address: Address) -> None:
+    def enqueue_datagram(self, data: bytes, address: Address, multicast: bool) -> None:
         if len(data) > DATAGRAM_BYTES_MAX:
             self.count("dropped_oversized")
         elif len(self._inbox) >= INBOX_MAX:
             self.count("dropped_inbox_full")
         else:
-            self._inbox.append((data, address))
+            self._inbox.append((data, address, multicast))
             self._wakeup.set()
 
     def stop(self) -> None:
@@ -183,8 +188,8 @@ class Driver:
     def _step(self, now: float) -> None:
         node = self.node
         for _ in range(min(len(self._inbox), STEP_DATAGRAMS_MAX)):
-            data, address = self._inbox.popleft()
-            node.receive_datagram(data, address, now)
+            data, address, multicast = self._inbox.popleft()
+            node.receive_datagram(data, address, now, multicast)
         while self._calls:
             function, future = self._calls.popleft()
             if future.cancelled():

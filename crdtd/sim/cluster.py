@@ -1,0 +1,515 @@
+"""A simulated cluster: nodes, their disks, the network, the clock, the ledger.
+
+Theory of operation: the cluster owns every `Node` and is the only caller of its inputs.
+After each input it runs the node's flush in the fixed driver order - persist (write,
+then sync), send, report - then re-reads the node's one timer and checks the node's
+invariants. `run_until` repeatedly takes the earliest of the next delivery and the
+earliest node timer (deliveries first on a tie, then nodes by index), jumps the clock
+there and feeds it to the node. Scenario actions (adds, crashes, cuts...) are method
+calls made between steps, at the current virtual time.
+
+Rules:
+- nodes are ``n00``..``nNN`` at address ``("nNN", 7778)``; a node's origin is
+  ``(node_id, incarnation)``; the incarnation starts at 1 and moves on only when the node
+  comes back with a wiped disk;
+- a clean crash happens between steps; a mid-flush crash happens inside the next flush
+  that has records: they are written but not synced, then the node dies - its datagrams
+  are never sent and its events never reported (a crash between taking a nonce and
+  writing it down);
+- a restart rebuilds the node from its synced records with the same origin and a fresh
+  random stream ``node/<id>/<boot>``;
+- an exception out of a node, and any broken invariant, is an `InvariantViolation`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from crdtd.core.events import AddApplied, Event, SyncFinished
+from crdtd.core.ids import Address, Origin
+from crdtd.core.node import Datagram, Node
+from crdtd.core.records import Record
+from crdtd.core.settings import Settings
+from crdtd.sim.clock import VirtualClock
+from crdtd.sim.disk import Disk
+from crdtd.sim.failures import InvariantViolation
+from crdtd.sim.invariants import check_durable, check_variable, convergence_gap
+from crdtd.sim.ledger import Ledger, describe
+from crdtd.sim.network import LinkFaults, Network
+from crdtd.sim.rng import stream
+from crdtd.sim.trace import Trace
+
+PORT = 7778
+SAME_INSTANT_STEPS_MAX = 100_000
+"""More steps than this without the clock moving is a livelock."""
+IDLE_TIMER_FIRES_MAX = 1_000
+"""A node whose timer stays due after this many idle ``handle_timer`` calls is spinning."""
+
+T = TypeVar("T")
+
+NodeFactory = Callable[[Origin, Settings, random.Random, float, Iterable[Record]], Node]
+
+
+def node_id_of(index: int) -> str:
+    return f"n{index:02d}"
+
+
+def address_of(index: int) -> Address:
+    return (node_id_of(index), PORT)
+
+
+@dataclass(slots=True, eq=False)
+class Slot:
+    """One machine of the cluster: its disk outlives the node process running on it."""
+
+    index: int
+    node_id: str
+    address: Address
+    disk: Disk = field(default_factory=Disk)
+    node: Node | None = None
+    incarnation: int = 0
+    boot: int = 0
+    timer: float | None = None
+    timer_version: int = 0
+    crash_mid_flush: bool = False
+    idle_fires: int = 0
+    steps: int = 0
+    values: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def origin(self) -> Origin:
+        return Origin(self.node_id, self.incarnation)
+
+
+@dataclass(slots=True)
+class ClusterStats:
+    adds_called: int = 0
+    adds_acked: int = 0
+    creates: int = 0
+    syncs_started: int = 0
+    crashes: int = 0
+    crashes_mid_flush: int = 0
+    restarts: int = 0
+    wipes: int = 0
+    wipes_refused: int = 0
+    barriers_completed: int = 0
+    barriers_aborted: int = 0
+    log_len_max: int = 0
+
+
+class Cluster:
+    """Every node of one run, stepped deterministically on one virtual clock."""
+
+    def __init__(
+        self,
+        seed: int,
+        size: int,
+        settings: Settings | None = None,
+        faults: LinkFaults | None = None,
+        node_factory: NodeFactory = Node,
+        trace: Trace | None = None,
+        full_check_every: int = 16,
+        check_steps: bool = True,
+    ) -> None:
+        assert 1 <= size <= 100, size
+        self.seed = seed
+        self.settings = settings or Settings()
+        self.clock = VirtualClock()
+        self.network = Network(stream(seed, "network"), faults or LinkFaults())
+        self.slots = [Slot(i, node_id_of(i), address_of(i)) for i in range(size)]
+        self.ledger = Ledger()
+        self.trace = trace or Trace()
+        self.stats = ClusterStats()
+        self.full_check_every = max(1, full_check_every)
+        self.check_steps = check_steps
+        """False skips the per-step checks (benchmarks only); convergence still checks."""
+        self._factory = node_factory
+        self._by_address = {slot.address: slot for slot in self.slots}
+        self._timers: list[tuple[float, int, int]] = []
+        self._pending: dict[tuple[int, int, int], tuple[str, int]] = {}
+        self.barriers: list[SyncFinished] = []
+        """Every barrier's end, as its initiator reported it."""
+        self._same_instant_steps = 0
+
+    # views --------------------------------------------------------------
+    @property
+    def now(self) -> float:
+        return self.clock.now
+
+    def live(self) -> list[Slot]:
+        return [slot for slot in self.slots if slot.node is not None]
+
+    def down(self) -> list[Slot]:
+        return [slot for slot in self.slots if slot.node is None]
+
+    def node(self, index: int) -> Node:
+        node = self.slots[index].node
+        assert node is not None, f"{node_id_of(index)} is down"
+        return node
+
+    # lifecycle ----------------------------------------------------------
+    def start(self, index: int, wipe: bool = False) -> None:
+        """Boot node *index* (first start or restart) from its disk; *wipe* loses the disk."""
+        slot = self.slots[index]
+        assert slot.node is None, f"{slot.node_id} is already running"
+        what = "start" if slot.boot == 0 else "restart"
+        if wipe and slot.boot > 0:
+            unsafe = self.ledger.undurable_acked([s.disk for s in self.slots if s is not slot])
+            if unsafe:
+                self.stats.wipes_refused += 1
+                what = f"restart (wipe refused: {len(unsafe)} acked ops held only here)"
+            else:
+                slot.disk.wipe()
+                slot.incarnation += 1
+                self.stats.wipes += 1
+                what = "restart wiped"
+        if slot.incarnation == 0:
+            slot.incarnation = 1
+        if slot.boot > 0:
+            self.stats.restarts += 1
+        slot.boot += 1
+        slot.values = {}
+        slot.steps = 0
+        rng = stream(self.seed, f"node/{slot.node_id}/{slot.boot}")
+        records = list(slot.disk.synced)
+        what = f"{what} as {slot.origin} from {len(records)} records"
+        slot.node = self._call(
+            slot, what, self._factory, slot.origin, self.settings, rng, self.now, records
+        )
+        self.network.attach(slot.address)
+        self._flush(slot, what, full=True)
+
+    def crash(self, index: int) -> None:
+        """Kill node *index* between steps: it loses only what was never synced."""
+        slot = self.slots[index]
+        assert slot.node is not None, f"{slot.node_id} is already down"
+        lost = slot.disk.crash()
+        self.stats.crashes += 1
+        self._down(slot)
+        self.trace.step(self.now, slot.node_id, f"crash (lost {lost} unsynced records)")
+
+    def crash_in_next_flush(self, index: int) -> None:
+        """Kill node *index* in its next flush that writes records, before the sync."""
+        slot = self.slots[index]
+        assert slot.node is not None, f"{slot.node_id} is down"
+        slot.crash_mid_flush = True
+
+    def _down(self, slot: Slot) -> None:
+        slot.node = None
+        slot.crash_mid_flush = False
+        slot.timer = None
+        slot.timer_version += 1
+        self.network.detach(slot.address)
+
+    # commands -----------------------------------------------------------
+    def add(self, index: int, variable: str, delta: int) -> int:
+        """Call ``add`` on node *index*; the ledger acknowledges it when AddApplied comes."""
+        return self.add_batch(index, [(variable, delta)])[0]
+
+    def add_batch(self, index: int, adds: list[tuple[str, int]]) -> list[int]:
+        """Several ``add`` calls on node *index* at one instant, then one flush.
+
+        A driver may take a batch of inputs before it flushes; the node then sends their
+        ops together, which must still fit ``DATAGRAM_BYTES_MAX`` per datagram.
+        """
+        slot = self.slots[index]
+        node = self.node(index)
+        boot = slot.boot
+        tickets = []
+        touched: dict[str, None] = {}
+        what = "add " + ", ".join(f"{variable} {delta}" for variable, delta in adds)
+        for variable, delta in adds:
+            self.stats.adds_called += 1
+            ticket = self._call(slot, what, node.add, variable, delta, self.now)
+            self._pending[(index, boot, ticket)] = (variable, delta)
+            tickets.append(ticket)
+            touched[variable] = None
+        self._flush(slot, what, touched=touched)
+        return tickets
+
+    def create(self, index: int, variable: str) -> None:
+        slot = self.slots[index]
+        node = self.node(index)
+        self.stats.creates += 1
+        what = f"create {variable}"
+        self._call(slot, what, node.create, variable, self.now)
+        self._flush(slot, what, touched={variable: None})
+
+    def start_sync(self, index: int) -> int:
+        slot = self.slots[index]
+        node = self.node(index)
+        self.stats.syncs_started += 1
+        ticket = self._call(slot, "start_sync", node.start_sync, self.now)
+        self._flush(slot, "start_sync")
+        return ticket
+
+    # stepping -----------------------------------------------------------
+    def run_until(self, until: float) -> None:
+        """Take every step due at or before *until*, then set the clock to *until*."""
+        network = self.network
+        timers = self._timers
+        slots = self.slots
+        while True:
+            while timers and timers[0][2] != slots[timers[0][1]].timer_version:
+                heapq.heappop(timers)
+            t_net = network.next_time()
+            t_timer = timers[0][0] if timers else None
+            if t_net is not None and (t_timer is None or t_net <= t_timer):
+                if t_net > until:
+                    break
+                self._deliver()
+            elif t_timer is not None:
+                if t_timer > until:
+                    break
+                self._fire_timer()
+            else:
+                break
+        if until > self.clock.now:
+            self.clock.advance_to(until)
+
+    def _advance(self, instant: float) -> None:
+        if instant > self.clock.now:
+            self.clock.advance_to(instant)
+            self._same_instant_steps = 0
+        else:
+            self._same_instant_steps += 1
+            if self._same_instant_steps > SAME_INSTANT_STEPS_MAX:
+                raise InvariantViolation(
+                    f"livelock: {SAME_INSTANT_STEPS_MAX} steps without time moving at "
+                    f"t={self.clock.now!r}"
+                )
+
+    def _deliver(self) -> None:
+        popped = self.network.pop()
+        if popped is None:
+            return
+        deliver_at, delivery = popped
+        self._advance(deliver_at)
+        slot = self._by_address[delivery.destination]
+        node = slot.node
+        assert node is not None, "network delivered to a detached address"
+        what = f"recv {delivery.source[0]} {len(delivery.payload)}B"
+        self._call(
+            slot,
+            what,
+            node.receive_datagram,
+            delivery.payload,
+            delivery.source,
+            self.now,
+            delivery.multicast,
+        )
+        self._flush(slot, what)
+
+    def _fire_timer(self) -> None:
+        deadline, index, _ = heapq.heappop(self._timers)
+        slot = self.slots[index]
+        node = slot.node
+        assert node is not None
+        self._advance(deadline)
+        slot.timer = None
+        slot.timer_version += 1
+        self._call(slot, "timer", node.handle_timer, self.now)
+        idle = self._flush(slot, "timer")
+        if idle and slot.timer is not None and slot.timer <= self.now:
+            slot.idle_fires += 1
+            if slot.idle_fires >= IDLE_TIMER_FIRES_MAX:
+                raise InvariantViolation(
+                    f"livelock: after handle_timer(now={self.now!r}) {slot.node_id} did "
+                    f"nothing and get_timer() still returns {slot.timer!r} <= now, "
+                    f"{slot.idle_fires} times in a row (the driver would spin)"
+                )
+        else:
+            slot.idle_fires = 0
+
+    def _call(self, slot: Slot, what: str, fn: Callable[..., T], *args: object) -> T:
+        """Feed one input to a node; an exception out of it is a failed run."""
+        try:
+            return fn(*args)
+        except Exception as error:
+            self.trace.step(self.now, slot.node_id, f"{what} -> raised {type(error).__name__}")
+            raise InvariantViolation(
+                f"{slot.node_id} raised {type(error).__name__} on '{what}' at "
+                f"t={self.now!r}: {error}"
+            ) from error
+
+    # the flush: persist, send, report ------------------------------------
+    def _flush(
+        self,
+        slot: Slot,
+        what: str,
+        touched: dict[str, None] | None = None,
+        full: bool = False,
+    ) -> bool:
+        """Persist, send, report; re-arm the timer; check the node. True if it was idle.
+
+        Traces the step as one line, ``<what> -> r<records> d<datagrams> e<events>``.
+        """
+        node = slot.node
+        assert node is not None
+        trace = self.trace
+        details: list[str] = []
+        records: list[Record] = []
+        datagrams: list[Datagram] = []
+        events: list[Event] = []
+        outcome = ""
+        touched = dict(touched) if touched else {}
+        try:
+            records = node.records_to_persist()
+            if records:
+                slot.disk.write(records)
+                if slot.crash_mid_flush:
+                    slot.disk.crash()
+                    self.stats.crashes += 1
+                    self.stats.crashes_mid_flush += 1
+                    self._down(slot)
+                    outcome = " crash mid-flush: written, not synced"
+                    return False
+                check_durable(slot.disk.sync(), slot.origin, self.ledger)
+                for record in records:
+                    variable = getattr(record, "variable", None)
+                    if variable is not None:
+                        touched[variable] = None
+                if trace.keep:
+                    details.extend(f"  persist {record}" for record in records)
+            datagrams = node.datagrams_to_send()
+            for datagram in datagrams:
+                self.network.send(slot.address, datagram.payload, datagram.destination, self.now)
+                trace.payload(datagram.payload)
+                if trace.keep:
+                    where = datagram.destination[0] if datagram.destination else "*"
+                    details.append(f"  send {where} {len(datagram.payload)}B")
+            events = node.events()
+            for event in events:
+                if trace.keep:
+                    details.append(f"  event {event}")
+                variable = getattr(event, "variable", None)
+                if variable is not None:
+                    touched[variable] = None
+                if isinstance(event, AddApplied):
+                    self._acknowledge(slot, event)
+                elif isinstance(event, SyncFinished) and event.initiator == slot.node_id:
+                    self.barriers.append(event)
+                    if event.result == "completed":
+                        self.stats.barriers_completed += 1
+                    else:
+                        self.stats.barriers_aborted += 1
+        finally:
+            names = "".join(f" {type(event).__name__}" for event in events)
+            trace.step(
+                self.now,
+                slot.node_id,
+                f"{what} -> r{len(records)} d{len(datagrams)} e{len(events)}{names}{outcome}",
+            )
+            for line in details:
+                trace.detail(line)
+        timer = node.get_timer()
+        if timer != slot.timer:
+            slot.timer = timer
+            slot.timer_version += 1
+            if timer is not None:
+                heapq.heappush(self._timers, (timer, slot.index, slot.timer_version))
+        log_len = node.ops_in_log()
+        if log_len > self.stats.log_len_max:
+            self.stats.log_len_max = log_len
+        slot.steps += 1
+        if self.check_steps:
+            full = full or slot.steps % self.full_check_every == 0
+            self._check_node(slot, node, touched, full)
+        return not (records or datagrams or events)
+
+    def _acknowledge(self, slot: Slot, event: AddApplied) -> None:
+        pending = self._pending.pop((slot.index, slot.boot, event.ticket), None)
+        key = (event.variable, event.origin, event.nonce)
+        if pending is None:
+            raise InvariantViolation(
+                f"stray ack: {slot.node_id} acknowledged {describe(key)} for ticket "
+                f"{event.ticket}, which no add() of this boot returned"
+            )
+        variable, delta = pending
+        self.ledger.acknowledge(event, variable, delta, slot.disk, slot.origin, self.now)
+        self.stats.adds_acked += 1
+
+    # invariants ---------------------------------------------------------
+    def _check_node(self, slot: Slot, node: Node, touched: dict[str, None], full: bool) -> None:
+        values = slot.values
+        for variable in node.variables():
+            if full or variable in touched:
+                values[variable] = check_variable(
+                    node, slot.node_id, variable, slot.disk, self.ledger
+                )
+            else:
+                value = node.value(variable)
+                if value is None or value != values.get(variable):
+                    values[variable] = check_variable(
+                        node, slot.node_id, variable, slot.disk, self.ledger
+                    )
+
+    def check_all(self) -> None:
+        """Scan every variable of every live node (cheap enough now and then)."""
+        for slot in self.slots:
+            if slot.node is not None:
+                self._check_node(slot, slot.node, {}, full=True)
+
+    # heal and convergence -------------------------------------------------
+    def heal(self) -> None:
+        """End every fault: no loss, no cuts, no clogs, every node up (restarted as it was)."""
+        self.trace.step(self.now, "sim", "heal")
+        self.network.heal()
+        for slot in self.slots:
+            if slot.node is None:
+                self.start(slot.index)
+
+    def convergence_gap(self) -> str | None:
+        """None when all live nodes agree on the sum of the acknowledged ops."""
+        return convergence_gap(
+            [(slot.node_id, slot.node) for slot in self.slots if slot.node is not None],
+            self.ledger,
+        )
+
+    def await_convergence(self, bound_s: float, check_every_s: float = 0.01) -> float:
+        """Run until converged; return the virtual time of convergence, or raise."""
+        deadline = self.now + bound_s
+        gap = self.convergence_gap()
+        while gap is not None:
+            if self.now >= deadline:
+                raise InvariantViolation(f"no convergence {bound_s:g} s after heal: {gap}")
+            self.run_until(min(deadline, self.now + check_every_s))
+            gap = self.convergence_gap()
+        self.check_all()
+        lost = self.ledger.undurable_acked([slot.disk for slot in self.slots])
+        if lost:
+            raise InvariantViolation(
+                f"acknowledged ops on no disk at all: {', '.join(map(describe, lost[:5]))}"
+            )
+        self.trace.step(self.now, "sim", "converged")
+        return self.now
+
+    def await_barrier(self, index: int, bound_s: float, attempts: int = 3) -> SyncFinished:
+        """Start a barrier at node *index* and run until one completes; raise if none does.
+
+        Meant for a healed, converged cluster: a barrier may abort (say, it met one that
+        a peer started), so it is retried up to *attempts* times within *bound_s*.
+        """
+        deadline = self.now + bound_s
+        reasons: list[str] = []
+        for _ in range(attempts):
+            if self.slots[index].node is None:
+                break
+            seen = len(self.barriers)
+            self.start_sync(index)
+            while len(self.barriers) == seen and self.now < deadline:
+                self.run_until(min(deadline, self.now + 0.01))
+            if len(self.barriers) == seen:
+                break
+            finished = self.barriers[-1]
+            if finished.result == "completed":
+                return finished
+            reasons.append(finished.reason or finished.result)
+        raise InvariantViolation(
+            f"no barrier completed {bound_s:g} s after heal with {len(self.live())} nodes up "
+            f"(initiator {node_id_of(index)}; aborted: {reasons or 'none finished'})"
+        )

@@ -716,9 +716,10 @@ class Node:
         by multicast, seeds and gossiped addresses not yet heard from."""
         quiet_s = 2 * self.settings.announce_interval_s
         known = {peer.address for peer in self.peers.values()}
+        # Suspected peers too: they may be silent only because we stopped sending.
         targets = [
             peer.address
-            for peer in self._live_peers()
+            for _, peer in sorted(self.peers.items())
             if (peer.multicast_at is None and now - peer.first_seen >= quiet_s)
             or (peer.multicast_at is not None and now - peer.multicast_at >= quiet_s + 1.0)
         ]

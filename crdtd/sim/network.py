@@ -14,6 +14,9 @@ Rules:
   ``delay_min_s..delay_max_s`` (a range, so datagrams overtake each other), a one-way or
   symmetric cut (checked when the datagram is sent), and clogging (everything sent on the
   link before ``until`` arrives only after ``until``, in a burst, reordered);
+- a node may sit where multicast does not pass (``no_multicast``): its multicast reaches
+  nobody and it hears nobody's, while unicast works; this is the shape of the LAN, so
+  ``heal`` keeps it (seeds and unicast fan-out must cope);
 - a datagram whose destination is not attached when it arrives (the node is down) is
   dropped, like a datagram to a closed port; one that arrives after a restart is delivered
   to the new process, which is bound to the same address;
@@ -68,6 +71,7 @@ class NetworkStats:
     dropped_loss: int = 0
     dropped_cut: int = 0
     dropped_down: int = 0
+    dropped_no_multicast: int = 0
     duplicated: int = 0
 
 
@@ -80,6 +84,8 @@ class Network:
     links: dict[Link, LinkFaults] = field(default_factory=dict)
     cut_links: dict[Link, None] = field(default_factory=dict)
     clogged_until: dict[Link, float] = field(default_factory=dict)
+    no_multicast: dict[Address, None] = field(default_factory=dict)
+    """Addresses whose multicast neither leaves nor arrives (unicast still passes)."""
     stats: NetworkStats = field(default_factory=NetworkStats)
     _attached: dict[Address, None] = field(default_factory=dict)
     _receivers: list[Address] = field(default_factory=list)
@@ -155,8 +161,14 @@ class Network:
             )
         self.stats.datagrams_sent += 1
         if destination is None:
+            if source in self.no_multicast:
+                self.stats.dropped_no_multicast += 1
+                return
             for receiver in self._receivers:
                 if receiver != source:
+                    if receiver in self.no_multicast:
+                        self.stats.dropped_no_multicast += 1
+                        continue
                     self._transmit(source, receiver, payload, now, multicast=True)
         elif destination != source:
             self._transmit(source, destination, payload, now)

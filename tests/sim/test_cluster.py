@@ -1,0 +1,130 @@
+"""The cluster driver: flush order, crashes, restarts, wipes and convergence."""
+
+from __future__ import annotations
+
+from crdtd.core.ids import Origin
+from crdtd.core.node import Mode
+from crdtd.core.records import OpRecorded
+from crdtd.sim.cluster import Cluster, address_of
+
+
+def started(size: int, seed: int = 1) -> Cluster:
+    cluster = Cluster(seed, size)
+    for index in range(size):
+        cluster.start(index)
+    return cluster
+
+
+def test_nodes_are_named_and_addressed_by_index() -> None:
+    cluster = started(3)
+    assert [s.node_id for s in cluster.slots] == ["n00", "n01", "n02"]
+    assert address_of(2) == ("n02", 7778)
+    assert cluster.slots[1].origin == Origin("n01", 1)
+
+
+def test_an_acknowledged_add_is_synced_on_its_origins_disk_and_reaches_everyone() -> None:
+    cluster = started(3)
+    cluster.add(0, "v", 5)
+    assert cluster.ledger.acked_total == {"v": 5}
+    assert ("v", Origin("n00", 1), 1) in cluster.slots[0].disk.ops
+    cluster.run_until(1.0)
+    assert [cluster.node(i).value("v") for i in range(3)] == [5, 5, 5]
+    assert cluster.convergence_gap() is None
+
+
+def test_a_crash_mid_flush_loses_the_unsynced_op_and_its_ack() -> None:
+    cluster = started(2)
+    cluster.add(0, "v", 1)
+    cluster.crash_in_next_flush(0)
+    cluster.add(0, "v", 100)
+    assert cluster.slots[0].node is None
+    assert cluster.ledger.acked_total == {"v": 1}
+    assert cluster.slots[0].disk.synced[-1] == OpRecorded("v", Origin("n00", 1), 1, 1)
+    cluster.run_until(0.5)
+    cluster.start(0)
+    cluster.add(0, "v", 2)  # takes nonce 2 again, with another delta: nothing escaped
+    cluster.run_until(1.0)
+    assert cluster.await_convergence(10.0) >= 1.0
+    assert cluster.node(1).value("v") == 3
+
+
+def test_a_restart_rebuilds_the_node_from_its_synced_records() -> None:
+    cluster = started(2)
+    cluster.add(0, "v", 4)
+    cluster.add(1, "w", -3)
+    cluster.run_until(0.5)
+    cluster.crash(0)
+    cluster.run_until(1.0)
+    cluster.start(0)
+    node = cluster.node(0)
+    assert node.value("v") == 4 and node.value("w") == -3
+    assert cluster.slots[0].boot == 2 and cluster.slots[0].origin == Origin("n00", 1)
+
+
+def test_a_wipe_brings_a_new_incarnation_when_every_acked_op_lives_elsewhere() -> None:
+    cluster = started(2)
+    cluster.add(0, "v", 4)
+    cluster.run_until(0.5)
+    cluster.crash(0)
+    cluster.start(0, wipe=True)
+    assert cluster.slots[0].origin == Origin("n00", 2)
+    assert cluster.stats.wipes == 1
+    cluster.add(0, "v", 1)
+    cluster.heal()
+    cluster.await_convergence(20.0)
+    assert cluster.node(0).value("v") == 5
+
+
+def test_a_wipe_that_would_lose_an_acked_op_is_refused() -> None:
+    cluster = started(2)
+    cluster.network.cut(cluster.slots[0].address, cluster.slots[1].address)
+    cluster.add(0, "v", 4)
+    cluster.run_until(0.5)
+    cluster.crash(0)
+    cluster.start(0, wipe=True)
+    assert cluster.stats.wipes_refused == 1
+    assert cluster.slots[0].origin == Origin("n00", 1)
+    cluster.heal()
+    cluster.await_convergence(20.0)
+    assert cluster.node(1).value("v") == 4
+
+
+def test_time_jumps_to_the_next_thing_that_can_happen() -> None:
+    cluster = started(3)
+    cluster.run_until(600.0)
+    assert cluster.now == 600.0
+    # per node and second about one announce: its timer and two receptions, each with a
+    # flush line (6 lines), plus a barrier at sync_interval_s - not a step per millisecond
+    assert cluster.trace.steps < 3 * 600 * 8
+    assert all(cluster.node(i).mode is Mode.WORK for i in range(3))
+
+
+def test_heal_restarts_every_down_node() -> None:
+    cluster = started(3)
+    cluster.crash(1)
+    cluster.crash(2)
+    cluster.heal()
+    assert len(cluster.live()) == 3
+
+
+def test_a_burst_of_adds_in_one_flush_fits_in_datagrams_and_converges() -> None:
+    cluster = started(3)
+    tickets = cluster.add_batch(0, [(f"v{i % 4}", i) for i in range(300)])
+    assert len(set(tickets)) == 300
+    assert cluster.stats.adds_acked == 300
+    assert cluster.network.stats.datagrams_sent > 1  # split to fit DATAGRAM_BYTES_MAX
+    cluster.await_convergence(10.0)
+    assert sum(cluster.node(2).value(f"v{i}") or 0 for i in range(4)) == sum(range(300))
+
+
+def test_a_barrier_in_a_quiet_cluster_folds_every_log_away() -> None:
+    cluster = started(4)
+    for i in range(12):
+        cluster.add(i % 4, "v", i)
+    cluster.run_until(3.0)
+    finished = cluster.await_barrier(1, bound_s=10.0)
+    assert finished.result == "completed" and finished.initiator == "n01"
+    cluster.await_convergence(10.0)
+    assert [cluster.node(i).ops_in_log() for i in range(4)] == [0, 0, 0, 0]
+    assert cluster.stats.barriers_completed == 1
+    assert cluster.node(3).value("v") == sum(range(12))

@@ -131,7 +131,6 @@ class Peer:
     barrier: BarrierId | None = None
     suspected: bool = False
     marks: dict[tuple[str, Origin], int] = field(default_factory=dict)
-    window: ReplayWindow = field(default_factory=ReplayWindow)
     first_seen: float = 0.0
     multicast_at: float | None = None
 
@@ -185,6 +184,7 @@ class Node:
         self._fanout: list[Address] = list(settings.seeds)
         self._candidates: dict[Address, float] = {}  # gossiped addresses -> expiry
         self._verifies: dict[int, Verify] = {}
+        self._windows: dict[Origin, ReplayWindow] = {}  # outlive peers; bounded, LRU
         self._records: list[Record] = []
         self._out: list[Datagram] = []
         self._events: list[Event] = []
@@ -193,7 +193,6 @@ class Node:
         self._tickets = 0
         self._held: list[tuple[int, str, int]] = []
         self._sync_tickets: list[int] = []
-        self._serial = 0
         self._part: Participation | None = None
         self._coord: Coordination | None = None
         self._closing: dict[BarrierId, Closing] = {}
@@ -222,16 +221,10 @@ class Node:
             if sender.incarnation != self.origin.incarnation:
                 self._reject("id_clash", address)
             return  # our own multicast, looped back
-        known = self.peers.get(sender.node_id)
-        if (
-            self.settings.keys
-            and known is not None
-            and known.incarnation == sender.incarnation
-            and not known.window.accept(envelope.seq)
-        ):
+        if self.settings.keys and not self._window(sender).accept(envelope.seq):
             self._reject("replayed", address)
             return
-        peer = self._touch_peer(sender, envelope.seq, address, now)
+        peer = self._touch_peer(sender, address, now)
         if peer is None:
             return
         if via_multicast:
@@ -440,7 +433,7 @@ class Node:
 
     # --- peers --------------------------------------------------------------------
 
-    def _touch_peer(self, sender: Origin, seq: int, address: Address, now: float) -> Peer | None:
+    def _touch_peer(self, sender: Origin, address: Address, now: float) -> Peer | None:
         peer = self.peers.get(sender.node_id)
         if peer is not None and sender.incarnation < peer.incarnation:
             self._reject("stale_incarnation", address)
@@ -452,7 +445,6 @@ class Node:
             peer = Peer(sender.node_id, sender.incarnation, address, now, first_seen=now)
             self._candidates.pop(address, None)
             self.peers[sender.node_id] = peer
-            peer.window.accept(seq)
             self._events.append(PeerJoined(sender.node_id, sender.incarnation, address))
             self._pull_into_barrier(peer, now)
             # Tell the newcomer what we hold right away, by unicast: it may be joining.
@@ -461,6 +453,15 @@ class Node:
         peer.address = address
         peer.suspected = False
         return peer
+
+    def _window(self, sender: Origin) -> ReplayWindow:
+        """The replay window of *sender*, kept even after the peer expires, so an old
+        datagram captured before a long silence is still refused."""
+        window = self._windows.pop(sender, None) or ReplayWindow()
+        self._windows[sender] = window
+        while len(self._windows) > 4 * self.settings.peers_max:
+            del self._windows[next(iter(self._windows))]
+        return window
 
     def _expire_peers(self, now: float) -> None:
         # Compare deadlines exactly as get_timer computes them, so float rounding can
@@ -972,9 +973,11 @@ class Node:
     # --- barrier: initiator -------------------------------------------------------
 
     def _initiate(self, now: float) -> None:
-        self._serial += 1
+        # The serial comes from the datagram sequence, which grows across restarts
+        # (seq_start), so a restarted initiator never reuses an earlier barrier's id.
+        self._encoder.seq += 1
         epoch = max([self.epoch, *(peer.epoch for peer in self.peers.values())]) + 1
-        barrier = BarrierId(epoch, self.node_id, self._serial)
+        barrier = BarrierId(epoch, self.node_id, self._encoder.seq)
         members = {self.node_id: Member(None, Status.JOINED, now)}
         for peer in self._live_peers():
             members[peer.node_id] = Member(peer.address, Status.INVITED, now)

@@ -178,7 +178,17 @@ class Cluster:
         records = list(slot.disk.synced)
         what = f"{what} as {slot.origin} from {len(records)} records"
         slot.node = self._call(
-            slot, what, self._factory, slot.origin, self.settings, rng, self.now, records
+            slot,
+            what,
+            self._factory,
+            slot.origin,
+            self.settings,
+            rng,
+            self.now,
+            records,
+            # Above every sequence number of earlier boots, as the daemon's wall-clock
+            # microseconds are: fewer than a million datagrams a virtual second.
+            int(self.now * 1_000_000) + 1,
         )
         self.network.attach(slot.address)
         self._flush(slot, what, full=True)

@@ -63,9 +63,10 @@ class ForgetsItsOwnOps(Node):
         rng: random.Random,
         now: float,
         records: Iterable[Record] = (),
+        seq_start: int = 0,
     ) -> None:
         kept = [r for r in records if not (isinstance(r, OpRecorded) and r.origin == origin)]
-        super().__init__(origin, settings, rng, now, kept)
+        super().__init__(origin, settings, rng, now, kept, seq_start)
 
 
 class DeafToN01(Node):

@@ -124,6 +124,10 @@ def run_status(client: Client, options: argparse.Namespace) -> Data:
     return client.call("status")
 
 
+def run_keys(client: Client, options: argparse.Namespace) -> Data:
+    return client.call("keys")
+
+
 def run_wait_ready(client: Client, options: argparse.Namespace) -> Data:
     """Poll ``status`` until the daemon answers in mode work; raise ``timeout`` if not."""
     limit_s: float = options.ready_timeout or options.timeout or READY_TIMEOUT_S
@@ -163,6 +167,7 @@ RUNNERS: dict[str, Callable[[Client, argparse.Namespace], Data]] = {
     "sync": run_sync,
     "peers": run_peers,
     "status": run_status,
+    "keys": run_keys,
     "wait-ready": run_wait_ready,
 }
 
@@ -177,6 +182,7 @@ populate VAR [COUNT]  add COUNT random ops (default 100)
 sync                  run a full sync and wait for it
 peers                 the peers this node knows
 status                this node's state
+keys                  the key ids this node signs with and accepts
 help                  this text
 quit                  leave (so does end of input)"""
 
@@ -233,6 +239,7 @@ def build_parser(*, shell: bool = False) -> _Parser:
     command("sync", "run a full sync and wait for its outcome")
     command("peers", "the peers this node knows")
     command("status", "this node's state")
+    command("keys", "the key ids this node signs with and accepts, and rejected datagrams")
     if shell:
         command("help", "list the commands")
         command("quit", "leave the shell")

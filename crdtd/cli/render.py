@@ -153,6 +153,20 @@ def _status(data: Data) -> str:
     return summary + "\n\n" + peers_table(data["peers"])
 
 
+def _keys(data: Data) -> str:
+    signing, accepted = data["signing"], data["accepted"]
+    if accepted:
+        uses = [(key, "signs, accepts" if key == signing else "accepts") for key in accepted]
+        keys = table(["KEY", "USE"], uses)
+    else:
+        keys = "(no keys: datagrams are neither signed nor checked)"
+    rejected = data["rejected"]
+    if not rejected:
+        return keys + "\n\nno datagrams rejected"
+    rows = [(reason, count) for reason, count in sorted(rejected.items())]
+    return keys + "\n\n" + table(["REJECTED", "DATAGRAMS"], rows)
+
+
 def _wait_ready(data: Data) -> str:
     return f"crdtd is ready: node {data['node_id']}, mode {data['mode']}"
 
@@ -172,6 +186,7 @@ _TEXT: dict[str, Callable[[Data], str]] = {
     "sync": _sync,
     "peers": _peers,
     "status": _status,
+    "keys": _keys,
     "wait-ready": _wait_ready,
     "watch": _watch,
 }

@@ -233,6 +233,7 @@ COMMANDS: Mapping[str, Mapping[str, tuple[_Check, bool]]] = {
     "sync": {},
     "peers": {},
     "status": {},
+    "keys": {},
     "watch": {"variable": (check_variable, _REQUIRED)},
     "ping": {},
 }

@@ -15,10 +15,10 @@ Rules:
   repeated key), so the operator can fix the file without reading this code.
 
 Theory of operation: the file is composed into a YAML node tree (which keeps line
-numbers) rather than loaded into plain dicts (which lose them). Each dataclass field
-carries the check for its key in its metadata, so a key, its type, its default and its
-rule are written once. Each scalar is constructed with PyYAML's safe constructor and
-handed to that check.
+numbers; `crdtd.daemon.yamlfile`, shared with the key file loader) rather than loaded
+into plain dicts (which lose them). Each dataclass field carries the check for its key in
+its metadata, so a key, its type, its default and its rule are written once. Each scalar
+is constructed with PyYAML's safe constructor and handed to that check.
 """
 
 from __future__ import annotations
@@ -30,19 +30,18 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import yaml
 
 from crdtd.core.ids import NAME_MAX, is_name
-from crdtd.core.settings import Settings
+from crdtd.core.settings import Key, Settings
 from crdtd.daemon.logs import FORMATS, LEVELS
+from crdtd.daemon.yamlfile import ConfigError, YamlFile, read_text, tag
+
+__all__ = ["Config", "ConfigError", "default_config_path", "load_config"]
 
 DEFAULT_CONFIG_PATH = Path("/etc/crdtd/crdtd.yaml")
-
-
-class ConfigError(Exception):
-    """The config file cannot be used; the message names file, line, key and the fix."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,12 +225,14 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig, metadata={"section": LogConfig})
     limits: LimitsConfig = field(default_factory=LimitsConfig, metadata={"section": LimitsConfig})
 
-    def settings(self) -> Settings:
+    def settings(self, keys: tuple[Key, ...] = ()) -> Settings:
         """The protocol tunables this config sets; the others keep their defaults.
 
-        Keys are added later by the key loader, from ``security.key_file``.
+        *keys* come from the key loader (`crdtd.daemon.keys`), which reads
+        ``security.key_file``.
         """
         return Settings(
+            keys=keys,
             announce_interval_s=self.network.announce_interval_s,
             peer_suspect_s=self.network.peer_suspect_s,
             peer_timeout_s=self.network.peer_timeout_s,
@@ -261,13 +262,7 @@ def load_config(path: Path | None) -> Config:
     if path is None:
         return Config()
     loader = _Loader(str(path))
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
-    except UnicodeDecodeError as error:
-        raise ConfigError(f"{path}: not UTF-8 text: {error.reason}") from None
-    root = loader.compose(text)
+    root = loader.compose(read_text(path))
     if root is None:
         return Config()
     config = loader.build(Config, root, "")
@@ -276,55 +271,24 @@ def load_config(path: Path | None) -> Config:
     return config
 
 
-class _Loader:
+class _Loader(YamlFile):
     """Walks one file's node tree, remembering each key's value node for later errors."""
 
     def __init__(self, file: str) -> None:
-        self.file = file
+        super().__init__(file, ConfigError)
         self.value_nodes: dict[str, yaml.Node] = {}
-        self.constructor = yaml.constructor.SafeConstructor()
-
-    def compose(self, text: str) -> yaml.Node | None:
-        try:
-            node: yaml.Node | None = yaml.compose(text, Loader=yaml.SafeLoader)
-        except yaml.MarkedYAMLError as error:
-            mark = error.problem_mark or error.context_mark
-            where = f":{mark.line + 1}" if mark is not None else ""
-            # The context completes some problems: "expected a single document in the
-            # stream, but found another document".
-            what = ", ".join(part for part in (error.context, error.problem) if part)
-            raise ConfigError(f"{self.file}{where}: invalid YAML: {what}") from None
-        except yaml.reader.ReaderError as error:
-            # Raised before any mark exists; for text input, character is a code point.
-            line = text.count("\n", 0, error.position) + 1
-            raise ConfigError(
-                f"{self.file}:{line}: invalid YAML: "
-                f"non-printable character U+{error.character:04X} not allowed"
-            ) from None
-        return node
 
     def build(self, cls: type[Any], node: yaml.Node, path: str) -> object:
         """Make a *cls* (a section, or Config itself) from a mapping node."""
-        if _tag(node) == "null":
+        if tag(node) == "null":
             return cls()
         if not isinstance(node, yaml.MappingNode):
             where = path or "top level"
             self.fail(node, where, "a mapping of keys to values")
         known = {f.name: f for f in fields(cls)}
         values: dict[str, object] = {}
-        for key_node, value_node in node.value:
-            if not isinstance(key_node, yaml.ScalarNode):
-                self.fail(key_node, path or "top level", "a key name")
-            # The key's source text: YAML would read a key such as `on` as a boolean.
-            key = str(key_node.value)
+        for key, _, value_node in self.items(node, path, list(known)):
             key_path = f"{path}.{key}" if path else key
-            if key not in known:
-                raise ConfigError(
-                    f"{self.file}:{_line(key_node)}: {key_path}: unknown key; "
-                    f"expected one of: {', '.join(known)}"
-                )
-            if key in values:
-                raise ConfigError(f"{self.file}:{_line(key_node)}: {key_path}: key given twice")
             metadata = known[key].metadata
             if "section" in metadata:
                 values[key] = self.build(metadata["section"], value_node, key_path)
@@ -337,7 +301,7 @@ class _Loader:
         if not isinstance(node, yaml.ScalarNode):
             self.fail(node, path, check.expected)
         try:
-            return check.convert(self.constructor.construct_object(node))
+            return check.convert(self.construct(node))
         except (ValueError, yaml.YAMLError):
             # YAMLError: a tag the safe constructor refuses, or `!!int abc`.
             self.fail(node, path, check.expected)
@@ -360,37 +324,3 @@ class _Loader:
                 lower,
                 f"a number of seconds less than {higher} ({high:g})",
             )
-
-    def fail(self, node: yaml.Node, path: str, expected: str) -> NoReturn:
-        """Raise the one-line error ``FILE:LINE: path: expected ..., got ...``."""
-        raise ConfigError(
-            f"{self.file}:{_line(node)}: {path}: expected {expected}, got {_found(node)}"
-        )
-
-
-def _line(node: yaml.Node) -> int:
-    return int(node.start_mark.line) + 1
-
-
-def _tag(node: yaml.Node) -> str:
-    """The short tag of a resolved node: ``str``, ``int``, ``bool``, ``null``, ``map``..."""
-    return str(node.tag).rsplit(":", 1)[-1]
-
-
-_KIND = {"bool": "a boolean", "timestamp": "a date", "binary": "binary data"}
-
-
-def _found(node: yaml.Node) -> str:
-    """Describe a value as the user wrote it, with its YAML type when that may surprise."""
-    if isinstance(node, yaml.MappingNode):
-        return "a mapping"
-    if isinstance(node, yaml.SequenceNode):
-        return "a list"
-    tag = _tag(node)
-    if tag == "str":
-        return repr(node.value)
-    if tag == "null":
-        return "null"
-    if tag in ("int", "float"):
-        return str(node.value)
-    return f"{node.value} ({_KIND.get(tag, 'tagged ' + str(node.tag))})"

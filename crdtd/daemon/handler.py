@@ -112,6 +112,21 @@ class Handler:
 
         return await driver.call(read)
 
+    async def _cmd_keys(self) -> dict[str, Any]:
+        def read(node: Node, now: float) -> dict[str, Any]:
+            keys = node.settings.keys
+            return {
+                "signing": keys[0].key_id if keys else None,
+                "accepted": [key.key_id for key in keys],
+                "rejected": {
+                    name.removeprefix("rejected_"): count
+                    for name, count in sorted(node.stats.items())
+                    if name.startswith("rejected_")
+                },
+            }
+
+        return await self._driver.call(read)
+
     # --- writes ---------------------------------------------------------------------
 
     async def _cmd_create(self, variable: str) -> dict[str, Any]:

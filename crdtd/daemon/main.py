@@ -1,7 +1,15 @@
-"""``crdtd``: the daemon's entry point. Wiring only: config, logs, state, sockets, run.
+"""``crdtd``: the daemon's entry point. Wiring only: config, keys, logs, state, sockets, run.
 
 Exit codes: 0 after a clean stop (SIGTERM/SIGINT), 1 when it cannot start or its disk
-fails (the message says why), 2 for a bad command line or config.
+fails (the message says why), 2 for a bad command line, config or key file.
+
+Signals: SIGTERM and SIGINT stop cleanly. SIGHUP re-reads the config (and applies its log
+level) and the key file named by ``security.key_file`` at startup, then hands the keys to
+the node through the driver; a bad file is logged and the running settings stay.
+
+Replay protection survives restarts because each boot numbers its datagrams from the
+wall clock in microseconds (``seq_start``), above anything an earlier boot sent unless
+it sent more than a million datagrams a second (see `crdtd.core.replay`).
 """
 
 from __future__ import annotations
@@ -24,8 +32,10 @@ from crdtd import __version__
 from crdtd.control.server import ControlServer, SocketPathError
 from crdtd.core.ids import Origin
 from crdtd.core.node import Node
+from crdtd.core.settings import Key
 from crdtd.daemon.config import Config, ConfigError, default_config_path, load_config
 from crdtd.daemon.handler import Handler
+from crdtd.daemon.keys import describe_keys, load_keys
 from crdtd.daemon.logs import configure_logging, get_logger, set_level
 from crdtd.daemon.systemd import Notifier
 from crdtd.net.driver import Driver
@@ -57,15 +67,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = args.config or default_config_path()
     try:
         config = load_config(path)
-    except ConfigError as error:
+        keys = _load_keys(config)
+    except ConfigError as error:  # a KeyFileError too
         print(f"crdtd: {error}", file=sys.stderr)
         return 2
     if args.check_config:
         print(f"crdtd: {path or 'built-in defaults'}: ok")
+        if config.security.key_file is not None:
+            ids = ", ".join(key.key_id for key in keys)
+            print(f"crdtd: {config.security.key_file}: ok (keys {ids}; {keys[0].key_id} signs)")
         return 0
     configure_logging(config.log.level, config.log.format, node_id=None)
     try:
-        asyncio.run(_serve(config, path))
+        asyncio.run(_serve(config, path, keys))
     except (StartupError, StoreError, NetworkSetupError, SocketPathError) as error:
         get_logger().error("startup_failed", error=str(error))
         print(f"crdtd: {error}", file=sys.stderr)
@@ -85,15 +99,44 @@ def new_incarnation() -> int:
     return int(time.time() * 1000)
 
 
-async def _serve(config: Config, config_path: Path | None) -> None:
+def _load_keys(config: Config) -> tuple[Key, ...]:
+    """The keys of ``security.key_file``; none (no authentication) when it is null."""
+    if config.security.key_file is None:
+        return ()
+    return load_keys(config.security.key_file)
+
+
+def new_seq_start() -> int:
+    """Where this boot's datagram sequence numbers start: microseconds since the epoch."""
+    return time.time_ns() // 1000
+
+
+def make_socket_directory(directory: Path) -> None:
+    """Create the control socket's directory 0750 (its owner and group may reach the
+    socket) when it is missing; an existing directory is left as it is."""
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(mode=0o750)
+    except FileExistsError:
+        return
+    except OSError as error:
+        raise StartupError(
+            f"{directory}: cannot create the control socket's directory: {error.strerror}"
+        ) from None
+    os.chmod(directory, 0o750)  # mkdir's mode is masked by the umask
+
+
+async def _serve(config: Config, config_path: Path | None, keys: tuple[Key, ...]) -> None:
     store = Store.open(config.node.state_dir, config.node.id, new_incarnation, new_node_id)
     try:
-        await _run(config, config_path, store)
+        await _run(config, config_path, store, keys)
     finally:
         store.close()
 
 
-async def _run(config: Config, config_path: Path | None, store: Store) -> None:
+async def _run(
+    config: Config, config_path: Path | None, store: Store, keys: tuple[Key, ...]
+) -> None:
     configure_logging(config.log.level, config.log.format, node_id=store.node_id)
     log = get_logger()
     net = config.network
@@ -104,16 +147,17 @@ async def _run(config: Config, config_path: Path | None, store: Store) -> None:
     rng_seed = secrets.randbits(64)
     node = Node(
         Origin(store.node_id, store.incarnation),
-        config.settings(),
+        config.settings(keys),
         random.Random(rng_seed),
         loop.time(),
         await asyncio.to_thread(store.load),
+        seq_start=new_seq_start(),
     )
     notifier = Notifier()
     driver = Driver(node, store, (net.group, net.port), log, notifier)
     await driver.attach(unicast, multicast)
     socket_path = config.control.socket
-    socket_path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+    make_socket_directory(socket_path.parent)
     server = ControlServer(
         socket_path,
         Handler(driver, random.Random(rng_seed + 1)),
@@ -122,7 +166,8 @@ async def _run(config: Config, config_path: Path | None, store: Store) -> None:
     await server.start()
     loop.add_signal_handler(signal.SIGTERM, driver.stop)
     loop.add_signal_handler(signal.SIGINT, driver.stop)
-    loop.add_signal_handler(signal.SIGHUP, _reload, config_path)
+    reloader = _Reloader(config_path, config.security.key_file, driver)
+    loop.add_signal_handler(signal.SIGHUP, reloader.trigger)
     log.info(
         "started",
         version=__version__,
@@ -132,6 +177,7 @@ async def _run(config: Config, config_path: Path | None, store: Store) -> None:
         group=f"{net.group}:{net.port}",
         ttl=net.ttl,
         socket=str(socket_path),
+        **describe_keys(keys),
         variables=len(node.counters),
         ops_in_log=node.ops_in_log(),
         pid=os.getpid(),
@@ -140,20 +186,77 @@ async def _run(config: Config, config_path: Path | None, store: Store) -> None:
     try:
         await driver.run()
     finally:
+        loop.remove_signal_handler(signal.SIGHUP)
+        await reloader.close()
         await server.close()
         log.info("stopped")
 
 
-def _reload(config_path: Path | None) -> None:
-    """SIGHUP: re-read the config and apply what can change live (the log level)."""
-    logger = get_logger()
-    try:
-        config = load_config(config_path)
-    except ConfigError as error:
-        logger.error("config_reload_failed", error=str(error))
-        return
-    set_level(config.log.level)
-    logger.info("config_reloaded", level=config.log.level)
+class _Reloader:
+    """SIGHUP: re-read the config and apply what can change live (the log level), then
+    re-read the key file and hand its keys to the node.
+
+    The key file is the one named at startup (a new ``security.key_file`` path takes a
+    restart): a daemon started without keys stays without, since turning keys on at one
+    node at a time would split the cluster. Reloads run one at a time, in signal order.
+    """
+
+    def __init__(self, config_path: Path | None, key_file: Path | None, driver: Driver) -> None:
+        self._config_path = config_path
+        self._key_file = key_file
+        self._driver = driver
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._lock = asyncio.Lock()
+
+    def trigger(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._reload())
+        self._tasks.add(task)  # keep a reference until it is done
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _reload(self) -> None:
+        async with self._lock:
+            try:
+                self._reload_config()
+                if self._key_file is not None:
+                    await self._reload_keys(self._key_file)
+            except Exception as error:  # a bug: say so, and keep serving on what runs
+                get_logger().exception("reload_failed", error=repr(error))
+
+    def _reload_config(self) -> None:
+        logger = get_logger()
+        try:
+            config = load_config(self._config_path)
+        except ConfigError as error:
+            logger.error("config_reload_failed", error=str(error))
+            return
+        set_level(config.log.level)
+        logger.info("config_reloaded", level=config.log.level)
+        if config.security.key_file != self._key_file:
+            logger.warning(
+                "restart_required",
+                key="security.key_file",
+                running=str(self._key_file) if self._key_file else None,
+                configured=str(config.security.key_file) if config.security.key_file else None,
+            )
+
+    async def _reload_keys(self, key_file: Path) -> None:
+        logger = get_logger()
+        try:
+            keys = await asyncio.to_thread(load_keys, key_file)
+        except ConfigError as error:
+            logger.error("keys_reload_failed", error=str(error))
+            return
+
+        def rotate(node: Node, now: float) -> None:
+            node.set_keys(keys)
+
+        await self._driver.call(rotate)
+        logger.info("keys_reloaded", **describe_keys(keys))
 
 
 if __name__ == "__main__":

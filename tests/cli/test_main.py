@@ -154,6 +154,38 @@ def test_status_and_peers_are_tables(crdtctl: Crdtctl, daemon: Daemon) -> None:
     )
 
 
+def test_keys_is_a_table_of_ids_and_uses_then_rejections(crdtctl: Crdtctl, daemon: Daemon) -> None:
+    assert crdtctl("keys") == Run(
+        0,
+        "KEY     USE\n"
+        "k2026b  signs, accepts\n"
+        "k2026a  accepts\n"
+        "\n"
+        "REJECTED     DATAGRAMS\n"
+        "bad_mac             14\n"
+        "unknown_key          2\n",
+        "",
+    )
+
+
+def test_keys_json_is_the_daemons_answer_in_an_envelope(crdtctl: Crdtctl, daemon: Daemon) -> None:
+    assert crdtctl("--json", "keys").json() == {
+        "v": 1,
+        "ok": True,
+        "command": "keys",
+        "data": daemon.handler.keys,
+    }
+
+
+def test_keys_without_keys_says_datagrams_are_not_authenticated(
+    crdtctl: Crdtctl, daemon: Daemon
+) -> None:
+    daemon.handler.keys = {"signing": None, "accepted": [], "rejected": {}}
+    assert crdtctl("keys").out == (
+        "(no keys: datagrams are neither signed nor checked)\n\nno datagrams rejected\n"
+    )
+
+
 def test_sync_prints_its_outcome(crdtctl: Crdtctl, daemon: Daemon) -> None:
     assert crdtctl("sync") == Run(0, "sync completed after 42 ms; epoch 3\n", "")
 

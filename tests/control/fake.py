@@ -20,7 +20,8 @@ PEER = {"node_id": "n2", "address": ["10.0.0.2", 7946], "mode": "work", "last_se
 class FakeHandler:
     """Answers like the daemon, from dicts. Knobs: ``modes`` (status answers these modes
     in turn before ``mode``), ``sync_hangs``, ``sync_result``, ``scripted_changes``
-    (queued for each new watch; None ends the stream). ``get boom`` raises a bug."""
+    (queued for each new watch; None ends the stream), ``keys`` (the answer to keys).
+    ``get boom`` raises a bug."""
 
     def __init__(self) -> None:
         self.values: dict[str, int] = {}
@@ -37,6 +38,11 @@ class FakeHandler:
         self.watch_ended = asyncio.Event()
         self.sync_started = asyncio.Event()
         self._nonce = 0
+        self.keys: dict[str, Any] = {
+            "signing": "k2026b",
+            "accepted": ["k2026b", "k2026a"],
+            "rejected": {"unknown_key": 2, "bad_mac": 14},
+        }
 
     async def handle(self, request: Request) -> dict[str, Any]:
         self.requests.append(request)
@@ -93,6 +99,8 @@ class FakeHandler:
                 return {"result": self.sync_result, "epoch": 3, "duration_ms": 42}
             case "peers":
                 return {"peers": [PEER]}
+            case "keys":
+                return dict(self.keys)
             case "status":
                 mode = self.modes.pop(0) if self.modes else self.mode
                 return {

@@ -61,6 +61,7 @@ def rejection(raw: bytes) -> Rejected:
         ("sync", {}),
         ("peers", {}),
         ("status", {}),
+        ("keys", {}),
         ("watch", {"variable": "x" * 64}),
         ("ping", {}),
     ],
@@ -75,7 +76,7 @@ def test_every_command_round_trips(cmd: str, args: dict[str, object]) -> None:
 def test_every_command_is_covered_by_the_round_trip() -> None:
     assert set(COMMANDS) == {
         "create", "variables", "get", "history", "before", "add",
-        "populate", "sync", "peers", "status", "watch", "ping",
+        "populate", "sync", "peers", "status", "keys", "watch", "ping",
     }  # fmt: skip
 
 

@@ -34,6 +34,7 @@ class Daemon:
     process: subprocess.Popen[bytes] | None = None
     extra_config: str = ""
     log_level: str = "debug"
+    key_file: Path | None = None
 
     @property
     def socket(self) -> Path:
@@ -53,7 +54,9 @@ class Daemon:
             f"network: {{interface: 127.0.0.1, port: {self.group_port},"
             f" unicast_port: {self.unicast_port}, ttl: 0}}\n"
             f"control: {{socket: {self.socket}}}\n"
-            f"log: {{level: {self.log_level}, format: json}}\n" + self.extra_config
+            f"log: {{level: {self.log_level}, format: json}}\n"
+            + (f"security: {{key_file: {self.key_file}}}\n" if self.key_file else "")
+            + self.extra_config
         )
 
     def start(self) -> None:
@@ -112,7 +115,12 @@ class Cluster:
 
     @classmethod
     def start(
-        cls, root: Path, size: int, extra_config: str = "", log_level: str = "debug"
+        cls,
+        root: Path,
+        size: int,
+        extra_config: str = "",
+        log_level: str = "debug",
+        key_file: Path | None = None,
     ) -> Cluster:
         cluster = cls(root)
         group_port = free_udp_port()
@@ -124,6 +132,7 @@ class Cluster:
                 free_udp_port(),
                 extra_config=extra_config,
                 log_level=log_level,
+                key_file=key_file,
             )
             cluster.daemons.append(daemon)
             daemon.start()

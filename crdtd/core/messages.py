@@ -94,7 +94,10 @@ class Nack:
 
 @dataclass(frozen=True, slots=True)
 class PeerList:
-    peers: tuple[tuple[str, str, int], ...]  # (node_id, host, port)
+    """``heard``: whether the sender hears that peer's multicast. A node that cannot
+    receive multicast says so here, so its peers send it unicast copies."""
+
+    peers: tuple[tuple[str, str, int, bool], ...]  # (node_id, host, port, heard)
 
 
 @dataclass(frozen=True, slots=True)

@@ -133,6 +133,7 @@ class Peer:
     marks: dict[tuple[str, Origin], int] = field(default_factory=dict)
     first_seen: float = 0.0
     multicast_at: float | None = None
+    deaf_at: float | None = None  # when it last told us it does not hear our multicast
 
 
 @dataclass(slots=True)
@@ -245,7 +246,7 @@ class Node:
             self._plan_fanout(now)
             self._announce(now)
             if self._fanout:
-                self._unicast_each(self._encoder.peer_list(self._peer_list()), self._fanout)
+                self._unicast_each(self._encoder.peer_list(self._peer_list(now)), self._fanout)
 
     def create(self, variable: str, now: float) -> bool:
         """Create *variable* here and everywhere; False (a no-op) if it exists."""
@@ -490,7 +491,7 @@ class Node:
         elif isinstance(message, Bases):
             self._on_bases(message, now)
         elif isinstance(message, PeerList):
-            self._on_peer_list(message, now)
+            self._on_peer_list(message, peer, now)
         elif isinstance(message, DigestRequest):
             self._unicast(self._encoder.digest_reply(message.token, self._reports()), peer.address)
             self._count("verify_requests_served")
@@ -714,15 +715,16 @@ class Node:
 
     def _plan_fanout(self, now: float) -> None:
         """Who gets unicast copies of our multicast: peers we never (or no longer) hear
-        by multicast, seeds and gossiped addresses not yet heard from."""
-        quiet_s = 2 * self.settings.announce_interval_s
+        by multicast, peers that told us they do not hear ours, seeds and gossiped
+        addresses not yet heard from."""
+        deaf_s = 2 * self.settings.announce_interval_s + 1.0
         known = {peer.address for peer in self.peers.values()}
         # Suspected peers too: they may be silent only because we stopped sending.
         targets = [
             peer.address
             for _, peer in sorted(self.peers.items())
-            if (peer.multicast_at is None and now - peer.first_seen >= quiet_s)
-            or (peer.multicast_at is not None and now - peer.multicast_at >= quiet_s + 1.0)
+            if self._quiet_multicast(peer, now)
+            or (peer.deaf_at is not None and now - peer.deaf_at < deaf_s)
         ]
         for address, expiry in list(self._candidates.items()):
             if now >= expiry:
@@ -730,13 +732,25 @@ class Node:
         targets += [a for a in (*self.settings.seeds, *self._candidates) if a not in known]
         self._fanout = list(dict.fromkeys(targets))
 
-    def _peer_list(self) -> list[tuple[str, str, int]]:
-        return [(p.node_id, p.address[0], p.address[1]) for p in self._live_peers()]
+    def _peer_list(self, now: float) -> list[tuple[str, str, int, bool]]:
+        return [
+            (p.node_id, p.address[0], p.address[1], not self._quiet_multicast(p, now))
+            for p in self._live_peers()
+        ]
 
-    def _on_peer_list(self, message: PeerList, now: float) -> None:
+    def _quiet_multicast(self, peer: Peer, now: float) -> bool:
+        """True when no multicast came from *peer* lately (or ever, after a grace)."""
+        quiet_s = 2 * self.settings.announce_interval_s
+        if peer.multicast_at is None:
+            return now - peer.first_seen >= quiet_s
+        return now - peer.multicast_at >= quiet_s + 1.0
+
+    def _on_peer_list(self, message: PeerList, peer: Peer, now: float) -> None:
         known = {peer.address for peer in self.peers.values()}
-        for node_id, host, port in message.peers:
+        for node_id, host, port, heard in message.peers:
             address = (host, port)
+            if node_id == self.node_id and not heard:
+                peer.deaf_at = now  # it does not hear our multicast: fan out to it
             if node_id == self.node_id or address in known or address in self._candidates:
                 continue
             if len(self._candidates) >= self.settings.peers_max:
@@ -1015,16 +1029,32 @@ class Node:
     def _on_sync_join(self, barrier: BarrierId, peer: Peer) -> None:
         coord = self._coord
         member = coord.members.get(peer.node_id) if coord and coord.barrier == barrier else None
-        if member is not None and member.status is Status.INVITED:
+        if member is None:
+            self._turn_away(barrier, peer)
+        elif member.status is Status.INVITED:
             member.status = Status.JOINED
+
+    def _turn_away(self, barrier: BarrierId, peer: Peer) -> None:
+        """A peer took part in a barrier of ours that no longer counts it (it was dropped,
+        or the barrier ended without it, as after a stall): tell it to leave, so it
+        does not sit frozen until its own deadline, refusing every later barrier."""
+        closing = self._closing.get(barrier)
+        if barrier.initiator != self.node_id or (closing and peer.node_id in closing.pending):
+            return  # not ours, or a member the closing message is still on its way to
+        self._count("barrier_strays_turned_away")
+        self._send_sync(SyncAbort(barrier), peer.address)
 
     def _on_sync_ready(self, message: SyncReady, peer: Peer | None, now: float) -> None:
         coord = self._coord
         if coord is None or coord.barrier != message.barrier:
+            if peer is not None:
+                self._turn_away(message.barrier, peer)
             return
         node_id = self.node_id if peer is None else peer.node_id
         member = coord.members.get(node_id)
         if member is None:
+            if peer is not None:
+                self._turn_away(message.barrier, peer)
             return
         member.status = Status.JOINED
         member.digest = message.digest

@@ -186,8 +186,11 @@ class Encoder:
             items.append(head + _U16.pack(len(part)) + b"".join(part))
         return self._pack(T_ANNOUNCE, prefix, items)
 
-    def peer_list(self, peers: Sequence[tuple[str, str, int]]) -> list[bytes]:
-        items = [_name(node_id) + _name(host) + _U16.pack(port) for node_id, host, port in peers]
+    def peer_list(self, peers: Sequence[tuple[str, str, int, bool]]) -> list[bytes]:
+        items = [
+            _name(node_id) + _name(host) + _U16.pack(port) + _U8.pack(heard)
+            for node_id, host, port, heard in peers
+        ]
         return self._pack(T_PEERS, b"", items)
 
     def digest_request(self, token: int) -> bytes:
@@ -381,11 +384,11 @@ def _decode_announce(r: _Reader) -> Announce:
 
 def _decode_peers(r: _Reader) -> PeerList:
     peers = []
-    for _ in range(r.count(6)):
-        node_id, host, port = r.name(), r.name(), r.u16()
-        if port == 0:
-            raise MalformedDatagram("malformed", "port 0")
-        peers.append((node_id, host, port))
+    for _ in range(r.count(7)):
+        node_id, host, port, heard = r.name(), r.name(), r.u16(), r.u8()
+        if port == 0 or heard > 1:
+            raise MalformedDatagram("malformed", "peer entry")
+        peers.append((node_id, host, port, bool(heard)))
     return PeerList(tuple(peers))
 
 

@@ -4,8 +4,9 @@ Rules:
 - ``main(argv) -> int``; each command is a plain ``run_*`` function that returns the
   daemon's data; `crdtd.cli.render` turns it into text or a ``--json`` envelope; the
   exit code is chosen here, from the outcome alone:
-  0 ok; 1 failed (the daemon refused, or a sync aborted); 2 usage (bad arguments,
-  caught before anything is sent); 3 daemon unreachable; 4 timed out or not found;
+  0 ok; 1 failed (the daemon refused, a sync aborted, a net-test check is not OK);
+  2 usage (bad arguments, caught before anything is sent); 3 daemon unreachable;
+  4 timed out or not found, or the nodes do not agree (verify);
 - the socket is ``--socket``, else ``$CRDTD_SOCKET``, else ``/run/crdtd/crdtd.sock``;
 - the seed's syntax works: ``crdtctl +5 x`` and ``crdtctl -- -3 x`` mean ``add x ±N``;
   ``shell`` reads the same lines (``create x``, ``+5 x``, ``get x``, ...) from stdin;
@@ -47,6 +48,7 @@ EXIT_INTERRUPTED = 130
 
 TIMEOUT_S = 10.0
 SLOW_TIMEOUT_S = {"sync": 300.0, "populate": 120.0}
+VERIFY_POLL_S = 0.5
 READY_TIMEOUT_S = 30.0
 READY_POLL_S = 0.1
 POPULATE_COUNT = 100
@@ -128,6 +130,29 @@ def run_keys(client: Client, options: argparse.Namespace) -> Data:
     return client.call("keys")
 
 
+def run_verify(client: Client, options: argparse.Namespace) -> Data:
+    """One verify; with ``--wait S``, again until the nodes agree or S seconds pass
+    (the last answer is returned either way, with ``attempts``)."""
+    wait_s: float = options.wait or 0.0
+    deadline = time.monotonic() + wait_s
+    attempts = 0
+    while True:
+        attempts += 1
+        data = client.call("verify")
+        remaining_s = deadline - time.monotonic()
+        if data.get("agree") or remaining_s <= 0:
+            return {**data, "attempts": attempts}
+        time.sleep(min(VERIFY_POLL_S, remaining_s))
+
+
+def run_stats(client: Client, options: argparse.Namespace) -> Data:
+    return client.call("stats")
+
+
+def run_net_test(client: Client, options: argparse.Namespace) -> Data:
+    return client.call("net-test")
+
+
 def run_wait_ready(client: Client, options: argparse.Namespace) -> Data:
     """Poll ``status`` until the daemon answers in mode work; raise ``timeout`` if not."""
     limit_s: float = options.ready_timeout or options.timeout or READY_TIMEOUT_S
@@ -168,6 +193,9 @@ RUNNERS: dict[str, Callable[[Client, argparse.Namespace], Data]] = {
     "peers": run_peers,
     "status": run_status,
     "keys": run_keys,
+    "verify": run_verify,
+    "stats": run_stats,
+    "net-test": run_net_test,
     "wait-ready": run_wait_ready,
 }
 
@@ -183,6 +211,9 @@ sync                  run a full sync and wait for it
 peers                 the peers this node knows
 status                this node's state
 keys                  the key ids this node signs with and accepts
+verify                do all nodes hold the same values? (exit 4 if not)
+stats                 ops, datagrams, repairs, barriers, peers
+net-test              check the multicast and unicast paths (exit 1 if not all OK)
 help                  this text
 quit                  leave (so does end of input)"""
 
@@ -240,6 +271,17 @@ def build_parser(*, shell: bool = False) -> _Parser:
     command("peers", "the peers this node knows")
     command("status", "this node's state")
     command("keys", "the key ids this node signs with and accepts, and rejected datagrams")
+    verify = command(
+        "verify", "ask every node for its values; exit 0 if all agree, 4 if not (who is behind)"
+    )
+    verify.add_argument(
+        "--wait",
+        metavar="S",
+        type=_checked(parse_timeout),
+        help="repeat until the nodes agree or S seconds pass",
+    )
+    command("stats", "ops, datagrams, repairs and barriers counted since start")
+    command("net-test", "check the multicast and unicast paths; exit 0 if all OK, 1 if not")
     if shell:
         command("help", "list the commands")
         command("quit", "leave the shell")
@@ -326,6 +368,10 @@ def execute(
     if not _emit(command, data, json_mode):
         return EXIT_FAILED
     if command == "sync" and data.get("result") != "completed":
+        return EXIT_FAILED
+    if command == "verify" and data.get("agree") is not True:
+        return EXIT_NOT_DONE
+    if command == "net-test" and data.get("ok") is not True:
         return EXIT_FAILED
     return EXIT_OK
 

@@ -167,6 +167,84 @@ def _keys(data: Data) -> str:
     return keys + "\n\n" + table(["REJECTED", "DATAGRAMS"], rows)
 
 
+def _verify(data: Data) -> str:
+    variables = data["variables"]
+    nodes = data["nodes"]
+    lines = []
+    if variables:
+        rows = []
+        for name, entry in variables.items():
+            values = entry["values"]
+            cells = [values.get(node, "-") for node in nodes]
+            rows.append([name, *cells, "yes" if entry["agree"] else "NO"])
+        lines.append(table(["VARIABLE", *(node.upper() for node in nodes), "AGREE"], rows))
+    else:
+        lines.append(f"(no variables on {', '.join(nodes)})")
+    for name, entry in variables.items():
+        for node in entry["missing_on"]:
+            lines.append(f"{name}: {node} does not hold it")
+        for node, lagging in entry["behind"].items():
+            missing = ", ".join(f"{item['missing']} of {item['origin']}" for item in lagging)
+            lines.append(f"{name}: {node} is behind: missing {missing}")
+    if data["silent"]:
+        lines.append(f"no answer from: {', '.join(data['silent'])}")
+    verdict = "all nodes agree" if data["agree"] else "the nodes do NOT agree"
+    lines.append(f"{verdict} ({len(nodes)} answered)")
+    return "\n".join(lines)
+
+
+def _stats(data: Data) -> str:
+    ops, grams, repairs, barriers = (
+        data["ops"],
+        data["datagrams"],
+        data["repairs"],
+        data["barriers"],
+    )
+    durations = barriers["duration_ms"]
+    dropped = ", ".join(f"{reason} {count}" for reason, count in grams["dropped"].items())
+
+    def ms(value: object) -> str:
+        return "-" if value is None else f"{value} ms"
+
+    items: list[tuple[str, object]] = [
+        ("node", data["node_id"]),
+        ("ops applied from peers", ops["applied"]),
+        ("ops added here", ops["local"]),
+        ("op batches sent", ops["batches_sent"]),
+        ("datagrams in", grams["received"]),
+        ("datagrams out", grams["sent"]),
+        ("datagrams dropped", dropped or "none"),
+        ("gaps detected", repairs["gaps_detected"]),
+        ("gaps repaired", repairs["gaps_repaired"]),
+        ("repairs asked", repairs["nacks_sent"]),
+        ("repairs served", repairs["repairs_served"]),
+        ("barriers completed", barriers["completed"]),
+        ("barriers aborted", barriers["aborted"]),
+        (
+            "barrier duration",
+            f"last {ms(durations['last'])}, avg {ms(durations['avg'])}, max {ms(durations['max'])}",
+        ),
+        ("log length", data["log_length"]),
+        ("variables", data["variables"]),
+        ("peers", f"{data['peers']['live']} live, {data['peers']['suspected']} suspected"),
+    ]
+    return pairs(items)
+
+
+def _net_test(data: Data) -> str:
+    lines = [
+        f"interface {data['interface']} {data['address']}, group {data['group']}, "
+        f"unicast port {data['unicast_port']}, ttl {data['ttl']}"
+    ]
+    width = max((len(check["check"]) for check in data["checks"]), default=0)
+    for check in data["checks"]:
+        lines.append(f"{check['status']:<4}  {check['check'].ljust(width)}  {check['detail']}")
+        if check["hint"] and check["status"] != "OK":
+            lines.append(f"{'':<4}  {'':<{width}}  hint: {check['hint']}")
+    lines.append("all checks OK" if data["ok"] else "some checks are not OK")
+    return "\n".join(lines)
+
+
 def _wait_ready(data: Data) -> str:
     return f"crdtd is ready: node {data['node_id']}, mode {data['mode']}"
 
@@ -187,6 +265,9 @@ _TEXT: dict[str, Callable[[Data], str]] = {
     "peers": _peers,
     "status": _status,
     "keys": _keys,
+    "verify": _verify,
+    "stats": _stats,
+    "net-test": _net_test,
     "wait-ready": _wait_ready,
     "watch": _watch,
 }

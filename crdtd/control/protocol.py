@@ -234,6 +234,9 @@ COMMANDS: Mapping[str, Mapping[str, tuple[_Check, bool]]] = {
     "peers": {},
     "status": {},
     "keys": {},
+    "verify": {},
+    "stats": {},
+    "net-test": {},
     "watch": {"variable": (check_variable, _REQUIRED)},
     "ping": {},
 }

@@ -23,6 +23,7 @@ is constructed with PyYAML's safe constructor and handed to that check.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import math
 import operator
@@ -50,6 +51,7 @@ class _Check:
 
     expected: str
     convert: Callable[[object], object]
+    each: str | None = None  # the key holds a YAML list; each item is *each* (expected)
 
 
 def _rule(check: _Check) -> dict[str, _Check]:
@@ -136,6 +138,19 @@ def _to_multicast_group(value: object) -> str:
     return str(group)
 
 
+def _to_host_port(value: object) -> tuple[str, int]:
+    if not isinstance(value, str):
+        raise ValueError
+    host, colon, port = value.rpartition(":")
+    if not colon or not port.isdecimal() or not 1 <= int(port) <= 65535:
+        raise ValueError
+    return str(ipaddress.IPv4Address(host)), int(port)  # raises ValueError for a name
+
+
+def _to_optional_host_port(value: object) -> tuple[str, int] | None:
+    return None if value is None else _to_host_port(value)
+
+
 _PORT = _integer(1, 65535)
 _COUNT = _integer(1)
 _PATH = _Check("a non-empty path", _to_path)
@@ -143,6 +158,12 @@ _OPTIONAL_PATH = _Check("a non-empty path or null", _to_optional_path)
 _NODE_ID = _Check(f"'auto' or a name of 1-{NAME_MAX} characters [A-Za-z0-9_.-]", _to_node_id)
 _INTERFACE = _Check("'auto', an interface name or an IPv4 address", _to_interface)
 _GROUP = _Check("an IPv4 multicast address (224.0.0.0/4)", _to_multicast_group)
+_PEERS = _Check(
+    "a list of 'ADDRESS:PORT' strings",
+    _to_host_port,
+    each="'ADDRESS:PORT' with an IPv4 address and a port 1..65535",
+)
+_LISTEN = _Check("null or 'ADDRESS:PORT' with an IPv4 address", _to_optional_host_port)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +186,7 @@ class NetworkConfig:
     announce_interval_s: float = field(default=1.0, metadata=_rule(_seconds()))
     peer_suspect_s: float = field(default=3.0, metadata=_rule(_seconds()))
     peer_timeout_s: float = field(default=10.0, metadata=_rule(_seconds()))
+    peers: tuple[tuple[str, int], ...] = field(default=(), metadata=_rule(_PEERS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +230,13 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """The Prometheus endpoint."""
+
+    listen: tuple[str, int] | None = field(default=None, metadata=_rule(_LISTEN))
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole config file; `Config()` is the built-in defaults."""
 
@@ -224,6 +253,9 @@ class Config:
     )
     log: LogConfig = field(default_factory=LogConfig, metadata={"section": LogConfig})
     limits: LimitsConfig = field(default_factory=LimitsConfig, metadata={"section": LimitsConfig})
+    metrics: MetricsConfig = field(
+        default_factory=MetricsConfig, metadata={"section": MetricsConfig}
+    )
 
     def settings(self, keys: tuple[Key, ...] = ()) -> Settings:
         """The protocol tunables this config sets; the others keep their defaults.
@@ -241,6 +273,7 @@ class Config:
             sync_freeze_max_s=self.sync.freeze_max_s,
             variables_max=self.limits.variables_max,
             peers_max=self.limits.peers_max,
+            seeds=self.network.peers,
         )
 
 
@@ -298,6 +331,16 @@ class _Loader(YamlFile):
 
     def convert(self, check: _Check, node: yaml.Node, path: str) -> object:
         self.value_nodes[path] = node
+        if check.each is not None:
+            if tag(node) == "null":
+                return ()
+            if not isinstance(node, yaml.SequenceNode):
+                self.fail(node, path, check.expected)
+            item = dataclasses.replace(check, expected=check.each, each=None)
+            return tuple(
+                self.convert(item, value, f"{path}[{index}]")
+                for index, value in enumerate(node.value)
+            )
         if not isinstance(node, yaml.ScalarNode):
             self.fail(node, path, check.expected)
         try:

@@ -2,7 +2,11 @@
 
 Every request runs inside the owner task (`Driver.call`), so it sees only durable state
 and never races the protocol. Adds and syncs then wait for the event carrying their
-ticket: an add is answered once its op is on disk, a sync once its barrier ended.
+ticket: an add is answered once its op is on disk, a sync once its barrier ended, a
+verify once every live peer answered or ``verify_timeout_s`` passed.
+
+``net-test`` and ``stats`` also read the kernel's view of our sockets (/proc/net/igmp,
+/proc/net/udp); those reads happen outside the owner task, after it answered.
 """
 
 from __future__ import annotations
@@ -10,23 +14,47 @@ from __future__ import annotations
 import asyncio
 import collections
 import random
-from collections.abc import AsyncIterator
+import socket
+import struct
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from crdtd.control.protocol import ControlError, ErrorCode, Request
-from crdtd.core.events import AddApplied, SyncFinished
+from crdtd.core.events import AddApplied, SyncFinished, VerifyFinished
 from crdtd.core.ids import InvalidInput
 from crdtd.core.node import Node
+from crdtd.daemon.verify import summarize
 from crdtd.net.driver import Driver
 
 REQUEST_IDS_MAX = 4096
 POPULATE_DELTA_MAX = 10
+PROC_NET = Path("/proc/net")
+SYS_NET = Path("/sys/class/net")
+_IFF_UP = 0x1
+_IFF_MULTICAST = 0x1000
+_UNICAST_COPIES_MIN = 2  # unicast announces from a peer before we say it cannot hear us
+
+
+@dataclass(frozen=True, slots=True)
+class NetInfo:
+    """What the daemon set its sockets up with, for ``net-test`` and ``stats``."""
+
+    interface: str
+    address: str
+    group: str
+    port: int
+    unicast_port: int
+    ttl: int
+    socket_inodes: tuple[int, ...] = ()
 
 
 class Handler:
-    def __init__(self, driver: Driver, rng: random.Random) -> None:
+    def __init__(self, driver: Driver, rng: random.Random, net: NetInfo | None = None) -> None:
         self._driver = driver
         self._rng = rng
+        self._net = net
         self._adds: collections.OrderedDict[str, asyncio.Future[dict[str, Any]]]
         self._adds = collections.OrderedDict()
         freeze = driver.node.settings.sync_freeze_max_s
@@ -34,7 +62,7 @@ class Handler:
         self._sync_timeout_s = 3 * freeze + 5.0
 
     async def handle(self, request: Request) -> dict[str, Any]:
-        method = getattr(self, f"_cmd_{request.cmd}")
+        method = getattr(self, f"_cmd_{request.cmd.replace('-', '_')}")
         try:
             result: dict[str, Any] = await method(**request.args)
         except InvalidInput as error:
@@ -192,6 +220,341 @@ class Handler:
             "duration_ms": round(event.duration_s * 1000, 1),
             "reason": event.reason,
         }
+
+    # --- diagnosis --------------------------------------------------------------------
+
+    async def _cmd_verify(self) -> dict[str, Any]:
+        driver = self._driver
+        waiter = await driver.call(lambda node, now: driver.waiter(node.start_verify(now)))
+        limit_s = driver.node.settings.verify_timeout_s + 5.0
+        try:
+            async with asyncio.timeout(limit_s):
+                event: VerifyFinished = await waiter
+        except TimeoutError:
+            raise ControlError(ErrorCode.TIMEOUT, "the verify did not finish in time") from None
+        return summarize(event.reports, event.silent)
+
+    async def stats(self) -> dict[str, Any]:
+        """The numbers of ``crdtctl stats`` and of the Prometheus endpoint."""
+        driver = self._driver
+        stats = await driver.call(lambda node, now: collect_stats(node, driver))
+        inodes = self._net.socket_inodes if self._net is not None else ()
+        kernel = sum(udp_drops(inodes).values())
+        if kernel:
+            stats["datagrams"]["dropped"]["kernel_receive_buffer"] = kernel
+        return stats
+
+    async def _cmd_stats(self) -> dict[str, Any]:
+        return await self.stats()
+
+    async def _cmd_net_test(self) -> dict[str, Any]:
+        if self._net is None:
+            raise ControlError(ErrorCode.INTERNAL, "this daemon was started without net info")
+        driver = self._driver
+
+        def read(node: Node, now: float) -> dict[str, Any]:
+            settings = node.settings
+            peers = []
+            for _, peer in sorted(node.peers.items()):
+                when, copies = driver.unicast_announces.get(peer.node_id, (None, 0))
+                peers.append(
+                    {
+                        "node_id": peer.node_id,
+                        "address": peer.address,
+                        "known_s": now - peer.first_seen,
+                        "multicast_ago_s": None
+                        if peer.multicast_at is None
+                        else now - peer.multicast_at,
+                        "last_seen_s": now - peer.last_seen,
+                        "suspected": peer.suspected,
+                        "unicast_copies": copies,
+                        "unicast_copy_ago_s": None if when is None else now - when,
+                    }
+                )
+            return {
+                "peers": peers,
+                "seeds": list(settings.seeds),
+                "quiet_s": 2 * settings.announce_interval_s + 1.0,
+                "inbox_dropped": driver.stats.get("dropped_inbox_full", 0),
+            }
+
+        view = await driver.call(read)
+        checks = net_checks(self._net, view, igmp_groups(self._net.interface), self._drops())
+        return {
+            "ok": all(check["status"] == "OK" for check in checks),
+            "interface": self._net.interface,
+            "address": self._net.address,
+            "group": f"{self._net.group}:{self._net.port}",
+            "unicast_port": self._net.unicast_port,
+            "ttl": self._net.ttl,
+            "checks": checks,
+        }
+
+    def _drops(self) -> dict[int, int]:
+        return udp_drops(self._net.socket_inodes) if self._net is not None else {}
+
+
+def collect_stats(node: Node, driver: Driver) -> dict[str, Any]:
+    """Counters of the node and the driver, grouped; the raw ones under ``counters``."""
+    counters = {**node.stats, **driver.stats}
+    dropped = {
+        name.removeprefix("rejected_"): count
+        for name, count in node.stats.items()
+        if name.startswith("rejected_")
+    }
+    for name, count in driver.stats.items():
+        if name.startswith("dropped_"):
+            reason = name.removeprefix("dropped_")
+            dropped[reason] = dropped.get(reason, 0) + count
+    live = sum(1 for peer in node.peers.values() if not peer.suspected)
+    return {
+        "node_id": node.node_id,
+        "mode": node.mode.value,
+        "epoch": node.epoch,
+        "ops": {
+            "applied": counters.get("ops_applied", 0),
+            "local": counters.get("ops_local", 0),
+            "batches_sent": counters.get("ops_batches_sent", 0),
+            "duplicate": counters.get("ops_duplicate", 0),
+        },
+        "datagrams": {
+            "received": counters.get("datagrams_received", 0),
+            "sent": counters.get("datagrams_sent", 0),
+            "send_errors": counters.get("send_errors", 0),
+            "dropped": dict(sorted(dropped.items())),
+        },
+        "repairs": {
+            name: counters.get(name, 0)
+            for name in (
+                "gaps_detected",
+                "gaps_repaired",
+                "nacks_sent",
+                "nacks_received",
+                "repairs_served",
+                "repairs_rate_limited",
+            )
+        },
+        "barriers": {"started": counters.get("barriers_started", 0), **driver.barriers.snapshot()},
+        "log_length": node.ops_in_log(),
+        "variables": len(node.counters),
+        "peers": {"live": live, "suspected": len(node.peers) - live},
+        "counters": dict(sorted(counters.items())),
+    }
+
+
+def _check(name: str, status: str, detail: str, hint: str = "") -> dict[str, str]:
+    return {"check": name, "status": status, "detail": detail, "hint": hint}
+
+
+def net_checks(
+    net: NetInfo, view: dict[str, Any], groups: list[str] | None, drops: dict[int, int]
+) -> list[dict[str, str]]:
+    """The ``net-test`` checklist from what the node saw (*view*, see `_cmd_net_test`),
+    the groups the kernel joined on our interface (None: unreadable) and socket drops."""
+    checks = [_interface_check(net)]
+    group = f"{net.group}:{net.port}"
+    if groups is None:
+        checks.append(_check("membership", "WARN", "cannot read /proc/net/igmp", ""))
+    elif net.group in groups:
+        checks.append(_check("membership", "OK", f"{net.interface} has joined {net.group}"))
+    else:
+        checks.append(
+            _check(
+                "membership",
+                "FAIL",
+                f"{net.interface} has not joined {net.group} "
+                f"(joined: {', '.join(groups) or 'none'})",
+                f"`ip maddr show dev {net.interface}` must list {net.group}; restart crdtd, "
+                "and check network.interface is the LAN's",
+            )
+        )
+    loopback = net.address.startswith("127.")
+    if net.ttl == 0 and not loopback:
+        checks.append(
+            _check(
+                "ttl",
+                "WARN",
+                "ttl 0: multicast never leaves this host",
+                "set network.ttl: 1 for a LAN",
+            )
+        )
+    else:
+        checks.append(_check("ttl", "OK", f"ttl {net.ttl}"))
+    quiet_s: float = view["quiet_s"]
+    peers: list[dict[str, Any]] = view["peers"]
+    if not peers:
+        checks.append(
+            _check(
+                "peers",
+                "WARN",
+                "no peer heard, by multicast or unicast",
+                f"check the other nodes run with group {group}; where multicast does not "
+                "pass, list one node's ADDRESS:PORT in network.peers",
+            )
+        )
+    for peer in peers:
+        checks.extend(_peer_checks(peer, group, quiet_s, net))
+    known = {tuple(peer["address"]) for peer in peers}
+    for host, port in view["seeds"]:
+        if (host, port) not in known:
+            checks.append(
+                _check(
+                    f"seed {host}:{port}",
+                    "FAIL",
+                    f"the seed {host}:{port} (network.peers) never answered",
+                    "check crdtd runs there with that network.unicast_port, and that UDP to "
+                    "it is not firewalled",
+                )
+            )
+    kernel = sum(drops.values())
+    inbox = view["inbox_dropped"]
+    if kernel or inbox:
+        checks.append(
+            _check(
+                "receive drops",
+                "WARN",
+                f"{kernel} datagrams dropped by the kernel (socket buffer full), "
+                f"{inbox} by crdtd (inbox full), since start",
+                "the daemon fell behind its traffic: check CPU and disk latency; raise "
+                "net.core.rmem_max; repairs recover the ops, but watch the trend",
+            )
+        )
+    else:
+        checks.append(_check("receive drops", "OK", "no datagram dropped on receive"))
+    return checks
+
+
+def _interface_check(net: NetInfo) -> dict[str, str]:
+    detail = f"{net.interface} {net.address}"
+    try:
+        flags = int((SYS_NET / net.interface / "flags").read_text(), 16)
+    except (OSError, ValueError):
+        return _check("interface", "OK", detail, "")
+    if not flags & _IFF_UP:
+        return _check(
+            "interface",
+            "FAIL",
+            f"{detail} is down",
+            f"bring it up (`ip link set {net.interface} up`) or set network.interface",
+        )
+    if not flags & _IFF_MULTICAST and not net.address.startswith("127."):
+        return _check(
+            "interface",
+            "FAIL",
+            f"{detail} has multicast off",
+            f"`ip link set {net.interface} multicast on`, or pick another network.interface",
+        )
+    return _check(
+        "interface", "OK", detail, "" if not net.address.startswith("127.") else "loopback"
+    )
+
+
+def _peer_checks(
+    peer: dict[str, Any], group: str, quiet_s: float, net: NetInfo
+) -> list[dict[str, str]]:
+    name = peer["node_id"]
+    host, port = peer["address"]
+    checks = []
+    heard = peer["multicast_ago_s"]
+    if heard is not None and heard <= quiet_s:
+        checks.append(_check(f"{name} multicast", "OK", f"we hear {name} by multicast"))
+    elif heard is None and peer["known_s"] < quiet_s:
+        checks.append(
+            _check(f"{name} multicast", "WARN", f"{name} joined just now: too early to tell")
+        )
+    else:
+        when = "never" if heard is None else f"not for {heard:.0f} s"
+        how = "nothing at all" if peer["suspected"] else "only unicast"
+        checks.append(
+            _check(
+                f"{name} multicast",
+                "FAIL",
+                f"multicast from {name} ({host}) to {group} reaches us {when}; we hear "
+                f"{how} from it",
+                "the network between drops multicast: a firewall dropping 224.0.0.0/4 "
+                f"here or on {host} (iptables -S), IGMP snooping without a querier on the "
+                f"switch, or {name} uses another group/interface. Replication still works "
+                "by unicast copies",
+            )
+        )
+    copies, copy_ago = peer["unicast_copies"], peer["unicast_copy_ago_s"]
+    if copies >= _UNICAST_COPIES_MIN and copy_ago is not None and copy_ago <= quiet_s:
+        checks.append(
+            _check(
+                f"{name} hears us",
+                "FAIL",
+                f"{name} sends us unicast copies of its announces: it does not hear our "
+                f"multicast from {net.address}",
+                f"check a firewall dropping multicast out of here or into {host}, and that "
+                f"{name} joined {group} on the interface facing us",
+            )
+        )
+    elif heard is not None and heard <= quiet_s:
+        checks.append(
+            _check(f"{name} hears us", "OK", f"probably: {name} sends us no unicast copies")
+        )
+    else:
+        checks.append(
+            _check(
+                f"{name} hears us",
+                "WARN",
+                f"unknown: we cannot tell whether {name} hears our multicast",
+                f"run crdtctl net-test on {name}",
+            )
+        )
+    if peer["suspected"]:
+        checks.append(
+            _check(
+                f"{name} unicast",
+                "FAIL",
+                f"nothing from {name} ({host}:{port}) for {peer['last_seen_s']:.1f} s",
+                f"check {name} runs and UDP port {port} is reachable both ways",
+            )
+        )
+    else:
+        checks.append(
+            _check(
+                f"{name} unicast",
+                "OK",
+                f"last datagram from {host}:{port} {peer['last_seen_s'] * 1000:.0f} ms ago",
+            )
+        )
+    return checks
+
+
+def igmp_groups(interface: str, proc_net: Path = PROC_NET) -> list[str] | None:
+    """The IPv4 groups the kernel has joined on *interface* (/proc/net/igmp), or None."""
+    try:
+        lines = (proc_net / "igmp").read_text().splitlines()
+    except OSError:
+        return None
+    groups: list[str] = []
+    current = None
+    for line in lines[1:]:
+        if not line.startswith(("\t", " ")):
+            fields = line.split()
+            current = fields[1] if len(fields) > 1 else None
+        elif current == interface and line.split():
+            value = int(line.split()[0], 16)
+            groups.append(socket.inet_ntoa(struct.pack("<I", value)))
+    return groups
+
+
+def udp_drops(inodes: Iterable[int], proc_net: Path = PROC_NET) -> dict[int, int]:
+    """The kernel's receive drops of the UDP sockets with *inodes* (/proc/net/udp)."""
+    wanted = set(inodes)
+    drops: dict[int, int] = {}
+    if not wanted:
+        return drops
+    try:
+        lines = (proc_net / "udp").read_text().splitlines()
+    except OSError:
+        return drops
+    for line in lines[1:]:
+        fields = line.split()
+        if len(fields) >= 13 and fields[9].isdecimal() and int(fields[9]) in wanted:
+            drops[int(fields[9])] = int(fields[12])
+    return drops
 
 
 def _value(node: Node, variable: str) -> int:

@@ -27,6 +27,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from crdtd import __version__
 from crdtd.control.server import ControlServer, SocketPathError
@@ -34,9 +35,10 @@ from crdtd.core.ids import Origin
 from crdtd.core.node import Node
 from crdtd.core.settings import Key
 from crdtd.daemon.config import Config, ConfigError, default_config_path, load_config
-from crdtd.daemon.handler import Handler
+from crdtd.daemon.handler import Handler, NetInfo
 from crdtd.daemon.keys import describe_keys, load_keys
 from crdtd.daemon.logs import configure_logging, get_logger, set_level
+from crdtd.daemon.metrics import SCRAPE_TIMEOUT_S, MetricsServer
 from crdtd.daemon.systemd import Notifier
 from crdtd.net.driver import Driver
 from crdtd.net.sockets import (
@@ -158,11 +160,20 @@ async def _run(
     await driver.attach(unicast, multicast)
     socket_path = config.control.socket
     make_socket_directory(socket_path.parent)
-    server = ControlServer(
-        socket_path,
-        Handler(driver, random.Random(rng_seed + 1)),
-        connections_max=config.limits.control_connections_max,
+    net_info = NetInfo(
+        interface.name,
+        interface.address,
+        net.group,
+        net.port,
+        net.unicast_port,
+        net.ttl,
+        socket_inodes=(os.fstat(unicast.fileno()).st_ino, os.fstat(multicast.fileno()).st_ino),
     )
+    handler = Handler(driver, random.Random(rng_seed + 1), net_info)
+    server = ControlServer(
+        socket_path, handler, connections_max=config.limits.control_connections_max
+    )
+    metrics = _start_metrics(config, handler, loop)  # a daemon thread: dies with us
     await server.start()
     loop.add_signal_handler(signal.SIGTERM, driver.stop)
     loop.add_signal_handler(signal.SIGINT, driver.stop)
@@ -177,6 +188,8 @@ async def _run(
         group=f"{net.group}:{net.port}",
         ttl=net.ttl,
         socket=str(socket_path),
+        metrics=f"{metrics.address[0]}:{metrics.address[1]}" if metrics else None,
+        seeds=[f"{host}:{port}" for host, port in net.peers] or None,
         **describe_keys(keys),
         variables=len(node.counters),
         ops_in_log=node.ops_in_log(),
@@ -189,7 +202,31 @@ async def _run(
         loop.remove_signal_handler(signal.SIGHUP)
         await reloader.close()
         await server.close()
+        if metrics is not None:
+            await asyncio.to_thread(metrics.close)
         log.info("stopped")
+
+
+def _start_metrics(
+    config: Config, handler: Handler, loop: asyncio.AbstractEventLoop
+) -> MetricsServer | None:
+    """The Prometheus endpoint of ``metrics.listen``, or None when it is off."""
+    if config.metrics.listen is None:
+        return None
+    host, port = config.metrics.listen
+
+    def read() -> dict[str, Any]:
+        # Called in the HTTP thread: the stats are read in the owner task.
+        future = asyncio.run_coroutine_threadsafe(handler.stats(), loop)
+        return future.result(timeout=SCRAPE_TIMEOUT_S)
+
+    try:
+        return MetricsServer(host, port, read)
+    except OSError as error:
+        raise StartupError(
+            f"metrics.listen {host}:{port}: cannot listen: {error.strerror}; "
+            "pick a free port and an address of this host, or set it to null"
+        ) from None
 
 
 class _Reloader:

@@ -22,6 +22,7 @@ import socket
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
+from crdtd.core import wire
 from crdtd.core.events import (
     AddApplied,
     DatagramRejected,
@@ -33,8 +34,10 @@ from crdtd.core.events import (
     SyncStarted,
     ValueChanged,
     VariableAdded,
+    VerifyFinished,
 )
 from crdtd.core.ids import Address
+from crdtd.core.messages import Announce, PeerList
 from crdtd.core.node import Node
 from crdtd.core.records import Record
 from crdtd.core.settings import DATAGRAM_BYTES_MAX
@@ -45,6 +48,52 @@ INBOX_MAX = 8192
 STEP_DATAGRAMS_MAX = 1024  # keep one step short so timers and requests stay timely
 WATCH_QUEUE_MAX = 1024
 REJECT_LOG_EVERY_S = 10.0
+BARRIER_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+"""Upper bounds of the barrier duration histogram (`BarrierStats`), seconds."""
+
+
+class BarrierStats:
+    """Barriers this node took part in, from `SyncFinished`: counts by result, and the
+    durations of completed ones as last/sum/max and a cumulative histogram."""
+
+    def __init__(self) -> None:
+        self.completed = 0
+        self.aborted = 0
+        self.last_s: float | None = None
+        self.sum_s = 0.0
+        self.max_s = 0.0
+        self.buckets = [0] * len(BARRIER_BUCKETS_S)  # cumulative: count <= bound
+
+    def record(self, result: str, duration_s: float) -> None:
+        if result != "completed":
+            self.aborted += 1
+            return
+        self.completed += 1
+        self.last_s = duration_s
+        self.sum_s += duration_s
+        self.max_s = max(self.max_s, duration_s)
+        for index, bound in enumerate(BARRIER_BUCKETS_S):
+            if duration_s <= bound:
+                self.buckets[index] += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        def ms(seconds: float | None) -> float | None:
+            return None if seconds is None else round(seconds * 1000, 1)
+
+        average = self.sum_s / self.completed if self.completed else None
+        return {
+            "completed": self.completed,
+            "aborted": self.aborted,
+            "duration_ms": {
+                "last": ms(self.last_s),
+                "avg": ms(average),
+                "max": ms(self.max_s if self.completed else None),
+            },
+            "duration_sum_s": self.sum_s,
+            "histogram_s": [
+                [bound, count] for bound, count in zip(BARRIER_BUCKETS_S, self.buckets, strict=True)
+            ],
+        }
 
 
 class Store(Protocol):
@@ -100,6 +149,11 @@ class Driver:
         self._listeners: list[asyncio.BaseTransport] = []
         self._rejects: dict[str, tuple[float, int]] = {}
         self._status = ""
+        self.barriers = BarrierStats()
+        self.unicast_announces: dict[str, tuple[float, int]] = {}
+        """node_id -> (when, how many): announces a peer sent us by unicast. A peer does
+        that only while it does not hear our multicast (or to greet us once), so
+        `crdtctl net-test` reads this as "that peer does not hear us"."""
 
     # --- wiring -------------------------------------------------------------------
 
@@ -189,6 +243,8 @@ class Driver:
         node = self.node
         for _ in range(min(len(self._inbox), STEP_DATAGRAMS_MAX)):
             data, address, multicast = self._inbox.popleft()
+            if not multicast:
+                self._note_unicast(data, now)
             node.receive_datagram(data, address, now, multicast)
         while self._calls:
             function, future = self._calls.popleft()
@@ -200,6 +256,18 @@ class Driver:
                 future.set_exception(error)
         if node.get_timer() <= now:
             node.handle_timer(now)
+
+    def _note_unicast(self, data: bytes, now: float) -> None:
+        """Remember unicast announces and peer lists by sender (see `unicast_announces`).
+        The node checks the datagram again; this look is for diagnosis only."""
+        try:
+            envelope = wire.decode(data, self.node.settings.keys)
+        except wire.MalformedDatagram:
+            return  # the node counts it
+        if isinstance(envelope.message, Announce | PeerList):
+            sender = envelope.sender.node_id
+            _, count = self.unicast_announces.get(sender, (now, 0))
+            self.unicast_announces[sender] = (now, count + 1)
 
     async def _flush(self) -> None:
         records = self.node.records_to_persist()
@@ -229,7 +297,10 @@ class Driver:
                 if queue.full():
                     queue.get_nowait()  # a slow watcher sees the latest values, not all
                 queue.put_nowait(event.value)
+        elif isinstance(event, VerifyFinished):
+            self._resolve(event.ticket, event)
         elif isinstance(event, SyncFinished):
+            self.barriers.record(event.result, event.duration_s)
             for ticket in event.tickets:
                 self._resolve(ticket, event)
             log.info(

@@ -62,6 +62,9 @@ def rejection(raw: bytes) -> Rejected:
         ("peers", {}),
         ("status", {}),
         ("keys", {}),
+        ("verify", {}),
+        ("stats", {}),
+        ("net-test", {}),
         ("watch", {"variable": "x" * 64}),
         ("ping", {}),
     ],
@@ -76,7 +79,8 @@ def test_every_command_round_trips(cmd: str, args: dict[str, object]) -> None:
 def test_every_command_is_covered_by_the_round_trip() -> None:
     assert set(COMMANDS) == {
         "create", "variables", "get", "history", "before", "add",
-        "populate", "sync", "peers", "status", "keys", "watch", "ping",
+        "populate", "sync", "peers", "status", "keys", "verify", "stats", "net-test",
+        "watch", "ping",
     }  # fmt: skip
 
 

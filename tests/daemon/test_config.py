@@ -290,12 +290,32 @@ ERRORS = {
     "unknown-key": (
         "network:\n  prot: 7777\n",
         "crdtd.yaml:2: network.prot: unknown key; expected one of: interface, group, port,"
-        " unicast_port, ttl, announce_interval_s, peer_suspect_s, peer_timeout_s",
+        " unicast_port, ttl, announce_interval_s, peer_suspect_s, peer_timeout_s, peers",
     ),
     "unknown-section": (
         "netwrok:\n  port: 7777\n",
         "crdtd.yaml:1: netwrok: unknown key; expected one of: node, network, control, sync,"
-        " security, log, limits",
+        " security, log, limits, metrics",
+    ),
+    "peers-not-a-list": (
+        "network:\n  peers: 10.0.0.1:7778\n",
+        "crdtd.yaml:2: network.peers: expected a list of 'ADDRESS:PORT' strings,"
+        " got '10.0.0.1:7778'",
+    ),
+    "peers-item-not-an-address": (
+        "network:\n  peers:\n    - 10.0.0.1:7778\n    - db1:7778\n",
+        "crdtd.yaml:4: network.peers[1]: expected 'ADDRESS:PORT' with an IPv4 address and a"
+        " port 1..65535, got 'db1:7778'",
+    ),
+    "peers-item-bad-port": (
+        "network: {peers: ['10.0.0.1:70000']}\n",
+        "crdtd.yaml:1: network.peers[0]: expected 'ADDRESS:PORT' with an IPv4 address and a"
+        " port 1..65535, got '10.0.0.1:70000'",
+    ),
+    "metrics-listen-port-only": (
+        "metrics:\n  listen: 9477\n",
+        "crdtd.yaml:2: metrics.listen: expected null or 'ADDRESS:PORT' with an IPv4 address,"
+        " got 9477",
     ),
     "key-given-twice": (
         "network:\n  port: 1\n  port: 2\n",
@@ -361,3 +381,16 @@ def test_message_names_the_path_as_given(tmp_path: Path) -> None:
     path = tmp_path / "site.yaml"
     path.write_text("network: {port: 80a}\n", encoding="utf-8")
     assert load_error(path).startswith(f"{path}:1: network.port: ")
+
+
+def test_peers_and_metrics_listen_reach_the_settings(write) -> None:
+    config = load_config(
+        write(
+            "network:\n  peers: ['10.0.0.1:7778', '10.0.0.2:7000']\n"
+            "metrics: {listen: '127.0.0.1:9477'}\n"
+        )
+    )
+    assert config.network.peers == (("10.0.0.1", 7778), ("10.0.0.2", 7000))
+    assert config.settings().seeds == (("10.0.0.1", 7778), ("10.0.0.2", 7000))
+    assert config.metrics.listen == ("127.0.0.1", 9477)
+    assert Config().settings().seeds == ()

@@ -1,0 +1,106 @@
+"""The ``net-test`` checklist and the /proc readers, on canned inputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from crdtd.daemon.handler import NetInfo, igmp_groups, net_checks, udp_drops
+
+NET = NetInfo("eth0", "10.0.0.1", "239.255.77.77", 7777, 7778, 1, socket_inodes=(111, 222))
+
+IGMP = """Idx\tDevice    : Count Querier\tGroup    Users Timer\tReporter
+1\tlo        :     1      V3
+\t\t\t\t010000E0     1 0:00000000\t\t0
+2\teth0      :     2      V3
+\t\t\t\t4D4DFFEF     1 0:00000000\t\t0
+\t\t\t\t010000E0     1 0:00000000\t\t0
+"""
+
+_SOCKETS = (  # /proc/net/udp rows: local, remote, ..., inode (field 10), ..., drops (13)
+    ("0100000A:1E62", 111, 3),
+    ("4D4DFFEF:1E61", 222, 0),
+    ("00000000:0035", 333, 9),
+)
+UDP = (
+    "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  "
+    + ("timeout inode ref pointer drops\n")
+    + "".join(
+        f"  {n}: {local} 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 "
+        f"{inode} 2 0000000000000000 {drops}\n"
+        for n, (local, inode, drops) in enumerate(_SOCKETS)
+    )
+)
+
+
+def peer(**overrides: object) -> dict[str, object]:
+    base: dict[str, object] = {
+        "node_id": "n2",
+        "address": ("10.0.0.2", 7778),
+        "known_s": 60.0,
+        "multicast_ago_s": 0.4,
+        "last_seen_s": 0.2,
+        "suspected": False,
+        "unicast_copies": 0,
+        "unicast_copy_ago_s": None,
+    }
+    return {**base, **overrides}
+
+
+def view(*peers: dict[str, object], seeds: list[tuple[str, int]] | None = None) -> dict:
+    return {"peers": list(peers), "seeds": seeds or [], "quiet_s": 3.0, "inbox_dropped": 0}
+
+
+def statuses(checks: list[dict[str, str]]) -> dict[str, str]:
+    return {check["check"]: check["status"] for check in checks}
+
+
+def test_igmp_groups_of_one_interface(tmp_path: Path) -> None:
+    (tmp_path / "igmp").write_text(IGMP)
+    assert igmp_groups("eth0", tmp_path) == ["239.255.77.77", "224.0.0.1"]
+    assert igmp_groups("lo", tmp_path) == ["224.0.0.1"]
+    assert igmp_groups("eth1", tmp_path) == []
+    assert igmp_groups("eth0", tmp_path / "missing") is None
+
+
+def test_udp_drops_of_our_sockets_only(tmp_path: Path) -> None:
+    (tmp_path / "udp").write_text(UDP)
+    assert udp_drops((111, 222), tmp_path) == {111: 3, 222: 0}
+
+
+def test_a_healthy_peer_gives_all_ok() -> None:
+    checks = net_checks(NET, view(peer()), ["239.255.77.77"], {111: 0})
+    assert set(statuses(checks).values()) == {"OK"}
+
+
+def test_a_peer_heard_only_by_unicast_fails_with_a_hint() -> None:
+    checks = net_checks(NET, view(peer(multicast_ago_s=None)), ["239.255.77.77"], {})
+    (failed,) = [check for check in checks if check["status"] == "FAIL"]
+    assert failed["check"] == "n2 multicast"
+    assert "reaches us never; we hear only unicast" in failed["detail"]
+    assert "224.0.0.0/4" in failed["hint"]
+    assert statuses(checks)["n2 hears us"] == "WARN"
+
+
+def test_a_peer_sending_unicast_copies_does_not_hear_us() -> None:
+    checks = net_checks(
+        NET, view(peer(unicast_copies=5, unicast_copy_ago_s=0.5)), ["239.255.77.77"], {}
+    )
+    assert statuses(checks)["n2 hears us"] == "FAIL"
+
+
+def test_missing_membership_drops_silent_peer_and_dead_seed_are_named() -> None:
+    checks = net_checks(
+        NET,
+        view(peer(suspected=True, last_seen_s=5.0), seeds=[("10.0.0.9", 7778)]),
+        ["224.0.0.1"],
+        {111: 4},
+    )
+    result = statuses(checks)
+    assert result["membership"] == "FAIL"
+    assert result["n2 unicast"] == "FAIL"
+    assert result["seed 10.0.0.9:7778"] == "FAIL"
+    assert result["receive drops"] == "WARN"
+
+
+def test_no_peers_is_a_warning() -> None:
+    assert statuses(net_checks(NET, view(), ["239.255.77.77"], {}))["peers"] == "WARN"

@@ -733,9 +733,11 @@ class Node:
         self._fanout = list(dict.fromkeys(targets))
 
     def _peer_list(self, now: float) -> list[tuple[str, str, int, bool]]:
+        # Suspected peers too: a node that cannot hear a peer's multicast suspects it
+        # just when it must tell that peer so.
         return [
             (p.node_id, p.address[0], p.address[1], not self._quiet_multicast(p, now))
-            for p in self._live_peers()
+            for _, p in sorted(self.peers.items())
         ]
 
     def _quiet_multicast(self, peer: Peer, now: float) -> bool:

@@ -1,0 +1,5 @@
+"""``python -m crdtd.lab``: see `crdtd.lab.cli`."""
+
+from crdtd.lab.cli import main
+
+raise SystemExit(main())

@@ -511,8 +511,10 @@ class Node:
             self._on_sync_end(message.barrier, message.digest, peer, now)
         elif isinstance(message, SyncAbort):
             self._on_sync_abort(message.barrier, peer, now)
-        else:
+        elif isinstance(message, SyncDone):
             self._on_sync_done(message.barrier, peer)
+        else:
+            self._count("messages_unhandled")  # decodable but not ours to act on
 
     def _on_ops(self, batch: OpBatch, peer: Peer, now: float) -> None:
         for group in batch.groups:

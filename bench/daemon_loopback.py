@@ -3,7 +3,7 @@
 Measures: `crdtctl get` process wall time; add latency p50/p99 on one persistent
 connection (acknowledged = durable); add throughput unpipelined and pipelined; the time
 until all nodes agree after a burst of 100k adds; barrier wall time; idle CPU and RSS
-per daemon.
+per daemon; and how long a node that joins late takes to catch up with the burst.
 
     .venv/bin/python bench/daemon_loopback.py [--burst 100000] [--out FILE.json]
 """
@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from crdtd.control.client import Client
 from crdtd.control.protocol import encode_request
-from tests.daemon.loopback import Cluster, crdtctl
+from tests.daemon.loopback import Cluster, Daemon, crdtctl, free_udp_port
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -117,6 +117,20 @@ def run(burst: int) -> dict[str, Any]:
             results["burst_all_agree_s"] = (
                 wait_agree(cluster, "burst", value, 120) + results["burst_durable_s"]
             )
+            joiner = Daemon(
+                "late",
+                cluster.root,
+                first.group_port,
+                free_udp_port(),
+                extra_config="sync: {interval_s: 0}\n",
+                log_level="info",
+            )
+            start = time.perf_counter()
+            joiner.start()
+            cluster.daemons.append(joiner)
+            wait_agree(cluster, "burst", value, 120)
+            results["late_join_catch_up_s"] = time.perf_counter() - start
+            results["late_join_ops"] = first.data("status")["ops_in_log"]
             ops = first.data("status")["ops_in_log"]
             start = time.perf_counter()
             sync = first.data("sync")

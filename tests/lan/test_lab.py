@@ -100,9 +100,9 @@ def test_a_killed_run_leaves_no_daemons_and_the_next_run_cleans_up(
     assert not Path(directory).exists()
 
 
-# Run on demand (-m slow): in one CI run of 2026-11-27 `lab up` was still alive 30 s
-# after SIGINT, though it passes alone and in every other run; until that hang is
-# understood it must not turn CI red for a tool of the lab rather than the daemon.
+# Run on demand (-m slow): in both full CI runs of 2026-11-27 (after the rest of
+# tests/lan) `lab up` was still alive 30 s after SIGINT, though it passes alone; until
+# that hang is understood it must not turn CI red for a tool of the lab, not the daemon.
 @pytest.mark.slow
 @lan
 def test_ctrl_c_on_lab_up_removes_everything(lab_environment: None) -> None:

@@ -42,6 +42,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,21 @@ from crdtd.lab import Lab, Node, unavailable_reason  # noqa: E402
 LOSSES = (0.0, 0.1, 0.3)
 ETCD_CLIENT_PORT = 2379
 ETCD_PEER_PORT = 2380
+
+
+def run_together(
+    start: threading.Barrier, jobs: list[tuple[Callable[..., None], tuple[Any, ...]]]
+) -> float:
+    """Run each job in its own thread; they and we meet at *start*, so every job begins
+    at once. Return the seconds from that start until the last job ended."""
+    threads = [threading.Thread(target=target, args=args) for target, args in jobs]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    began = time.monotonic()
+    for thread in threads:
+        thread.join()
+    return time.monotonic() - began
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -92,14 +108,7 @@ def unpipelined(nodes: list[Node], duration_s: float, variable: str) -> dict[str
                     continue
                 latencies[i].append(time.perf_counter() - t0)
 
-    threads = [threading.Thread(target=writer, args=(i, n)) for i, n in enumerate(nodes)]
-    for thread in threads:
-        thread.start()
-    start.wait()
-    t0 = time.monotonic()
-    for thread in threads:
-        thread.join()
-    elapsed = time.monotonic() - t0
+    elapsed = run_together(start, [(writer, (i, n)) for i, n in enumerate(nodes)])
     flat = [x for per in latencies for x in per]
     return {
         "adds": len(flat),
@@ -152,14 +161,7 @@ def pipelined(nodes: list[Node], duration_s: float, window: int, variable: str) 
                     else:
                         failures[i] += 1
 
-    threads = [threading.Thread(target=writer, args=(i, n)) for i, n in enumerate(nodes)]
-    for thread in threads:
-        thread.start()
-    start.wait()
-    t0 = time.monotonic()
-    for thread in threads:
-        thread.join()
-    elapsed = time.monotonic() - t0
+    elapsed = run_together(start, [(writer, (i, n)) for i, n in enumerate(nodes)])
     flat = [x for per in latencies for x in per]
     return {
         "window": window,
@@ -302,12 +304,7 @@ def crdtd_partition_sides(lab: Lab, duration_s: float) -> dict[str, Any]:
 
     lab.partition(minority, majority)
     try:
-        threads = [threading.Thread(target=writer, args=(node,)) for node in nodes]
-        for thread in threads:
-            thread.start()
-        start.wait()
-        for thread in threads:
-            thread.join()
+        run_together(start, [(writer, (node,)) for node in nodes])
     finally:
         lab.heal()
     return {

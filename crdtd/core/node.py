@@ -92,8 +92,15 @@ from crdtd.core.messages import (
     VariableDigest,
     VariableReport,
 )
-from crdtd.core.records import BaseFolded, EpochAdvanced, OpRecorded, Record, VariableCreated
-from crdtd.core.replay import ReplayWindow
+from crdtd.core.records import (
+    BaseFolded,
+    EpochAdvanced,
+    OpRecorded,
+    Record,
+    ReplayFloor,
+    VariableCreated,
+)
+from crdtd.core.replay import FLOOR_SAVE_INTERVAL_S, ReplayWindow
 from crdtd.core.settings import Key, Settings
 
 __all__ = ["Datagram", "Mode", "Node", "PeerView"]
@@ -186,6 +193,8 @@ class Node:
         self._candidates: dict[Address, float] = {}  # gossiped addresses -> expiry
         self._verifies: dict[int, Verify] = {}
         self._windows: dict[Origin, ReplayWindow] = {}  # outlive peers; bounded, LRU
+        self._floors_saved: dict[Origin, int] = {}
+        self._next_floor_save = now + FLOOR_SAVE_INTERVAL_S
         self._records: list[Record] = []
         self._out: list[Datagram] = []
         self._events: list[Event] = []
@@ -242,6 +251,9 @@ class Node:
         self._barrier_progress(now)
         self._maybe_schedule_sync(now)
         self._finish_verifies(now)
+        if now >= self._next_floor_save:
+            self._save_floors()
+            self._next_floor_save = now + FLOOR_SAVE_INTERVAL_S
         if now >= self._next_announce:
             self._plan_fanout(now)
             self._announce(now)
@@ -307,8 +319,15 @@ class Node:
     # --- outputs ------------------------------------------------------------------
 
     def records_to_persist(self) -> list[Record]:
+        if self._records:
+            self._save_floors()  # rides along: one transaction either way
         records, self._records = self._records, []
         return records
+
+    def checkpoint(self) -> None:
+        """Ask for the records otherwise written lazily (the replay floors); call it
+        before a clean stop, then flush once more."""
+        self._save_floors()
 
     def datagrams_to_send(self) -> list[Datagram]:
         if self._fresh:
@@ -399,6 +418,9 @@ class Node:
             self._ensure(record.variable, local=False).adopt_base(
                 record.origin, record.upto, record.total
             )
+        elif isinstance(record, ReplayFloor):
+            self._window(record.sender).raise_floor(record.seq)
+            self._floors_saved[record.sender] = record.seq
         else:
             self.epoch = max(self.epoch, record.epoch)
         self._events.clear()
@@ -461,8 +483,16 @@ class Node:
         window = self._windows.pop(sender, None) or ReplayWindow()
         self._windows[sender] = window
         while len(self._windows) > 4 * self.settings.peers_max:
-            del self._windows[next(iter(self._windows))]
+            oldest = next(iter(self._windows))
+            del self._windows[oldest]
+            self._floors_saved.pop(oldest, None)
         return window
+
+    def _save_floors(self) -> None:
+        for sender, window in self._windows.items():
+            if window.highest > self._floors_saved.get(sender, 0):
+                self._records.append(ReplayFloor(sender, window.highest))
+                self._floors_saved[sender] = window.highest
 
     def _expire_peers(self, now: float) -> None:
         # Compare deadlines exactly as get_timer computes them, so float rounding can

@@ -7,7 +7,7 @@ disk before it is on the wire, and an add is acknowledged only once it is durabl
 A node is rebuilt by replaying records in the order they were written (``Node(...,
 records=...)``). Every record is idempotent, so a store may also hand back an equivalent,
 compacted sequence: each variable, then each base, then the ops above the bases, then the
-epoch.
+epoch, then the replay floors.
 """
 
 from __future__ import annotations
@@ -55,4 +55,17 @@ class EpochAdvanced:
     epoch: int
 
 
-Record = VariableCreated | OpRecorded | BaseFolded | EpochAdvanced
+@dataclass(frozen=True, slots=True)
+class ReplayFloor:
+    """Datagrams of *sender* numbered up to ``seq`` were accepted: refuse them for good.
+
+    Replay windows live in memory; this record carries their high-water marks across a
+    restart of the receiving node, so a datagram captured before the restart and
+    replayed after it is still refused (see `crdtd.core.replay`).
+    """
+
+    sender: Origin
+    seq: int
+
+
+Record = VariableCreated | OpRecorded | BaseFolded | EpochAdvanced | ReplayFloor

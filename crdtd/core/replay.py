@@ -6,11 +6,21 @@ captured and replayed later, also after the sender restarted, is either at or be
 window or already marked in it. The window tolerates reordering of up to ``WINDOW``
 datagrams, as IPsec's anti-replay window does. It is enforced only with a cluster key:
 without authentication anyone can forge a fresh datagram anyway.
+
+The windows live in memory, so a node that restarts would forget them and accept, once,
+every datagram captured before. `ReplayFloor` records carry each window's high-water mark
+across the restart: the node writes them in the same transaction as any record a
+datagram caused (so whatever changed durable state is refused after a crash), and the
+rest at least every `FLOOR_SAVE_INTERVAL_S` and on a clean stop. What is left after a
+``kill -9``: datagrams that changed nothing durable (announces, repair requests) in the
+last interval can be replayed once, and they change nothing then either.
 """
 
 from __future__ import annotations
 
 WINDOW = 1024
+FLOOR_SAVE_INTERVAL_S = 30.0
+_ALL_SEEN = (1 << WINDOW) - 1
 
 
 class ReplayWindow:
@@ -24,7 +34,7 @@ class ReplayWindow:
         """True (and remember it) the first time *seq* is offered inside the window."""
         if seq > self.highest:
             shift = seq - self.highest
-            self.seen = ((self.seen << shift) | 1) & ((1 << WINDOW) - 1) if shift < WINDOW else 1
+            self.seen = ((self.seen << shift) | 1) & _ALL_SEEN if shift < WINDOW else 1
             self.highest = seq
             return True
         offset = self.highest - seq
@@ -32,3 +42,9 @@ class ReplayWindow:
             return False
         self.seen |= 1 << offset
         return True
+
+    def raise_floor(self, seq: int) -> None:
+        """Refuse every sequence number up to *seq* (restored from a `ReplayFloor`)."""
+        if seq > self.highest:
+            self.highest = seq
+            self.seen = _ALL_SEEN

@@ -235,6 +235,7 @@ class Driver:
             self._step(now)
             await self._flush()
         self._notifier.notify(STOPPING="1")
+        self.node.checkpoint()
         await self._flush()
         for transport in self._listeners:
             transport.close()

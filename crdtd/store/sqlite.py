@@ -56,7 +56,14 @@ from pathlib import Path
 from typing import Any
 
 from crdtd.core.ids import UINT64_MAX, Origin
-from crdtd.core.records import BaseFolded, EpochAdvanced, OpRecorded, Record, VariableCreated
+from crdtd.core.records import (
+    BaseFolded,
+    EpochAdvanced,
+    OpRecorded,
+    Record,
+    ReplayFloor,
+    VariableCreated,
+)
 
 DB_NAME = "crdtd.sqlite3"
 LOCK_NAME = "lock"
@@ -66,7 +73,7 @@ _OURS = frozenset({DB_NAME, LOCK_NAME, *_SIDECARS, "lost+found"})
 APPLICATION_ID = 0x43524454
 """``PRAGMA application_id`` of every crdtd database: "CRDT" in ASCII."""
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """``PRAGMA user_version``; a later schema gets a higher number and a migration."""
 
 _U64_BIAS = 2**63
@@ -97,6 +104,14 @@ _SCHEMA = (
         PRIMARY KEY (variable, node_id, incarnation, nonce)
     ) WITHOUT ROWID""",
 )
+_REPLAY_FLOORS = """CREATE TABLE replay_floors (
+        node_id     TEXT NOT NULL,
+        incarnation INTEGER NOT NULL,
+        seq         INTEGER NOT NULL,
+        PRIMARY KEY (node_id, incarnation)
+    ) WITHOUT ROWID"""
+_MIGRATIONS = {1: (_REPLAY_FLOORS,)}
+"""Statements that bring a database of version N to N + 1, in one transaction."""
 
 # "ON CONFLICT DO NOTHING" rather than "INSERT OR IGNORE": OR IGNORE would also swallow a
 # NOT NULL violation, i.e. silently drop a malformed record instead of raising.
@@ -124,6 +139,11 @@ _DELETE_FOLDED_OPS = """
       AND nonce <= :upto
 """
 _ADVANCE_EPOCH = "UPDATE node SET epoch = max(epoch, ?)"
+_RAISE_FLOOR = """
+    INSERT INTO replay_floors (node_id, incarnation, seq) VALUES (?, ?, ?)
+    ON CONFLICT (node_id, incarnation) DO UPDATE
+        SET seq = excluded.seq WHERE excluded.seq > replay_floors.seq
+"""
 
 
 class StoreError(Exception):
@@ -185,7 +205,8 @@ class Store:
         return self._incarnation
 
     def load(self) -> list[Record]:
-        """Records that rebuild the node: variables, bases, ops, then the epoch if any."""
+        """Records that rebuild the node: variables, bases, ops, the epoch if any, then
+        the replay floors."""
         query = self._connection.execute
         with _translated(self._db_path, "reading the state"):
             records: list[Record] = [
@@ -207,9 +228,15 @@ class Store:
                 )
             ]
             ((epoch,),) = query("SELECT epoch FROM node").fetchall()
+            floors = [
+                ReplayFloor(Origin(node_id, _from_u64(inc)), _from_u64(seq))
+                for node_id, inc, seq in query(
+                    "SELECT node_id, incarnation, seq FROM replay_floors ORDER BY seq"
+                )
+            ]
         if epoch > 0:
             records.append(EpochAdvanced(epoch))
-        return records
+        return records + floors
 
     def append(self, records: Sequence[Record]) -> None:
         """Apply *records* in one transaction and return once it is durable.
@@ -220,6 +247,7 @@ class Store:
         - `BaseFolded`: raise the base to ``(upto, total)`` if ``upto`` is higher than the
           stored one, and delete the ops it covers.
         - `EpochAdvanced`: the epoch becomes the higher of the stored and the new one.
+        - `ReplayFloor`: the sender's floor becomes the higher of the stored and the new.
         """
         if not records:
             return
@@ -257,6 +285,8 @@ class Store:
                 execute(_DELETE_FOLDED_OPS, key)
             case EpochAdvanced(epoch):
                 execute(_ADVANCE_EPOCH, (epoch,))
+            case ReplayFloor(sender, seq):
+                execute(_RAISE_FLOOR, (sender.node_id, _to_u64(sender.incarnation), _to_u64(seq)))
             case _:
                 raise TypeError(f"not a record: {record!r}")
 
@@ -285,6 +315,8 @@ def _open_state(
             f"{db_path}: SQLite could not switch to WAL mode (journal_mode is {mode!r}); "
             "put node.state_dir on a local filesystem"
         )
+    if not empty:
+        _migrate(connection, version)
     if empty:
         # A kill before this commit leaves an empty database again: nothing used the
         # identity yet, so the next start simply draws a new one.
@@ -307,7 +339,7 @@ def _create(
     connection: sqlite3.Connection, db_path: Path, node_id: str, incarnation: int
 ) -> tuple[str, int]:
     with _transaction(connection):
-        for statement in _SCHEMA:
+        for statement in (*_SCHEMA, _REPLAY_FLOORS):
             connection.execute(statement)
         connection.execute(
             "INSERT INTO node (only_row, node_id, incarnation, epoch) VALUES (1, ?, ?, 0)",
@@ -319,6 +351,16 @@ def _create(
     # SQLite syncs the directory for the WAL it creates but not for the database file.
     _fsync_directory(db_path.parent)
     return node_id, incarnation
+
+
+def _migrate(connection: sqlite3.Connection, version: int) -> None:
+    """Bring a checked database of an older schema *version* up to `SCHEMA_VERSION`,
+    one step per transaction, so a kill midway leaves a consistent older version."""
+    for step in range(version, SCHEMA_VERSION):
+        with _transaction(connection):
+            for statement in _MIGRATIONS[step]:
+                connection.execute(statement)
+            connection.execute(f"PRAGMA user_version = {step + 1}")
 
 
 def _refuse_foreign_or_newer(db_path: Path, application_id: int, version: int) -> None:
@@ -335,7 +377,7 @@ def _refuse_foreign_or_newer(db_path: Path, application_id: int, version: int) -
             f"reads version {SCHEMA_VERSION}. Run the newer crdtd, or move the directory's "
             "contents away to start this node fresh (it loses its local state)"
         )
-    if version != SCHEMA_VERSION:
+    if version < 1:
         raise StoreError(_damaged(db_path, f"unknown schema version {version}"))
 
 

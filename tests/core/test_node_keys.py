@@ -10,8 +10,10 @@ import pytest
 from crdtd.core import wire
 from crdtd.core.events import DatagramRejected
 from crdtd.core.ids import Origin
-from crdtd.core.messages import BarrierId, NackRange, SyncStart
+from crdtd.core.messages import BarrierId, NackRange, OpBatch, SyncStart
 from crdtd.core.node import Node
+from crdtd.core.records import Record, ReplayFloor
+from crdtd.core.replay import FLOOR_SAVE_INTERVAL_S
 from crdtd.core.settings import Key, Settings
 
 START = 1_000.0
@@ -62,3 +64,47 @@ def test_the_same_datagrams_under_the_cluster_key_make_a_peer() -> None:
         receiver.receive_datagram(payload, ADDRESS, START)
     assert list(receiver.peers) == ["b"]
     assert receiver.value("x") == 5
+
+
+def restarted(node: Node, kept: list[Record], now: float) -> Node:
+    """*node* rebuilt from the records it asked to persist, as after kill -9."""
+    return Node(node.origin, node.settings, random.Random("t/a2"), now, kept, seq_start=10**9)
+
+
+@pytest.mark.parametrize("clean_stop", [False, True], ids=["kill-9", "clean-stop"])
+def test_a_datagram_replayed_after_the_receiver_restarts_is_refused(clean_stop: bool) -> None:
+    """Windows live in memory; `ReplayFloor` records carry them over the restart. Ops ride
+    with the records they cause; after a kill -9 only datagrams that changed nothing
+    durable since the last floor save are accepted once more, and they change nothing."""
+    receiver = Node(Origin("a", 1), Settings(keys=(CLUSTER,)), random.Random("t/a"), START)
+    kept: list[Record] = []
+    captured = datagrams_of((CLUSTER,))
+    ops = [p for p in captured if isinstance(wire.decode(p, (CLUSTER,)).message, OpBatch)]
+    for payload in captured:
+        receiver.receive_datagram(payload, ADDRESS, START)
+        kept += receiver.records_to_persist()
+    if clean_stop:
+        receiver.checkpoint()
+        kept += receiver.records_to_persist()
+    again = restarted(receiver, kept, START + 60)
+    assert again.value("x") == 5
+    for payload in captured:
+        again.receive_datagram(payload, ADDRESS, START + 60)
+    floor = max(r.seq for r in kept if isinstance(r, ReplayFloor))
+    below = [p for p in captured if wire.decode(p, (CLUSTER,)).seq <= floor]
+    assert set(ops) <= set(below)
+    assert again.stats["rejected_replayed"] == len(captured if clean_stop else below)
+    assert again.value("x") == 5
+
+
+def test_replay_floors_are_saved_with_other_records_and_on_a_timer() -> None:
+    receiver = Node(Origin("a", 1), Settings(keys=(CLUSTER,)), random.Random("t/a"), START)
+    nack = datagrams_of((CLUSTER,))[-2]  # changes nothing durable
+    receiver.receive_datagram(nack, ADDRESS, START)
+    seq = wire.decode(nack, (CLUSTER,)).seq
+    assert ReplayFloor(Origin("b", 1), seq) not in receiver.records_to_persist()
+    receiver.handle_timer(START + FLOOR_SAVE_INTERVAL_S)
+    saved = [r for r in receiver.records_to_persist() if isinstance(r, ReplayFloor)]
+    assert saved == [ReplayFloor(Origin("b", 1), seq)]
+    receiver.handle_timer(START + 2 * FLOOR_SAVE_INTERVAL_S)  # nothing new: nothing again
+    assert not [r for r in receiver.records_to_persist() if isinstance(r, ReplayFloor)]

@@ -16,7 +16,14 @@ from typing import Generic, TypeVar
 import pytest
 
 from crdtd.core.ids import INT64_MAX, INT64_MIN, UINT64_MAX, Origin
-from crdtd.core.records import BaseFolded, EpochAdvanced, OpRecorded, Record, VariableCreated
+from crdtd.core.records import (
+    BaseFolded,
+    EpochAdvanced,
+    OpRecorded,
+    Record,
+    ReplayFloor,
+    VariableCreated,
+)
 from crdtd.store.sqlite import APPLICATION_ID, DB_NAME, SCHEMA_VERSION, Store, StoreError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -300,8 +307,37 @@ def test_a_newer_schema_is_refused(state_dir: Path) -> None:
     with sqlite3.connect(state_dir / DB_NAME) as connection:
         connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     connection.close()
-    with pytest.raises(StoreError, match="schema version 2 was written by a newer crdtd"):
+    newer = SCHEMA_VERSION + 1
+    with pytest.raises(StoreError, match=f"schema version {newer} was written by a newer crdtd"):
         open_store(state_dir, "n1")
+
+
+def test_replay_floors_only_rise_and_come_back_last(state_dir: Path) -> None:
+    store = open_store(state_dir, "n1")
+    store.append([ReplayFloor(A, 10), ReplayFloor(B, UINT64_MAX), EpochAdvanced(1)])
+    store.append([ReplayFloor(A, 7)])
+    store.append([ReplayFloor(A, 12)])
+    store.close()
+    store = open_store(state_dir, "n1")
+    assert store.load() == [EpochAdvanced(1), ReplayFloor(A, 12), ReplayFloor(B, UINT64_MAX)]
+    store.close()
+
+
+def test_a_version_1_database_is_migrated_and_keeps_its_state(state_dir: Path) -> None:
+    store = open_store(state_dir, "n1")
+    store.append([VariableCreated("x"), OpRecorded("x", A, 1, 5)])
+    store.close()
+    with sqlite3.connect(state_dir / DB_NAME) as connection:  # as a crdtd of schema 1 left it
+        connection.execute("DROP TABLE replay_floors")
+        connection.execute("PRAGMA user_version = 1")
+    connection.close()
+    store = open_store(state_dir, "n1")
+    store.append([ReplayFloor(A, 3)])
+    assert store.load() == [VariableCreated("x"), OpRecorded("x", A, 1, 5), ReplayFloor(A, 3)]
+    store.close()
+    with sqlite3.connect(state_dir / DB_NAME) as connection:
+        assert connection.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+    connection.close()
 
 
 def test_a_database_of_another_application_is_refused(state_dir: Path) -> None:

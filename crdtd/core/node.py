@@ -141,6 +141,8 @@ class Peer:
     first_seen: float = 0.0
     multicast_at: float | None = None
     deaf_at: float | None = None  # when it last told us it does not hear our multicast
+    unicast_copies: int = 0  # announces and peer lists it sent us by unicast: it does
+    unicast_copy_at: float | None = None  # that while it does not hear our multicast
 
 
 @dataclass(slots=True)
@@ -239,6 +241,9 @@ class Node:
             return
         if via_multicast:
             peer.multicast_at = now
+        elif isinstance(envelope.message, Announce | PeerList):
+            peer.unicast_copies += 1
+            peer.unicast_copy_at = now
         self._count("datagrams_received")
         self._dispatch(envelope.message, peer, now)
         self._barrier_progress(now)

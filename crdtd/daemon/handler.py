@@ -256,7 +256,6 @@ class Handler:
             settings = node.settings
             peers = []
             for _, peer in sorted(node.peers.items()):
-                when, copies = driver.unicast_announces.get(peer.node_id, (None, 0))
                 peers.append(
                     {
                         "node_id": peer.node_id,
@@ -267,8 +266,10 @@ class Handler:
                         else now - peer.multicast_at,
                         "last_seen_s": now - peer.last_seen,
                         "suspected": peer.suspected,
-                        "unicast_copies": copies,
-                        "unicast_copy_ago_s": None if when is None else now - when,
+                        "unicast_copies": peer.unicast_copies,
+                        "unicast_copy_ago_s": None
+                        if peer.unicast_copy_at is None
+                        else now - peer.unicast_copy_at,
                     }
                 )
             return {

@@ -7,8 +7,12 @@ Rules:
 - each step ends with one flush in a fixed order: persist (one SQLite transaction for
   everything the step produced: group commit), then send, then report events. An add is
   acknowledged only after its record is on disk;
-- ``datagram_received`` only enqueues. The inbox is bounded; datagrams over 1400 bytes
-  and overflow are dropped and counted before any parsing;
+- reading a socket only enqueues, up to `RECV_BURST` datagrams per wakeup (one loop turn
+  per datagram would spend a flood's CPU on the event loop). The inbox is bounded;
+  datagrams over 1400 bytes and overflow are dropped and counted before any parsing;
+- a step takes the control requests first and at most `STEP_DATAGRAMS_MAX` datagrams,
+  and the task yields after every step, so a flood of datagrams delays a request by
+  one short step, not by the whole inbox;
 - while a transaction is being written, datagrams and requests keep queueing; the next
   step takes them all at once, which is what batches ops into few commits and datagrams.
 """
@@ -22,7 +26,6 @@ import socket
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
-from crdtd.core import wire
 from crdtd.core.events import (
     AddApplied,
     DatagramRejected,
@@ -37,7 +40,6 @@ from crdtd.core.events import (
     VerifyFinished,
 )
 from crdtd.core.ids import Address
-from crdtd.core.messages import Announce, PeerList
 from crdtd.core.node import Node
 from crdtd.core.records import Record
 from crdtd.core.settings import DATAGRAM_BYTES_MAX
@@ -45,7 +47,8 @@ from crdtd.core.settings import DATAGRAM_BYTES_MAX
 T = TypeVar("T")
 
 INBOX_MAX = 8192
-STEP_DATAGRAMS_MAX = 1024  # keep one step short so timers and requests stay timely
+STEP_DATAGRAMS_MAX = 256  # keep one step short so timers and requests stay timely
+RECV_BURST = 64
 WATCH_QUEUE_MAX = 1024
 REJECT_LOG_EVERY_S = 10.0
 BARRIER_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -107,20 +110,6 @@ class Notifier(Protocol):
     def watchdog_interval_s(self) -> float | None: ...
 
 
-class _Inbox(asyncio.DatagramProtocol):
-    """Enqueue only: parsing happens in the owner task."""
-
-    def __init__(self, driver: Driver, multicast: bool) -> None:
-        self._driver = driver
-        self._multicast = multicast
-
-    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        self._driver.enqueue_datagram(data, (str(addr[0]), int(addr[1])), self._multicast)
-
-    def error_received(self, exc: Exception) -> None:
-        self._driver.count("socket_errors")
-
-
 class Driver:
     """Runs a Node on real sockets and a real disk."""
 
@@ -145,29 +134,32 @@ class Driver:
         self._stopping = asyncio.Event()
         self._waiters: dict[int, asyncio.Future[Any]] = {}
         self._watchers: dict[str, list[asyncio.Queue[int]]] = {}
-        self._transport: asyncio.DatagramTransport | None = None
-        self._listeners: list[asyncio.BaseTransport] = []
+        self._sockets: list[socket.socket] = []  # the unicast one first: we send from it
         self._rejects: dict[str, tuple[float, int]] = {}
         self._status = ""
         self.barriers = BarrierStats()
-        self.unicast_announces: dict[str, tuple[float, int]] = {}
-        """node_id -> (when, how many): announces a peer sent us by unicast. A peer does
-        that only while it does not hear our multicast (or to greet us once), so
-        `crdtctl net-test` reads this as "that peer does not hear us"."""
 
     # --- wiring -------------------------------------------------------------------
 
     async def attach(self, unicast: socket.socket, multicast: socket.socket) -> None:
-        """Start receiving on both sockets; everything is sent from *unicast*."""
+        """Start receiving on both (non-blocking) sockets; everything is sent from
+        *unicast*. The driver closes them when it stops."""
         loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Inbox(self, multicast=False), sock=unicast
-        )
-        self._transport = transport
-        listener, _ = await loop.create_datagram_endpoint(
-            lambda: _Inbox(self, multicast=True), sock=multicast
-        )
-        self._listeners = [transport, listener]
+        self._sockets = [unicast, multicast]
+        loop.add_reader(unicast.fileno(), self._drain, unicast, False)
+        loop.add_reader(multicast.fileno(), self._drain, multicast, True)
+
+    def _drain(self, sock: socket.socket, multicast: bool) -> None:
+        for _ in range(RECV_BURST):
+            try:
+                # One byte over the limit: a longer datagram arrives cut, and is dropped.
+                data, (host, port, *_) = sock.recvfrom(DATAGRAM_BYTES_MAX + 1)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self.count("socket_errors")
+                return
+            self.enqueue_datagram(data, (host, port), multicast)
 
     def enqueue_datagram(self, data: bytes, address: Address, multicast: bool) -> None:
         if len(data) > DATAGRAM_BYTES_MAX:
@@ -234,19 +226,16 @@ class Driver:
                 next_watchdog = now + interval
             self._step(now)
             await self._flush()
+            await asyncio.sleep(0)  # let requests and the sockets' readers in
         self._notifier.notify(STOPPING="1")
         self.node.checkpoint()
         await self._flush()
-        for transport in self._listeners:
-            transport.close()
+        for sock in self._sockets:
+            loop.remove_reader(sock.fileno())
+            sock.close()
 
     def _step(self, now: float) -> None:
         node = self.node
-        for _ in range(min(len(self._inbox), STEP_DATAGRAMS_MAX)):
-            data, address, multicast = self._inbox.popleft()
-            if not multicast:
-                self._note_unicast(data, now)
-            node.receive_datagram(data, address, now, multicast)
         while self._calls:
             function, future = self._calls.popleft()
             if future.cancelled():
@@ -255,20 +244,11 @@ class Driver:
                 future.set_result(function(node, now))
             except Exception as error:  # handed back to the caller, who reports it
                 future.set_exception(error)
+        for _ in range(min(len(self._inbox), STEP_DATAGRAMS_MAX)):
+            data, address, multicast = self._inbox.popleft()
+            node.receive_datagram(data, address, now, multicast)
         if node.get_timer() <= now:
             node.handle_timer(now)
-
-    def _note_unicast(self, data: bytes, now: float) -> None:
-        """Remember unicast announces and peer lists by sender (see `unicast_announces`).
-        The node checks the datagram again; this look is for diagnosis only."""
-        try:
-            envelope = wire.decode(data, self.node.settings.keys)
-        except wire.MalformedDatagram:
-            return  # the node counts it
-        if isinstance(envelope.message, Announce | PeerList):
-            sender = envelope.sender.node_id
-            _, count = self.unicast_announces.get(sender, (now, 0))
-            self.unicast_announces[sender] = (now, count + 1)
 
     async def _flush(self) -> None:
         records = self.node.records_to_persist()
@@ -276,12 +256,11 @@ class Driver:
             # A failure here propagates and stops the daemon: nothing of this step was
             # sent or acknowledged, so nothing acknowledged is lost.
             await asyncio.to_thread(self._store.append, records)
-        assert self._transport is not None
         for datagram in self.node.datagrams_to_send():
             destination = datagram.destination or self._group
             try:
-                self._transport.sendto(datagram.payload, destination)
-            except OSError:
+                self._sockets[0].sendto(datagram.payload, destination)
+            except OSError:  # a full send buffer too: repair and retries cover a loss
                 self.count("send_errors")
         for event in self.node.events():
             self._report(event)

@@ -12,7 +12,9 @@ sends, round robin and as fast as it can, to the group and to each node's unicas
 - ``replay``: captured datagrams, sent again unchanged.
 
 Payloads are made up front, so the loop only sends. It prints one JSON line: what it
-captured and, per kind, how many it sent. Usage::
+captured and, per kind, how many it sent. ``--captured FILE`` keeps the capture in FILE,
+or replays the one already there (to replay it after a node restarted); ``--kinds``
+chooses what to send. Usage::
 
     python -m crdtd.lab.attacker --group 239.255.77.77:7777 --interface-address 10.77.0.9 \\
         --targets 10.77.0.1:7778,10.77.0.2:7778 --key-id k2026a --member n01 \\
@@ -22,6 +24,7 @@ captured and, per kind, how many it sent. Usage::
 from __future__ import annotations
 
 import argparse
+import base64
 import itertools
 import json
 import os
@@ -29,6 +32,7 @@ import random
 import socket
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from crdtd.core import wire
 from crdtd.core.ids import Origin
@@ -38,6 +42,7 @@ from crdtd.core.settings import Key
 Address = tuple[str, int]
 POOL = 64  # payloads made per kind
 CAPTURED_MAX = 512
+KINDS = ("random", "unsigned", "wrong_secret", "unknown_key", "tampered", "replay")
 
 
 def capture(group: Address, interface_address: str, seconds: float) -> list[bytes]:
@@ -57,6 +62,18 @@ def capture(group: Address, interface_address: str, seconds: float) -> list[byte
             except TimeoutError:
                 break
         return captured
+
+
+def load_or_capture(
+    path: Path | None, group: Address, interface_address: str, seconds: float
+) -> list[bytes]:
+    """The capture kept in *path* if there is one; else a new one, kept there."""
+    if path is not None and path.exists():
+        return [base64.b64decode(line) for line in path.read_text().split()]
+    captured = capture(group, interface_address, seconds)
+    if path is not None:
+        path.write_text("".join(base64.b64encode(data).decode() + "\n" for data in captured))
+    return captured
 
 
 def forged_ops(sender: Origin, keys: Sequence[Key], rng: random.Random) -> list[bytes]:
@@ -137,10 +154,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--capture-s", type=float, default=3.0)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--captured", type=Path, help="keep the capture here, or reuse it")
+    parser.add_argument("--kinds", default=",".join(KINDS), help="of: " + ", ".join(KINDS))
     args = parser.parse_args(argv)
     rng = random.Random(args.seed)
-    captured = capture(args.group, args.interface_address, args.capture_s)
-    kinds = payloads_by_kind(captured, args.key_id, args.member, rng)
+    captured = load_or_capture(args.captured, args.group, args.interface_address, args.capture_s)
+    chosen = set(args.kinds.split(","))
+    if not chosen <= set(KINDS):
+        parser.error(f"--kinds: unknown {', '.join(sorted(chosen - set(KINDS)))}")
+    made = payloads_by_kind(captured, args.key_id, args.member, rng)
+    kinds = {kind: payloads for kind, payloads in made.items() if kind in chosen}
     targets = [_address(text) for text in args.targets.split(",") if text]
     started = time.monotonic()
     sent = flood(kinds, [args.group, *targets], args.seconds)

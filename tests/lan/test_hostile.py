@@ -6,7 +6,9 @@ and every node's unicast port for 30 s with random bytes, unsigned and wrongly s
 batches, tampered and replayed datagrams. Throughout, writers add and a probe times
 ``status`` on every node. Afterwards every value equals the acknowledged adds, no daemon
 restarted, the attacker is nobody's peer, every kind of bad datagram was counted, and
-the probe's median latency under attack stayed within 5x of its median before.
+the probe's median latency under attack stayed within 5x of its median before. Then one
+node is killed and restarted, and the capture replayed again: every node (the restarted
+one from its replay floors) refuses it.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import pytest
 
 from crdtd.control.client import Client
 from crdtd.core.settings import Key
-from crdtd.lab import Lab, Node, Outcome, Workload, await_convergence
+from crdtd.lab import Host, Lab, Node, Outcome, Workload, await_convergence
 
 pytestmark = pytest.mark.lan
 
@@ -37,7 +39,7 @@ NEW = Key("k2026b", bytes(range(64, 112)))
 GROUP = "239.255.77.77:7777"  # the defaults
 UNICAST_PORT = 7778
 FLOOD_S = 30.0
-CAPTURE_S = 3.0
+CAPTURE_S = 3.0  # listening before the flood: what it replays
 NORMAL_S = 6.0
 PROBE_EVERY_S = 0.02
 LATENCY_FACTOR = 5.0
@@ -101,6 +103,33 @@ def wait_for(check: Callable[[], bool], what: str, timeout_s: float = 20.0) -> N
         time.sleep(0.1)
 
 
+def attack(lab: Lab, evil: Host, captured: Path, *options: str) -> dict[str, Any]:
+    """Run `crdtd.lab.attacker` in *evil* against every node until it ends; its report."""
+    targets = ",".join(f"{node.address}:{UNICAST_PORT}" for node in lab.nodes)
+    argv = ["env", f"PYTHONPATH={lab.source_root}", sys.executable, "-m", "crdtd.lab.attacker"]
+    argv += [
+        f"--group={GROUP}",
+        f"--interface-address={evil.address}",
+        f"--targets={targets}",
+        f"--key-id={OLD.key_id}",
+        f"--member={lab.nodes[0].name}",
+        f"--captured={captured}",
+        *options,
+    ]
+    attacker = evil.popen(argv, stdout=subprocess.PIPE)
+    try:
+        out, _ = attacker.communicate(timeout=CAPTURE_S + FLOOD_S + 30)
+    finally:
+        attacker.kill()
+        attacker.wait()
+    assert attacker.returncode == 0, out
+    return dict(json.loads(out))
+
+
+def rejected(node: Node) -> dict[str, int]:
+    return dict(node.call("keys")["rejected"])
+
+
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:.2f} ms"
 
@@ -113,39 +142,26 @@ def test_an_attacker_changes_nothing_and_a_key_rotation_loses_no_add(
     config = {"security": {"key_file": str(key_file)}, "sync": {"interval_s": 10}}
     lab = make_lab(3, config=config)
     evil = lab.add_host("evil")
+    captured = tmp_path / "captured.b64"
     pids = {node.name: node.pid for node in lab.nodes}
     probe = Probe(lab.nodes)
     probe.start()
     try:
         with Workload(lab, rate_per_s=20, seed=lab_rng.random()) as work:
             time.sleep(NORMAL_S)
-            targets = ",".join(f"{node.address}:{UNICAST_PORT}" for node in lab.nodes)
-            attacker = evil.popen(
-                [
-                    "env",
-                    f"PYTHONPATH={lab.source_root}",
-                    sys.executable,
-                    "-m",
-                    "crdtd.lab.attacker",
-                    f"--group={GROUP}",
-                    f"--interface-address={evil.address}",
-                    f"--targets={targets}",
-                    f"--key-id={OLD.key_id}",
-                    f"--member={lab.nodes[0].name}",
-                    f"--capture-s={CAPTURE_S}",
-                    f"--seconds={FLOOD_S}",
-                    f"--seed={lab_rng.randrange(10**6)}",
-                ],
-                stdout=subprocess.PIPE,
-            )
             attack_start = time.monotonic()
-            out, _ = attacker.communicate(timeout=CAPTURE_S + FLOOD_S + 30)
+            report = attack(
+                lab,
+                evil,
+                captured,
+                f"--capture-s={CAPTURE_S}",
+                f"--seconds={FLOOD_S}",
+                f"--seed={lab_rng.randrange(10**6)}",
+            )
             attack_end = time.monotonic()
         ledger = work.ledger
     finally:
         probe.stop()
-    assert attacker.returncode == 0
-    report = json.loads(out)
     assert report["captured"] > 0, report
     values = await_convergence(lab, ledger, timeout_s=30)
 
@@ -163,9 +179,20 @@ def test_an_attacker_changes_nothing_and_a_key_rotation_loses_no_add(
         assert (node.pid, node.starts) == (pids[node.name], 1), f"{node.name} restarted"
         peers = {peer["node_id"] for peer in node.call("peers")["peers"]}
         assert peers == {other.name for other in lab.nodes if other is not node}
-        rejected = node.call("keys")["rejected"]
-        assert set(rejected) >= REJECTED_KINDS, (node.name, rejected)
+        counts = rejected(node)
+        assert set(counts) >= REJECTED_KINDS, (node.name, counts)
         assert stats(node)["datagrams"]["dropped"].get("oversized", 0) > 0, node.name
+
+    # kill -9 one node and bring it back: the same captured datagrams, replayed, are
+    # still refused by it (replay floors on disk) and by the others (it was their sender).
+    restarted = lab.nodes[0]
+    restarted.restart()
+    lab.wait_mesh()
+    before = {node.name: rejected(node).get("replayed", 0) for node in lab.nodes}
+    attack(lab, evil, captured, "--kinds=replay", "--seconds=2")
+    for node in lab.nodes:
+        assert rejected(node).get("replayed", 0) > before[node.name], node.name
+    assert await_convergence(lab, ledger, timeout_s=30) == values
 
     rotate_keys_with_adds_flowing(lab, key_file, lab_rng)
 

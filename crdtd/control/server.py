@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import socket
 import stat
@@ -32,6 +31,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
+
+import structlog
 
 from crdtd.control.protocol import (
     REQUEST_BYTES_MAX,
@@ -51,8 +52,6 @@ SOCKET_MODE = 0o660
 READ_BYTES = 64 * 1024
 PIPELINE_MAX = 256  # requests of one connection in flight at once
 PROBE_TIMEOUT_S = 1.0
-
-log = logging.getLogger(__name__)
 
 
 class Handler(Protocol):
@@ -254,7 +253,7 @@ class ControlServer:
         except ControlError as error:
             return encode_error(request.id, error.code, error.message)
         except Exception:
-            log.exception("control_handler_failed cmd=%s id=%r", request.cmd, request.id)
+            _log().exception("control_handler_failed", cmd=request.cmd, request_id=request.id)
             return _internal(request.id)
 
     async def _stream(
@@ -279,7 +278,7 @@ class ControlServer:
         except (ConnectionError, TimeoutError):
             return  # the watcher went away or stopped reading
         except Exception:
-            log.exception("control_watch_failed id=%r", request.id)
+            _log().exception("control_watch_failed", request_id=request.id)
             ending = _internal(request.id)
         finally:
             aclose = getattr(items, "aclose", None)
@@ -360,3 +359,9 @@ def _hint(error: OSError) -> str:
     if "too long" in str(error):
         return " (Unix socket paths are limited to 107 bytes)"
     return ""
+
+
+def _log() -> Any:
+    """The daemon's structlog logger, looked up when used so it follows the daemon's
+    configuration: a handler's crash is a JSON line in the journal like the rest."""
+    return structlog.get_logger()

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog.testing
 
 from crdtd.control.protocol import REQUEST_BYTES_MAX
 from crdtd.control.server import ControlServer, SocketPathError, serve
@@ -180,11 +181,19 @@ def test_a_handler_refusal_and_a_handler_bug_are_answered_and_the_connection_liv
         missing = await client.call("get", 1, variable="x")
         assert missing["error"]["code"] == "not_found"
         assert "x" in missing["error"]["message"]
-        bug = await client.call("get", 2, variable="boom")
+        with structlog.testing.capture_logs() as logged:
+            bug = await client.call("get", 2, variable="boom")
         assert bug["error"] == {
             "code": "internal",
             "message": "internal error in crdtd; see its log",
         }
+        [entry] = logged
+        assert (entry["event"], entry["cmd"], entry["request_id"]) == (
+            "control_handler_failed",
+            "get",
+            2,
+        )
+        assert entry["log_level"] == "error" and entry["exc_info"] is True
         assert (await client.call("ping", 3))["ok"]
         await client.close()
 

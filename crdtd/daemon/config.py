@@ -36,7 +36,7 @@ from typing import Any
 import yaml
 
 from crdtd.core.ids import NAME_MAX, is_name
-from crdtd.core.settings import Key, Settings
+from crdtd.core.settings import DATAGRAM_BYTES_MAX, Key, Settings
 from crdtd.daemon.logs import FORMATS, LEVELS
 from crdtd.daemon.yamlfile import ConfigError, YamlFile, read_text, tag
 
@@ -227,6 +227,13 @@ class LimitsConfig:
     variables_max: int = field(default=10_000, metadata=_rule(_COUNT))
     peers_max: int = field(default=256, metadata=_rule(_COUNT))
     control_connections_max: int = field(default=64, metadata=_rule(_COUNT))
+    missing_ranges_max: int = field(default=10_000, metadata=_rule(_COUNT))
+    repair_bytes_per_request: int = field(
+        default=64 * 1024, metadata=_rule(_integer(DATAGRAM_BYTES_MAX))
+    )
+    repair_bytes_per_s: int = field(
+        default=4 * 1024 * 1024, metadata=_rule(_integer(DATAGRAM_BYTES_MAX))
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,6 +280,9 @@ class Config:
             sync_freeze_max_s=self.sync.freeze_max_s,
             variables_max=self.limits.variables_max,
             peers_max=self.limits.peers_max,
+            wants_max=self.limits.missing_ranges_max,
+            repair_bytes_max=self.limits.repair_bytes_per_request,
+            repair_bytes_per_s=self.limits.repair_bytes_per_s,
             seeds=self.network.peers,
         )
 

@@ -91,7 +91,13 @@ def test_every_key_round_trips(write) -> None:
         sync: {interval_s: 0, min_gap_s: 0, freeze_max_s: 1.5}
         security: {key_file: /etc/crdtd/keys}
         log: {level: debug, format: json}
-        limits: {variables_max: 5, peers_max: 6, control_connections_max: 7}
+        limits:
+          variables_max: 5
+          peers_max: 6
+          control_connections_max: 7
+          missing_ranges_max: 8
+          repair_bytes_per_request: 1400
+          repair_bytes_per_s: 100000
         """
     )
     assert load_config(path) == Config(
@@ -110,7 +116,14 @@ def test_every_key_round_trips(write) -> None:
         sync=SyncConfig(interval_s=0.0, min_gap_s=0.0, freeze_max_s=1.5),
         security=SecurityConfig(key_file=Path("/etc/crdtd/keys")),
         log=LogConfig(level="debug", format="json"),
-        limits=LimitsConfig(variables_max=5, peers_max=6, control_connections_max=7),
+        limits=LimitsConfig(
+            variables_max=5,
+            peers_max=6,
+            control_connections_max=7,
+            missing_ranges_max=8,
+            repair_bytes_per_request=1400,
+            repair_bytes_per_s=100_000,
+        ),
     )
 
 
@@ -128,7 +141,13 @@ def test_settings_carry_the_protocol_keys_and_keep_the_rest() -> None:
     config = Config(
         network=NetworkConfig(announce_interval_s=0.5, peer_suspect_s=2.0, peer_timeout_s=4.0),
         sync=SyncConfig(interval_s=60.0, min_gap_s=5.0, freeze_max_s=1.0),
-        limits=LimitsConfig(variables_max=100, peers_max=8),
+        limits=LimitsConfig(
+            variables_max=100,
+            peers_max=8,
+            missing_ranges_max=9,
+            repair_bytes_per_request=2000,
+            repair_bytes_per_s=3000,
+        ),
     )
     assert config.settings() == Settings(
         announce_interval_s=0.5,
@@ -139,6 +158,9 @@ def test_settings_carry_the_protocol_keys_and_keep_the_rest() -> None:
         sync_freeze_max_s=1.0,
         variables_max=100,
         peers_max=8,
+        wants_max=9,
+        repair_bytes_max=2000,
+        repair_bytes_per_s=3000,
     )
 
 
@@ -176,6 +198,10 @@ ERRORS = {
     "float-for-integer": (
         "limits:\n  peers_max: 2.5\n",
         "crdtd.yaml:2: limits.peers_max: expected an integer >= 1, got 2.5",
+    ),
+    "repair-budget-below-one-datagram": (
+        "limits:\n  repair_bytes_per_request: 1000\n",
+        "crdtd.yaml:2: limits.repair_bytes_per_request: expected an integer >= 1400, got 1000",
     ),
     "port-out-of-range": (
         "network:\n  unicast_port: 70000\n",

@@ -10,7 +10,10 @@ Rules:
 - ``main(argv) -> int``: 0 ok, 1 a check failed (or the lab could not run), 2 usage;
 - ``run`` and ``soak`` print one line per round, then, as the LAST line, one JSON object
   (``ok``, ``rounds``, the ledger, a ``reproduce`` command on failure);
-- Ctrl-C and SIGTERM tear everything down (namespaces, daemons, temp dir).
+- Ctrl-C (SIGINT) and SIGTERM tear everything down (namespaces, daemons, temp dir),
+  however the process was started: Python leaves SIGINT ignored when its parent did
+  (a ``cmd &`` of a non-interactive shell, some CI runners), so `main` installs both
+  handlers itself and unblocks both signals for the lab's lifetime.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ SOAK_CONFIG = {"sync": {"interval_s": 5, "min_gap_s": 2}}
 SETTLE_S = 2.0
 SCENARIO_NODES_MIN = 3  # a partition needs two sides, one of them of two nodes
 CONVERGE_S = 60.0
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # each tears the lab down
 
 
 def parse_setting(text: str) -> tuple[list[str], Any]:
@@ -118,7 +122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print(f"crdtd.lab: --nodes: expected {fewest} or more", file=sys.stderr)
         return 2
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    # Installed, not inherited: a SIGINT ignored by the parent stays ignored in Python,
+    # and `up` would then sleep through its own "Ctrl-C removes everything".
+    previous = {number: signal.signal(number, _interrupt) for number in _STOP_SIGNALS}
+    mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # before any thread
     try:
         if options.command == "up":
             return up(options)
@@ -130,7 +137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\ninterrupted: the lab is removed", file=sys.stderr)
         return 130
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -1,5 +1,8 @@
 """The full sync (barrier): Work -> Sync -> Ready -> Work, then fold the log into the base.
 
+This module holds the rules and the state of one barrier; `crdtd.core.sync` runs them
+for a node.
+
 Theory of operation. One node, the *initiator*, coordinates a barrier ``BarrierId(epoch,
 initiator, serial)``; every node it knows is a *participant*, itself included.
 

@@ -24,6 +24,11 @@ everything we multicast, and our ``PeerList``; configured seeds get the same unt
 answer. So a node that knows one seed reaches everyone, and a cluster mixing multicast
 and unicast-only nodes converges.
 
+Full sync. Barriers (``start_sync``, and the scheduled ones) are run by the node's
+`crdtd.core.sync.Syncer`, which owns the node's ``mode``: the node hands it barrier
+messages, its timer and peer changes, and serves it the few things `crdtd.core.sync.Host`
+names. While the node is frozen, local adds are held here and applied on ``thaw``.
+
 Rules:
 - peer input never raises out of here: a bad datagram is dropped and counted in
   ``stats``; our own misuse (a bad name or delta from the local caller) raises
@@ -42,18 +47,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from crdtd.core import wire
-from crdtd.core.barrier import (
-    TRANSITIONS,
-    Closing,
-    Coordination,
-    Cut,
-    Input,
-    Member,
-    Mode,
-    Participation,
-    Status,
-    take_cut,
-)
+from crdtd.core.barrier import Cut, Mode
 from crdtd.core.counters import Applied, Counter
 from crdtd.core.events import (
     AddApplied,
@@ -62,8 +56,6 @@ from crdtd.core.events import (
     GapRepaired,
     PeerJoined,
     PeerLost,
-    SyncFinished,
-    SyncStarted,
     ValueChanged,
     VariableAdded,
     VerifyFinished,
@@ -71,7 +63,6 @@ from crdtd.core.events import (
 from crdtd.core.ids import Address, InvalidInput, Origin, check_delta, check_name
 from crdtd.core.messages import (
     Announce,
-    BarrierId,
     BaseEntry,
     Bases,
     DigestReply,
@@ -82,16 +73,10 @@ from crdtd.core.messages import (
     OpBatch,
     OpGroup,
     PeerList,
-    SyncAbort,
-    SyncCommit,
-    SyncDone,
-    SyncJoin,
-    SyncReady,
-    SyncReadyAck,
-    SyncStart,
     VariableDigest,
     VariableReport,
 )
+from crdtd.core.peers import Peer
 from crdtd.core.records import (
     BaseFolded,
     EpochAdvanced,
@@ -102,6 +87,7 @@ from crdtd.core.records import (
 )
 from crdtd.core.replay import FLOOR_SAVE_INTERVAL_S, ReplayWindow
 from crdtd.core.settings import Key, Settings
+from crdtd.core.sync import Syncer
 
 __all__ = ["Datagram", "Mode", "Node", "PeerView"]
 
@@ -125,24 +111,6 @@ class PeerView:
     epoch: int
     last_seen_ms: int
     suspected: bool
-
-
-@dataclass(slots=True)
-class Peer:
-    node_id: str
-    incarnation: int
-    address: Address
-    last_seen: float
-    mode: str = Mode.WORK.value
-    epoch: int = 0
-    barrier: BarrierId | None = None
-    suspected: bool = False
-    marks: dict[tuple[str, Origin], int] = field(default_factory=dict)
-    first_seen: float = 0.0
-    multicast_at: float | None = None
-    deaf_at: float | None = None  # when it last told us it does not hear our multicast
-    unicast_copies: int = 0  # announces and peer lists it sent us by unicast: it does
-    unicast_copy_at: float | None = None  # that while it does not hear our multicast
 
 
 @dataclass(slots=True)
@@ -183,7 +151,6 @@ class Node:
         self.origin = origin
         self.node_id = origin.node_id
         self.settings = settings
-        self.mode = Mode.WORK
         self.epoch = 0
         self.stats: dict[str, int] = {}
         self.counters: dict[str, Counter] = {}
@@ -203,15 +170,8 @@ class Node:
         self._fresh: dict[str, list[tuple[int, int]]] = {}
         self._wants: dict[tuple[str, Origin], Want] = {}
         self._tickets = 0
-        self._held: list[tuple[int, str, int]] = []
-        self._sync_tickets: list[int] = []
-        self._part: Participation | None = None
-        self._coord: Coordination | None = None
-        self._closing: dict[BarrierId, Closing] = {}
-        self._late_cuts: dict[BarrierId, Participation] = {}
-        self._last_barrier_at = now
-        self._changed = 0  # bumped whenever a watermark or base moves (cuts go stale)
-        self._reported_at = 0
+        self._held: list[tuple[int, str, int]] = []  # (ticket, variable, delta) while frozen
+        self._sync = Syncer(self, now)
         self._next_announce = now
         for record in records:
             self._restore(record)
@@ -246,22 +206,20 @@ class Node:
             peer.unicast_copy_at = now
         self._count("datagrams_received")
         self._dispatch(envelope.message, peer, now)
-        self._barrier_progress(now)
+        self._sync.progress(now)
 
     def handle_timer(self, now: float) -> None:
         """Do whatever is due: announce, ask for repairs, expire peers, drive barriers."""
         self._expire_peers(now)
         self._send_nacks(now)
-        self._barrier_timers(now)
-        self._barrier_progress(now)
-        self._maybe_schedule_sync(now)
+        self._sync.handle_timer(now)
         self._finish_verifies(now)
         if now >= self._next_floor_save:
             self._save_floors()
             self._next_floor_save = now + FLOOR_SAVE_INTERVAL_S
         if now >= self._next_announce:
             self._plan_fanout(now)
-            self._announce(now)
+            self.announce(now)
             if self._fanout:
                 self._unicast_each(self._encoder.peer_list(self._peer_list(now)), self._fanout)
 
@@ -301,7 +259,7 @@ class Node:
         verify = Verify(now + self.settings.verify_timeout_s, {})
         verify.reports[self.node_id] = {r.variable: r for r in self._reports()}
         request = self._encoder.digest_request(ticket)
-        for peer in self._live_peers():
+        for peer in self.live_peers():
             verify.waiting[peer.node_id] = None
             self._out.append(Datagram(request, peer.address))
         self._verifies[ticket] = verify
@@ -311,9 +269,7 @@ class Node:
     def start_sync(self, now: float) -> int:
         """Run a full sync now; `SyncFinished` lists the returned ticket."""
         self._tickets += 1
-        self._sync_tickets.append(self._tickets)
-        if self.mode is Mode.WORK:
-            self._initiate(now)
+        self._sync.start(self._tickets, now)
         return self._tickets
 
     def set_keys(self, keys: tuple[Key, ...]) -> None:
@@ -364,19 +320,16 @@ class Node:
         for peer in self.peers.values():
             limit = self.settings.peer_timeout_s if peer.suspected else self.settings.peer_suspect_s
             deadlines.append(peer.last_seen + limit)
-        if self._part is not None:
-            deadlines.append(self._part.deadline)
-            if self._part.reported is not None and not self._part.acked:
-                deadlines.append(self._part.next_send)
-        if self._coord is not None:
-            deadlines.extend((self._coord.deadline, self._coord.next_send))
-        deadlines.extend(closing.next_send for closing in self._closing.values())
+        deadlines.extend(self._sync.deadlines())
         deadlines.extend(verify.deadline for verify in self._verifies.values())
-        if self.settings.sync_interval_s > 0 and self.mode is Mode.WORK:
-            deadlines.append(self._last_barrier_at + self._sync_gap())
         return min(deadlines)
 
     # --- queries ------------------------------------------------------------------
+
+    @property
+    def mode(self) -> Mode:
+        """Work, or frozen in a barrier (Sync, then Ready); `crdtd.core.sync` moves it."""
+        return self._sync.mode
 
     def variables(self) -> list[str]:
         return sorted(self.counters)
@@ -444,7 +397,7 @@ class Node:
         counter = self._ensure(variable, local=True)
         nonce = counter.watermark(self.origin) + 1
         counter.apply(self.origin, nonce, delta)
-        self._changed += 1
+        self._sync.note_change()
         self._records.append(OpRecorded(variable, self.origin, nonce, delta))
         self._fresh.setdefault(variable, []).append((nonce, delta))
         self._count("ops_local")
@@ -474,9 +427,9 @@ class Node:
             self._candidates.pop(address, None)
             self.peers[sender.node_id] = peer
             self._events.append(PeerJoined(sender.node_id, sender.incarnation, address))
-            self._pull_into_barrier(peer, now)
+            self._sync.pull_in(peer, now)
             # Tell the newcomer what we hold right away, by unicast: it may be joining.
-            self._announce(now, destination=address, reschedule=False)
+            self.announce(now, destination=address, reschedule=False)
         peer.last_seen = now
         peer.address = address
         peer.suspected = False
@@ -507,11 +460,11 @@ class Node:
                 del self.peers[node_id]
                 self._repair_budget.pop(peer.address, None)
                 self._events.append(PeerLost(node_id, now - peer.last_seen))
-                self._drop_member(node_id)
+                self._sync.drop_member(node_id)
             elif now >= peer.last_seen + self.settings.peer_suspect_s:
                 peer.suspected = True
 
-    def _live_peers(self) -> list[Peer]:
+    def live_peers(self) -> list[Peer]:
         return [peer for _, peer in sorted(self.peers.items()) if not peer.suspected]
 
     # --- messages -----------------------------------------------------------------
@@ -532,22 +485,8 @@ class Node:
             self._count("verify_requests_served")
         elif isinstance(message, DigestReply):
             self._on_digest_reply(message, peer, now)
-        elif isinstance(message, SyncStart):
-            self._on_sync_start(message.barrier, peer, now)
-        elif isinstance(message, SyncJoin):
-            self._on_sync_join(message.barrier, peer)
-        elif isinstance(message, SyncReady):
-            self._on_sync_ready(message, peer, now)
-        elif isinstance(message, SyncReadyAck):
-            part = self._part
-            if part is not None and part.barrier == message.barrier:
-                part.acked = part.reported == message.digest
-        elif isinstance(message, SyncCommit):
-            self._on_sync_end(message.barrier, message.digest, peer, now)
-        elif isinstance(message, SyncAbort):
-            self._on_sync_abort(message.barrier, peer, now)
-        elif isinstance(message, SyncDone):
-            self._on_sync_done(message.barrier, peer)
+        elif isinstance(message, wire.SyncMessage):
+            self._sync.receive(message, peer, now)
         else:
             self._count("messages_unhandled")  # decodable but not ours to act on
 
@@ -568,7 +507,7 @@ class Node:
                 else:
                     self._count("ops_conflicting")
             if group.ops:
-                self._changed += 1
+                self._sync.note_change()
                 self._after_change(counter, origin, group.ops[-1][0], peer.node_id, now)
             if counter.value != before:
                 self._events.append(ValueChanged(group.variable, counter.value))
@@ -580,7 +519,7 @@ class Node:
                 continue
             before = counter.value
             if counter.adopt_base(entry.origin, entry.upto, entry.total):
-                self._changed += 1
+                self._sync.note_change()
                 self._records.append(
                     BaseFolded(entry.variable, entry.origin, entry.upto, entry.total)
                 )
@@ -714,7 +653,7 @@ class Node:
     def _choose_holder(self, variable: str, origin: Origin, first: int, want: Want) -> str | None:
         """The origin first, then whoever revealed the hole, then any peer that covers it."""
         key = (variable, origin)
-        covering = [p.node_id for p in self._live_peers() if p.marks.get(key, 0) >= first]
+        covering = [p.node_id for p in self.live_peers() if p.marks.get(key, 0) >= first]
         preferred = [
             node_id
             for node_id in (origin.node_id, want.hint)
@@ -728,7 +667,7 @@ class Node:
         candidates = covering or preferred
         return self._rng.choice(candidates) if candidates else None
 
-    def _announce(
+    def announce(
         self, now: float, destination: Address | None = None, reschedule: bool = True
     ) -> None:
         digests = [
@@ -738,7 +677,7 @@ class Node:
             )
             for name, counter in sorted(self.counters.items())
         ]
-        barrier = self._part.barrier if self._part is not None else None
+        barrier = self._sync.barrier
         for payload in self._encoder.announce(self.mode.value, self.epoch, barrier, digests):
             self._out.append(Datagram(payload, destination))
         self._count("announces_sent")
@@ -839,329 +778,36 @@ class Node:
                 verify.reports.pop(node_id, None)
             self._events.append(VerifyFinished(ticket, verify.reports, silent))
 
-    # --- barrier: participant -----------------------------------------------------
+    # --- for the barriers: what crdtd.core.sync.Host asks of the node ---------------
 
-    def _step(self, event: Input, barrier: BarrierId, now: float, **context: object) -> None:
-        """Apply the barrier transition table; inputs not in it are counted and ignored."""
-        entry = TRANSITIONS.get((self.mode, event))
-        if entry is None:
-            self._count(f"barrier_ignored_{event.value}")
-            return
-        action, self.mode = entry
-        getattr(self, f"_do_{action.value}")(barrier, now, **context)
+    def next_serial(self) -> int:
+        """The next datagram sequence number: it grows across restarts (*seq_start*)."""
+        self._encoder.seq += 1
+        return self._encoder.seq
 
-    def _on_sync_start(self, barrier: BarrierId, peer: Peer, now: float) -> None:
-        current = self._part.barrier if self._part is not None else None
-        if current == barrier:
-            self._send_sync(SyncJoin(barrier), peer.address)  # a retransmit: ack again
-            return
-        if barrier in self._late_cuts or barrier in self._closing:
-            return  # a retransmit of a barrier we already left
-        if current is not None and current < barrier:
-            self._step(Input.START_WORSE, barrier, now, address=peer.address)
-            return
-        self._step(Input.START, barrier, now, address=peer.address)
+    def send_sync(self, message: wire.SyncMessage, address: Address) -> None:
+        self._out.append(Datagram(self._encoder.sync(message), address))
 
-    def _do_enter(self, barrier: BarrierId, now: float, address: Address | None = None) -> None:
-        if self._coord is not None and self._coord.barrier != barrier:
-            self._finish_coordination(now, digest=None)
-        if self._part is not None:
-            self._leave(now, "aborted", "lost to an earlier barrier")
-        self._part = Participation(barrier, address, now, now + self.settings.sync_freeze_max_s)
-        if address is not None:
-            self._send_sync(SyncJoin(barrier), address)
-        self._events.append(SyncStarted(barrier.epoch, barrier.initiator))
-        self.mode = Mode.SYNC
-        self._announce(now)
-
-    def _do_refuse(self, barrier: BarrierId, now: float, address: Address) -> None:
-        self._send_sync(SyncAbort(barrier), address)
-
-    def _do_report(self, barrier: BarrierId, now: float) -> None:
-        part = self._part
-        assert part is not None
-        digest, cut = take_cut(self.counters)
-        part.cuts[digest] = cut
-        part.reported = digest
-        part.acked = False
-        part.next_send = now
-        self._send_ready(now)
-
-    def _do_fold(
-        self, barrier: BarrierId, now: float, digest: bytes, address: Address | None
-    ) -> None:
-        if address is not None:
-            self._send_sync(SyncDone(barrier), address)
-        part = self._part
-        assert part is not None
-        if self._fold(barrier, part.cuts.get(digest)):
-            self._leave(now, "completed", "")
-        else:
-            self._leave(now, "aborted", "commit names a cut we never took")
-
-    def _fold(self, barrier: BarrierId, cut: Cut | None) -> bool:
+    def fold(self, cut: Cut, epoch: int) -> None:
         """Fold *cut* into the bases; safe at any time, since a cut is a held prefix."""
-        if cut is None:
-            self._count("commits_without_cut")
-            return False
         for (variable, origin), (upto, total) in cut.items():
             if self.counters[variable].adopt_base(origin, upto, total):
-                self._changed += 1
+                self._sync.note_change()
                 self._records.append(BaseFolded(variable, origin, upto, total))
-        if barrier.epoch > self.epoch:
-            self.epoch = barrier.epoch
+        if epoch > self.epoch:
+            self.epoch = epoch
             self._records.append(EpochAdvanced(self.epoch))
-        return True
 
-    def _do_leave(
-        self, barrier: BarrierId, now: float, address: Address | None = None, reason: str = ""
-    ) -> None:
-        if address is not None:
-            self._send_sync(SyncDone(barrier), address)
-        self._leave(now, "aborted", reason)
-
-    def _leave(self, now: float, result: str, reason: str) -> None:
-        """Back to Work: report the outcome, then apply the writes held meanwhile."""
-        part = self._part
-        assert part is not None
-        if result == "aborted" and part.cuts:
-            self._late_cuts = {part.barrier: part}  # a commit may still come; folding then is safe
-        self._part = None
-        self.mode = Mode.WORK
-        self._last_barrier_at = now
-        self._events.append(self._finished(part, result, now, reason))
+    def thaw(self) -> None:
+        """Apply the writes held during a barrier, in the order they were made."""
         held, self._held = self._held, []
         for ticket, variable, delta in held:
             self._apply_local(ticket, variable, delta)
 
-    def _finished(self, part: Participation, result: str, now: float, reason: str) -> SyncFinished:
-        tickets = tuple(self._sync_tickets)
-        self._sync_tickets.clear()
-        self._count(f"barriers_{result}")
-        return SyncFinished(
-            result,
-            self.epoch,
-            part.barrier.initiator,
-            part.barrier.serial,
-            now - part.entered_at,
-            reason,
-            tickets,
-        )
-
-    def _on_sync_end(self, barrier: BarrierId, digest: bytes, peer: Peer, now: float) -> None:
-        if self._part is not None and self._part.barrier == barrier:
-            self._step(Input.COMMIT, barrier, now, digest=digest, address=peer.address)
-            return
-        self._send_sync(SyncDone(barrier), peer.address)
-        late = self._late_cuts.pop(barrier, None)
-        if late is not None and self._fold(barrier, late.cuts.get(digest)):
-            self._count("late_folds")
-
-    def _on_sync_abort(self, barrier: BarrierId, peer: Peer, now: float) -> None:
-        coord = self._coord
-        if coord is not None and coord.barrier == barrier and peer.node_id in coord.members:
-            # A member refused our barrier: it is in an earlier one, which will pull us in.
-            self._finish_coordination(now, digest=None)
-            self._step(Input.ABORT, barrier, now, reason=f"refused by {peer.node_id}")
-            return
-        if self._part is None or self._part.barrier != barrier:
-            self._send_sync(SyncDone(barrier), peer.address)
-            return
-        self._step(Input.ABORT, barrier, now, address=peer.address, reason="aborted by initiator")
-
-    def _send_ready(self, now: float) -> None:
-        part = self._part
-        assert part is not None and part.reported is not None
-        message = SyncReady(part.barrier, part.reported)
-        if part.initiator_address is None:
-            self._on_sync_ready(message, None, now)
-        else:
-            self._send_sync(message, part.initiator_address)
-        part.next_send = now + self.settings.sync_retry_s
-
-    def _holds_everything(self) -> bool:
-        """True when we hold every op that any participant we heard from holds."""
-        part = self._part
-        assert part is not None
-        for peer in self.peers.values():
-            if peer.barrier != part.barrier:
-                continue
-            for (variable, origin), mark in peer.marks.items():
-                counter = self.counters.get(variable)
-                if counter is None or counter.watermark(origin) < mark:
-                    return False
-        return True
-
-    def _barrier_progress(self, now: float) -> None:
-        part = self._part
-        if part is None:
-            return
-        if self.mode is Mode.SYNC and self._holds_everything():
-            self._step(Input.COMPLETE, part.barrier, now)
-            self._reported_at = self._changed
-        elif self.mode is Mode.READY and self._changed != self._reported_at:
-            self._reported_at = self._changed
-            self._step(Input.CHANGED, part.barrier, now)
-
-    def _barrier_timers(self, now: float) -> None:
-        coord = self._coord
-        if coord is not None:
-            if now >= coord.deadline:
-                self._finish_coordination(now, digest=None)
-                self._step(Input.ABORT, coord.barrier, now, reason="freeze_max_s passed")
-            elif now >= coord.next_send:
-                self._invite(now)
-        part = self._part
-        if part is not None:
-            if now >= part.deadline:
-                self._step(Input.DEADLINE, part.barrier, now, reason="freeze_max_s passed")
-            elif part.reported is not None and not part.acked and now >= part.next_send:
-                self._send_ready(now)
-        for barrier, closing in list(self._closing.items()):
-            if not closing.pending or now >= closing.give_up_at:
-                del self._closing[barrier]
-            elif now >= closing.next_send:
-                self._repeat_closing(closing, now)
-
-    # --- barrier: initiator -------------------------------------------------------
-
-    def _initiate(self, now: float) -> None:
-        # The serial comes from the datagram sequence, which grows across restarts
-        # (seq_start), so a restarted initiator never reuses an earlier barrier's id.
-        self._encoder.seq += 1
-        epoch = max([self.epoch, *(peer.epoch for peer in self.peers.values())]) + 1
-        barrier = BarrierId(epoch, self.node_id, self._encoder.seq)
-        members = {self.node_id: Member(None, Status.JOINED, now)}
-        for peer in self._live_peers():
-            members[peer.node_id] = Member(peer.address, Status.INVITED, now)
-        self._coord = Coordination(barrier, now, now + self.settings.sync_freeze_max_s, members)
-        self._count("barriers_started")
-        self._step(Input.START, barrier, now)
-        self._invite(now)
-
-    def _invite(self, now: float) -> None:
-        """(Re)send SyncStart to members that have not joined; drop the long-silent."""
-        coord = self._coord
-        assert coord is not None
-        join_timeout = self.settings.sync_freeze_max_s / 4
-        for node_id, member in list(coord.members.items()):
-            if member.status is not Status.INVITED:
-                continue
-            if now - member.invited_at >= join_timeout:
-                del coord.members[node_id]
-                self._count("barrier_members_dropped")
-            elif member.address is not None:
-                self._send_sync(SyncStart(coord.barrier), member.address)
-        coord.next_send = now + self.settings.sync_retry_s
-        self._maybe_commit(now)
-
-    def _pull_into_barrier(self, peer: Peer, now: float) -> None:
-        coord = self._coord
-        if coord is not None and peer.node_id not in coord.members:
-            coord.members[peer.node_id] = Member(peer.address, Status.INVITED, now)
-            self._send_sync(SyncStart(coord.barrier), peer.address)
-
-    def _drop_member(self, node_id: str) -> None:
-        if self._coord is not None:
-            self._coord.members.pop(node_id, None)
-
-    def _on_sync_join(self, barrier: BarrierId, peer: Peer) -> None:
-        coord = self._coord
-        member = coord.members.get(peer.node_id) if coord and coord.barrier == barrier else None
-        if member is None:
-            self._turn_away(barrier, peer)
-        elif member.status is Status.INVITED:
-            member.status = Status.JOINED
-
-    def _turn_away(self, barrier: BarrierId, peer: Peer) -> None:
-        """A peer took part in a barrier of ours that no longer counts it (it was dropped,
-        or the barrier ended without it, as after a stall): tell it to leave, so it
-        does not sit frozen until its own deadline, refusing every later barrier."""
-        closing = self._closing.get(barrier)
-        if barrier.initiator != self.node_id or (closing and peer.node_id in closing.pending):
-            return  # not ours, or a member the closing message is still on its way to
-        self._count("barrier_strays_turned_away")
-        self._send_sync(SyncAbort(barrier), peer.address)
-
-    def _on_sync_ready(self, message: SyncReady, peer: Peer | None, now: float) -> None:
-        coord = self._coord
-        if coord is None or coord.barrier != message.barrier:
-            if peer is not None:
-                self._turn_away(message.barrier, peer)
-            return
-        node_id = self.node_id if peer is None else peer.node_id
-        member = coord.members.get(node_id)
-        if member is None:
-            if peer is not None:
-                self._turn_away(message.barrier, peer)
-            return
-        member.status = Status.JOINED
-        member.digest = message.digest
-        if peer is not None:
-            self._send_sync(SyncReadyAck(message.barrier, message.digest), peer.address)
-        else:
-            assert self._part is not None
-            self._part.acked = True
-        self._maybe_commit(now)
-
-    def _maybe_commit(self, now: float) -> None:
-        coord = self._coord
-        if coord is None:
-            return
-        digest = coord.agreed_digest()
-        if digest is not None:
-            self._finish_coordination(now, digest=digest)
-            self._step(Input.COMMIT, coord.barrier, now, digest=digest, address=None)
-
-    def _finish_coordination(self, now: float, digest: bytes | None) -> None:
-        """Stop coordinating: tell every member to commit *digest* (or abort, if None)
-        and keep telling them until each acknowledges. Our own part is the caller's."""
-        coord = self._coord
-        assert coord is not None
-        self._coord = None
-        pending = {
-            node_id: member.address
-            for node_id, member in coord.members.items()
-            if member.address is not None
-        }
-        closing = Closing(coord.barrier, digest, pending, now + 2 * self.settings.sync_freeze_max_s)
-        self._closing[coord.barrier] = closing
-        self._repeat_closing(closing, now)
-
-    def _repeat_closing(self, closing: Closing, now: float) -> None:
-        for address in closing.pending.values():
-            if closing.digest is None:
-                self._send_sync(SyncAbort(closing.barrier), address)
-            else:
-                self._send_sync(SyncCommit(closing.barrier, closing.digest), address)
-        closing.next_send = now + self.settings.sync_retry_s
-
-    def _on_sync_done(self, barrier: BarrierId, peer: Peer) -> None:
-        closing = self._closing.get(barrier)
-        if closing is not None:
-            closing.pending.pop(peer.node_id, None)
-
-    # --- scheduling ---------------------------------------------------------------
-
-    def _sync_gap(self) -> float:
-        return max(self.settings.sync_interval_s, self.settings.sync_min_gap_s)
-
-    def _maybe_schedule_sync(self, now: float) -> None:
-        """Every interval, the lowest live node id starts a barrier; nobody else does."""
-        if self.settings.sync_interval_s <= 0 or self.mode is not Mode.WORK:
-            return
-        if now < self._last_barrier_at + self._sync_gap():
-            return
-        live = [peer.node_id for peer in self._live_peers()]
-        if live and min(live) < self.node_id:
-            self._last_barrier_at = now  # someone else's turn; check again an interval later
-            return
-        self._initiate(now)
+    def emit(self, event: Event) -> None:
+        self._events.append(event)
 
     # --- plumbing -----------------------------------------------------------------
-
-    def _send_sync(self, message: wire.SyncMessage, address: Address) -> None:
-        self._out.append(Datagram(self._encoder.sync(message), address))
 
     def _unicast(self, payloads: list[bytes], address: Address) -> None:
         self._out.extend(Datagram(payload, address) for payload in payloads)

@@ -1,0 +1,489 @@
+"""Running barriers for one node: its participant side and, when it starts one, its
+initiator side.
+
+`crdtd.core.barrier` holds the rules: the mode table, what a cut is, and the state kept
+per barrier. This module applies them. A `Node` owns one `Syncer` and hands it what
+concerns barriers: every barrier message, its timer, peers appearing and expiring,
+``start_sync``, and a note each time a watermark or base moves (which makes any cut
+taken before stale). The Syncer reaches back only through `Host`, the few things of the
+node a barrier needs: the counters to cut and the peers to ask, and a way to send, to
+announce, to fold a cut, to thaw held writes and to report.
+
+Why a separate object: replication and repair (the node) and the barrier (here) share
+no state but these, and each reads on its own. The narrow `Host` says exactly what a
+barrier may touch, so the node's writes to its counters and records stay in the node.
+
+Rules (the node's, too): no clock, no IO, ``now`` comes in; peer input never raises
+(anything the table does not expect is counted and ignored); iteration is
+deterministic.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from crdtd.core import wire
+from crdtd.core.barrier import (
+    TRANSITIONS,
+    Closing,
+    Coordination,
+    Cut,
+    Input,
+    Member,
+    Mode,
+    Participation,
+    Status,
+    take_cut,
+)
+from crdtd.core.counters import Counter
+from crdtd.core.events import Event, SyncFinished, SyncStarted
+from crdtd.core.ids import Address
+from crdtd.core.messages import (
+    BarrierId,
+    SyncAbort,
+    SyncCommit,
+    SyncDone,
+    SyncJoin,
+    SyncReady,
+    SyncReadyAck,
+    SyncStart,
+)
+from crdtd.core.peers import Peer
+from crdtd.core.settings import Settings
+
+__all__ = ["Host", "Syncer"]
+
+
+class Host(Protocol):
+    """What a `Syncer` needs of the node that owns it."""
+
+    @property
+    def node_id(self) -> str: ...
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def epoch(self) -> int: ...
+
+    @property
+    def stats(self) -> dict[str, int]: ...
+
+    @property
+    def counters(self) -> dict[str, Counter]: ...
+
+    @property
+    def peers(self) -> dict[str, Peer]: ...
+
+    def live_peers(self) -> list[Peer]:
+        """The peers not suspected, by node id: the ones a barrier invites."""
+
+    def next_serial(self) -> int:
+        """A sequence number never used before by this origin, even across restarts."""
+
+    def send_sync(self, message: wire.SyncMessage, address: Address) -> None: ...
+
+    def announce(self, now: float) -> None:
+        """Multicast our digest now, so every participant learns what we hold."""
+
+    def fold(self, cut: Cut, epoch: int) -> None:
+        """Replace the ops *cut* names by their sums, and advance to *epoch*."""
+
+    def thaw(self) -> None:
+        """Apply the local writes held while this node was frozen."""
+
+    def emit(self, event: Event) -> None: ...
+
+
+class Syncer:
+    """The barriers of one node. Only `mode` is for reading from outside."""
+
+    def __init__(self, node: Host, now: float) -> None:
+        self._node = node
+        self.mode = Mode.WORK
+        self._part: Participation | None = None
+        self._coord: Coordination | None = None
+        self._closing: dict[BarrierId, Closing] = {}
+        self._late_cuts: dict[BarrierId, Participation] = {}
+        self._tickets: list[int] = []  # start_sync tickets the next SyncFinished lists
+        self._last_barrier_at = now
+        self._changed = 0  # bumped whenever a watermark or base moves (cuts go stale)
+        self._reported_at = 0
+
+    # --- inputs from the node -----------------------------------------------------
+
+    @property
+    def barrier(self) -> BarrierId | None:
+        """The barrier we take part in, announced with our digest; None in Work."""
+        return self._part.barrier if self._part is not None else None
+
+    def start(self, ticket: int, now: float) -> None:
+        """``start_sync``: initiate a barrier now, unless one is running already."""
+        self._tickets.append(ticket)
+        if self.mode is Mode.WORK:
+            self._initiate(now)
+
+    def receive(self, message: wire.SyncMessage, peer: Peer, now: float) -> None:
+        if isinstance(message, SyncStart):
+            self._on_sync_start(message.barrier, peer, now)
+        elif isinstance(message, SyncJoin):
+            self._on_sync_join(message.barrier, peer)
+        elif isinstance(message, SyncReady):
+            self._on_sync_ready(message, peer, now)
+        elif isinstance(message, SyncReadyAck):
+            part = self._part
+            if part is not None and part.barrier == message.barrier:
+                part.acked = part.reported == message.digest
+        elif isinstance(message, SyncCommit):
+            self._on_sync_end(message.barrier, message.digest, peer, now)
+        elif isinstance(message, SyncAbort):
+            self._on_sync_abort(message.barrier, peer, now)
+        else:
+            self._on_sync_done(message.barrier, peer)
+
+    def note_change(self) -> None:
+        """A watermark or base moved: a cut taken before no longer names what we hold."""
+        self._changed += 1
+
+    def pull_in(self, peer: Peer, now: float) -> None:
+        """A peer appeared: if we coordinate a barrier, it takes part too."""
+        coord = self._coord
+        if coord is not None and peer.node_id not in coord.members:
+            coord.members[peer.node_id] = Member(peer.address, Status.INVITED, now)
+            self._node.send_sync(SyncStart(coord.barrier), peer.address)
+
+    def drop_member(self, node_id: str) -> None:
+        """A peer expired: the barrier we coordinate no longer waits for it."""
+        if self._coord is not None:
+            self._coord.members.pop(node_id, None)
+
+    def progress(self, now: float) -> None:
+        """Report a cut once we hold everything, and again whenever it changes."""
+        part = self._part
+        if part is None:
+            return
+        if self.mode is Mode.SYNC and self._holds_everything():
+            self._step(Input.COMPLETE, part.barrier, now)
+            self._reported_at = self._changed
+        elif self.mode is Mode.READY and self._changed != self._reported_at:
+            self._reported_at = self._changed
+            self._step(Input.CHANGED, part.barrier, now)
+
+    def handle_timer(self, now: float) -> None:
+        """Retries and deadlines, then progress, then perhaps a scheduled barrier."""
+        self._timers(now)
+        self.progress(now)
+        self._maybe_schedule(now)
+
+    def deadlines(self) -> list[float]:
+        """Every time at which ``handle_timer`` has barrier work to do."""
+        deadlines = []
+        if self._part is not None:
+            deadlines.append(self._part.deadline)
+            if self._part.reported is not None and not self._part.acked:
+                deadlines.append(self._part.next_send)
+        if self._coord is not None:
+            deadlines.extend((self._coord.deadline, self._coord.next_send))
+        deadlines.extend(closing.next_send for closing in self._closing.values())
+        if self._node.settings.sync_interval_s > 0 and self.mode is Mode.WORK:
+            deadlines.append(self._last_barrier_at + self._sync_gap())
+        return deadlines
+
+    # --- participant --------------------------------------------------------------
+
+    def _step(self, event: Input, barrier: BarrierId, now: float, **context: object) -> None:
+        """Apply the barrier transition table; inputs not in it are counted and ignored."""
+        entry = TRANSITIONS.get((self.mode, event))
+        if entry is None:
+            self._count(f"barrier_ignored_{event.value}")
+            return
+        action, self.mode = entry
+        getattr(self, f"_do_{action.value}")(barrier, now, **context)
+
+    def _on_sync_start(self, barrier: BarrierId, peer: Peer, now: float) -> None:
+        current = self.barrier
+        if current == barrier:
+            self._node.send_sync(SyncJoin(barrier), peer.address)  # a retransmit: ack again
+            return
+        if barrier in self._late_cuts or barrier in self._closing:
+            return  # a retransmit of a barrier we already left
+        if current is not None and current < barrier:
+            self._step(Input.START_WORSE, barrier, now, address=peer.address)
+            return
+        self._step(Input.START, barrier, now, address=peer.address)
+
+    def _do_enter(self, barrier: BarrierId, now: float, address: Address | None = None) -> None:
+        if self._coord is not None and self._coord.barrier != barrier:
+            self._finish_coordination(now, digest=None)
+        if self._part is not None:
+            self._leave(now, "aborted", "lost to an earlier barrier")
+        freeze_max_s = self._node.settings.sync_freeze_max_s
+        self._part = Participation(barrier, address, now, now + freeze_max_s)
+        if address is not None:
+            self._node.send_sync(SyncJoin(barrier), address)
+        self._node.emit(SyncStarted(barrier.epoch, barrier.initiator))
+        self.mode = Mode.SYNC
+        self._node.announce(now)
+
+    def _do_refuse(self, barrier: BarrierId, now: float, address: Address) -> None:
+        self._node.send_sync(SyncAbort(barrier), address)
+
+    def _do_report(self, barrier: BarrierId, now: float) -> None:
+        part = self._part
+        assert part is not None
+        digest, cut = take_cut(self._node.counters)
+        part.cuts[digest] = cut
+        part.reported = digest
+        part.acked = False
+        part.next_send = now
+        self._send_ready(now)
+
+    def _do_fold(
+        self, barrier: BarrierId, now: float, digest: bytes, address: Address | None
+    ) -> None:
+        if address is not None:
+            self._node.send_sync(SyncDone(barrier), address)
+        part = self._part
+        assert part is not None
+        if self._fold(barrier, part.cuts.get(digest)):
+            self._leave(now, "completed", "")
+        else:
+            self._leave(now, "aborted", "commit names a cut we never took")
+
+    def _fold(self, barrier: BarrierId, cut: Cut | None) -> bool:
+        """Fold *cut*; safe at any time, since a cut is a held prefix."""
+        if cut is None:
+            self._count("commits_without_cut")
+            return False
+        self._node.fold(cut, barrier.epoch)
+        return True
+
+    def _do_leave(
+        self, barrier: BarrierId, now: float, address: Address | None = None, reason: str = ""
+    ) -> None:
+        if address is not None:
+            self._node.send_sync(SyncDone(barrier), address)
+        self._leave(now, "aborted", reason)
+
+    def _leave(self, now: float, result: str, reason: str) -> None:
+        """Back to Work: report the outcome, then apply the writes held meanwhile."""
+        part = self._part
+        assert part is not None
+        if result == "aborted" and part.cuts:
+            self._late_cuts = {part.barrier: part}  # a commit may still come; folding then is safe
+        self._part = None
+        self.mode = Mode.WORK
+        self._last_barrier_at = now
+        self._node.emit(self._finished(part, result, now, reason))
+        self._node.thaw()
+
+    def _finished(self, part: Participation, result: str, now: float, reason: str) -> SyncFinished:
+        tickets = tuple(self._tickets)
+        self._tickets.clear()
+        self._count(f"barriers_{result}")
+        return SyncFinished(
+            result,
+            self._node.epoch,
+            part.barrier.initiator,
+            part.barrier.serial,
+            now - part.entered_at,
+            reason,
+            tickets,
+        )
+
+    def _on_sync_end(self, barrier: BarrierId, digest: bytes, peer: Peer, now: float) -> None:
+        if self._part is not None and self._part.barrier == barrier:
+            self._step(Input.COMMIT, barrier, now, digest=digest, address=peer.address)
+            return
+        self._node.send_sync(SyncDone(barrier), peer.address)
+        late = self._late_cuts.pop(barrier, None)
+        if late is not None and self._fold(barrier, late.cuts.get(digest)):
+            self._count("late_folds")
+
+    def _on_sync_abort(self, barrier: BarrierId, peer: Peer, now: float) -> None:
+        coord = self._coord
+        if coord is not None and coord.barrier == barrier and peer.node_id in coord.members:
+            # A member refused our barrier: it is in an earlier one, which will pull us in.
+            self._finish_coordination(now, digest=None)
+            self._step(Input.ABORT, barrier, now, reason=f"refused by {peer.node_id}")
+            return
+        if self._part is None or self._part.barrier != barrier:
+            self._node.send_sync(SyncDone(barrier), peer.address)
+            return
+        self._step(Input.ABORT, barrier, now, address=peer.address, reason="aborted by initiator")
+
+    def _send_ready(self, now: float) -> None:
+        part = self._part
+        assert part is not None and part.reported is not None
+        message = SyncReady(part.barrier, part.reported)
+        if part.initiator_address is None:
+            self._on_sync_ready(message, None, now)
+        else:
+            self._node.send_sync(message, part.initiator_address)
+        part.next_send = now + self._node.settings.sync_retry_s
+
+    def _holds_everything(self) -> bool:
+        """True when we hold every op that any participant we heard from holds."""
+        part = self._part
+        assert part is not None
+        counters = self._node.counters
+        for peer in self._node.peers.values():
+            if peer.barrier != part.barrier:
+                continue
+            for (variable, origin), mark in peer.marks.items():
+                counter = counters.get(variable)
+                if counter is None or counter.watermark(origin) < mark:
+                    return False
+        return True
+
+    def _timers(self, now: float) -> None:
+        coord = self._coord
+        if coord is not None:
+            if now >= coord.deadline:
+                self._finish_coordination(now, digest=None)
+                self._step(Input.ABORT, coord.barrier, now, reason="freeze_max_s passed")
+            elif now >= coord.next_send:
+                self._invite(now)
+        part = self._part
+        if part is not None:
+            if now >= part.deadline:
+                self._step(Input.DEADLINE, part.barrier, now, reason="freeze_max_s passed")
+            elif part.reported is not None and not part.acked and now >= part.next_send:
+                self._send_ready(now)
+        for barrier, closing in list(self._closing.items()):
+            if not closing.pending or now >= closing.give_up_at:
+                del self._closing[barrier]
+            elif now >= closing.next_send:
+                self._repeat_closing(closing, now)
+
+    # --- initiator ----------------------------------------------------------------
+
+    def _initiate(self, now: float) -> None:
+        # The serial is a datagram sequence number, which grows across restarts, so a
+        # restarted initiator never reuses an earlier barrier's id.
+        node = self._node
+        serial = node.next_serial()
+        epoch = max([node.epoch, *(peer.epoch for peer in node.peers.values())]) + 1
+        barrier = BarrierId(epoch, node.node_id, serial)
+        members = {node.node_id: Member(None, Status.JOINED, now)}
+        for peer in node.live_peers():
+            members[peer.node_id] = Member(peer.address, Status.INVITED, now)
+        self._coord = Coordination(barrier, now, now + node.settings.sync_freeze_max_s, members)
+        self._count("barriers_started")
+        self._step(Input.START, barrier, now)
+        self._invite(now)
+
+    def _invite(self, now: float) -> None:
+        """(Re)send SyncStart to members that have not joined; drop the long-silent."""
+        coord = self._coord
+        assert coord is not None
+        join_timeout = self._node.settings.sync_freeze_max_s / 4
+        for node_id, member in list(coord.members.items()):
+            if member.status is not Status.INVITED:
+                continue
+            if now - member.invited_at >= join_timeout:
+                del coord.members[node_id]
+                self._count("barrier_members_dropped")
+            elif member.address is not None:
+                self._node.send_sync(SyncStart(coord.barrier), member.address)
+        coord.next_send = now + self._node.settings.sync_retry_s
+        self._maybe_commit(now)
+
+    def _on_sync_join(self, barrier: BarrierId, peer: Peer) -> None:
+        coord = self._coord
+        member = coord.members.get(peer.node_id) if coord and coord.barrier == barrier else None
+        if member is None:
+            self._turn_away(barrier, peer)
+        elif member.status is Status.INVITED:
+            member.status = Status.JOINED
+
+    def _turn_away(self, barrier: BarrierId, peer: Peer) -> None:
+        """A peer took part in a barrier of ours that no longer counts it (it was dropped,
+        or the barrier ended without it, as after a stall): tell it to leave, so it
+        does not sit frozen until its own deadline, refusing every later barrier."""
+        closing = self._closing.get(barrier)
+        if barrier.initiator != self._node.node_id or (closing and peer.node_id in closing.pending):
+            return  # not ours, or a member the closing message is still on its way to
+        self._count("barrier_strays_turned_away")
+        self._node.send_sync(SyncAbort(barrier), peer.address)
+
+    def _on_sync_ready(self, message: SyncReady, peer: Peer | None, now: float) -> None:
+        coord = self._coord
+        if coord is None or coord.barrier != message.barrier:
+            if peer is not None:
+                self._turn_away(message.barrier, peer)
+            return
+        node_id = self._node.node_id if peer is None else peer.node_id
+        member = coord.members.get(node_id)
+        if member is None:
+            if peer is not None:
+                self._turn_away(message.barrier, peer)
+            return
+        member.status = Status.JOINED
+        member.digest = message.digest
+        if peer is not None:
+            self._node.send_sync(SyncReadyAck(message.barrier, message.digest), peer.address)
+        else:
+            assert self._part is not None
+            self._part.acked = True
+        self._maybe_commit(now)
+
+    def _maybe_commit(self, now: float) -> None:
+        coord = self._coord
+        if coord is None:
+            return
+        digest = coord.agreed_digest()
+        if digest is not None:
+            self._finish_coordination(now, digest=digest)
+            self._step(Input.COMMIT, coord.barrier, now, digest=digest, address=None)
+
+    def _finish_coordination(self, now: float, digest: bytes | None) -> None:
+        """Stop coordinating: tell every member to commit *digest* (or abort, if None)
+        and keep telling them until each acknowledges. Our own part is the caller's."""
+        coord = self._coord
+        assert coord is not None
+        self._coord = None
+        pending = {
+            node_id: member.address
+            for node_id, member in coord.members.items()
+            if member.address is not None
+        }
+        give_up_at = now + 2 * self._node.settings.sync_freeze_max_s
+        closing = Closing(coord.barrier, digest, pending, give_up_at)
+        self._closing[coord.barrier] = closing
+        self._repeat_closing(closing, now)
+
+    def _repeat_closing(self, closing: Closing, now: float) -> None:
+        for address in closing.pending.values():
+            if closing.digest is None:
+                self._node.send_sync(SyncAbort(closing.barrier), address)
+            else:
+                self._node.send_sync(SyncCommit(closing.barrier, closing.digest), address)
+        closing.next_send = now + self._node.settings.sync_retry_s
+
+    def _on_sync_done(self, barrier: BarrierId, peer: Peer) -> None:
+        closing = self._closing.get(barrier)
+        if closing is not None:
+            closing.pending.pop(peer.node_id, None)
+
+    # --- scheduling ---------------------------------------------------------------
+
+    def _sync_gap(self) -> float:
+        settings = self._node.settings
+        return max(settings.sync_interval_s, settings.sync_min_gap_s)
+
+    def _maybe_schedule(self, now: float) -> None:
+        """Every interval, the lowest live node id starts a barrier; nobody else does."""
+        if self._node.settings.sync_interval_s <= 0 or self.mode is not Mode.WORK:
+            return
+        if now < self._last_barrier_at + self._sync_gap():
+            return
+        live = [peer.node_id for peer in self._node.live_peers()]
+        if live and min(live) < self._node.node_id:
+            self._last_barrier_at = now  # someone else's turn; check again an interval later
+            return
+        self._initiate(now)
+
+    def _count(self, name: str) -> None:
+        stats = self._node.stats
+        stats[name] = stats.get(name, 0) + 1

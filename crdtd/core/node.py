@@ -85,7 +85,7 @@ from crdtd.core.records import (
     ReplayFloor,
     VariableCreated,
 )
-from crdtd.core.replay import FLOOR_SAVE_INTERVAL_S, ReplayWindow
+from crdtd.core.replay import FLOOR_SAVE_INTERVAL_S, SEQ_RESTART_GAP, ReplayWindow
 from crdtd.core.settings import Key, Settings
 from crdtd.core.sync import Syncer
 
@@ -377,7 +377,10 @@ class Node:
                 record.origin, record.upto, record.total
             )
         elif isinstance(record, ReplayFloor):
-            self._window(record.sender).raise_floor(record.seq)
+            if record.sender == self.origin:  # what we had numbered: start above it
+                self._encoder.seq = max(self._encoder.seq, record.seq + SEQ_RESTART_GAP)
+            else:
+                self._window(record.sender).raise_floor(record.seq)
             self._floors_saved[record.sender] = record.seq
         else:
             self.epoch = max(self.epoch, record.epoch)
@@ -447,10 +450,13 @@ class Node:
         return window
 
     def _save_floors(self) -> None:
-        for sender, window in self._windows.items():
-            if window.highest > self._floors_saved.get(sender, 0):
-                self._records.append(ReplayFloor(sender, window.highest))
-                self._floors_saved[sender] = window.highest
+        highest = {sender: window.highest for sender, window in self._windows.items()}
+        if self.settings.keys:
+            highest[self.origin] = self._encoder.seq
+        for sender, seq in highest.items():
+            if seq > self._floors_saved.get(sender, 0):
+                self._records.append(ReplayFloor(sender, seq))
+                self._floors_saved[sender] = seq
 
     def _expire_peers(self, now: float) -> None:
         # Compare deadlines exactly as get_timer computes them, so float rounding can

@@ -40,6 +40,7 @@ Rules:
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import random
@@ -78,6 +79,8 @@ from crdtd.core.messages import (
 )
 from crdtd.core.peers import Peer
 from crdtd.core.records import (
+    REQUESTS_KEPT,
+    AddNamed,
     BaseFolded,
     EpochAdvanced,
     OpRecorded,
@@ -170,7 +173,9 @@ class Node:
         self._fresh: dict[str, list[tuple[int, int]]] = {}
         self._wants: dict[tuple[str, Origin], Want] = {}
         self._tickets = 0
-        self._held: list[tuple[int, str, int]] = []  # (ticket, variable, delta) while frozen
+        self._held: list[tuple[int, str, int, str | None]] = []  # while frozen:
+        # (ticket, variable, delta, request_id)
+        self._named: collections.OrderedDict[str, tuple[str, int]] = collections.OrderedDict()
         self._sync = Syncer(self, now)
         self._next_announce = now
         for record in records:
@@ -231,25 +236,34 @@ class Node:
         self._ensure(variable, local=True)
         return True
 
-    def add(self, variable: str, delta: int, now: float) -> int:
+    def add(self, variable: str, delta: int, now: float, request_id: str | None = None) -> int:
         """Add *delta* to *variable* (created if new); `AddApplied` carries the ticket.
 
         During a barrier the add is held, and applied when this node is back in Work
-        (at most ``sync_freeze_max_s`` later): never refused, never dropped.
+        (at most ``sync_freeze_max_s`` later): never refused, never dropped. An add its
+        client named with *request_id* is applied once: sent again, it is answered with
+        the op it became (see `AddNamed`).
         """
         check_name(variable)
         check_delta(delta)
+        if request_id is not None and request_id in self._named:
+            self._tickets += 1
+            named, nonce = self._named[request_id]
+            value = self.counters[named].value
+            self._events.append(AddApplied(self._tickets, named, self.origin, nonce, value))
+            self._count("adds_repeated")
+            return self._tickets
         if variable not in self.counters:
-            held = {name for _, name, _ in self._held if name not in self.counters}
+            held = {name for _, name, _, _ in self._held if name not in self.counters}
             if variable not in held and len(self.counters) + len(held) >= (
                 self.settings.variables_max
             ):
                 raise InvalidInput(f"variables_max ({self.settings.variables_max}) reached")
         self._tickets += 1
         if self.mode is Mode.WORK:
-            self._apply_local(self._tickets, variable, delta)
+            self._apply_local(self._tickets, variable, delta, request_id)
         else:
-            self._held.append((self._tickets, variable, delta))
+            self._held.append((self._tickets, variable, delta, request_id))
         return self._tickets
 
     def start_verify(self, now: float) -> int:
@@ -376,6 +390,8 @@ class Node:
             self._ensure(record.variable, local=False).adopt_base(
                 record.origin, record.upto, record.total
             )
+        elif isinstance(record, AddNamed):
+            self._remember_named(record.request_id, record.variable, record.nonce)
         elif isinstance(record, ReplayFloor):
             if record.sender == self.origin:  # what we had numbered: start above it
                 self._encoder.seq = max(self._encoder.seq, record.seq + SEQ_RESTART_GAP)
@@ -396,16 +412,26 @@ class Node:
                 self._fresh.setdefault(variable, [])
         return counter
 
-    def _apply_local(self, ticket: int, variable: str, delta: int) -> None:
+    def _apply_local(
+        self, ticket: int, variable: str, delta: int, request_id: str | None = None
+    ) -> None:
         counter = self._ensure(variable, local=True)
         nonce = counter.watermark(self.origin) + 1
         counter.apply(self.origin, nonce, delta)
         self._sync.note_change()
         self._records.append(OpRecorded(variable, self.origin, nonce, delta))
+        if request_id is not None:
+            self._records.append(AddNamed(request_id, variable, nonce))
+            self._remember_named(request_id, variable, nonce)
         self._fresh.setdefault(variable, []).append((nonce, delta))
         self._count("ops_local")
         self._events.append(AddApplied(ticket, variable, self.origin, nonce, counter.value))
         self._events.append(ValueChanged(variable, counter.value))
+
+    def _remember_named(self, request_id: str, variable: str, nonce: int) -> None:
+        self._named[request_id] = (variable, nonce)
+        while len(self._named) > REQUESTS_KEPT:
+            self._named.popitem(last=False)
 
     def _remote_variable(self, variable: str) -> Counter | None:
         if variable in self.counters:
@@ -807,8 +833,13 @@ class Node:
     def thaw(self) -> None:
         """Apply the writes held during a barrier, in the order they were made."""
         held, self._held = self._held, []
-        for ticket, variable, delta in held:
-            self._apply_local(ticket, variable, delta)
+        for ticket, variable, delta, request_id in held:
+            if request_id is not None and request_id in self._named:  # sent twice, held
+                variable, nonce = self._named[request_id]
+                value = self.counters[variable].value
+                self._events.append(AddApplied(ticket, variable, self.origin, nonce, value))
+            else:
+                self._apply_local(ticket, variable, delta, request_id)
 
     def emit(self, event: Event) -> None:
         self._events.append(event)

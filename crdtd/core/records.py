@@ -7,7 +7,7 @@ disk before it is on the wire, and an add is acknowledged only once it is durabl
 A node is rebuilt by replaying records in the order they were written (``Node(...,
 records=...)``). Every record is idempotent, so a store may also hand back an equivalent,
 compacted sequence: each variable, then each base, then the ops above the bases, then the
-epoch, then the replay floors.
+epoch, then the replay floors, then the named adds (oldest first).
 """
 
 from __future__ import annotations
@@ -68,4 +68,20 @@ class ReplayFloor:
     seq: int
 
 
-Record = VariableCreated | OpRecorded | BaseFolded | EpochAdvanced | ReplayFloor
+@dataclass(frozen=True, slots=True)
+class AddNamed:
+    """The local add its client named ``request_id`` became op ``nonce`` of *variable*.
+
+    Written in the transaction of that op, so a client that lost the answer (the daemon
+    was killed before it replied) and sends the add again gets that op back instead of a
+    second one, also after a restart. A node keeps the latest `REQUESTS_KEPT`.
+    """
+
+    request_id: str
+    variable: str
+    nonce: int
+
+
+REQUESTS_KEPT = 65_536
+
+Record = VariableCreated | OpRecorded | BaseFolded | EpochAdvanced | ReplayFloor | AddNamed

@@ -169,7 +169,9 @@ class Handler:
         earlier = self._adds.get(request_id)
         if earlier is not None:
             return await asyncio.shield(earlier)  # a retry: answer as the first time
-        future = asyncio.ensure_future(self._add(variable, [delta]))
+        # The node dedupes too, durably (a retry after a restart); this map joins a retry
+        # to an add still in flight, which the node has not applied yet.
+        future = asyncio.ensure_future(self._add(variable, [delta], request_id))
         self._adds[request_id] = future
         while len(self._adds) > REQUEST_IDS_MAX:
             self._adds.popitem(last=False)
@@ -184,12 +186,15 @@ class Handler:
         result = await self._add(variable, deltas)
         return {"variable": variable, "count": count, "value": result["value"]}
 
-    async def _add(self, variable: str, deltas: list[int]) -> dict[str, Any]:
-        """Apply *deltas* in one step (one commit) and wait until the last is durable."""
+    async def _add(
+        self, variable: str, deltas: list[int], request_id: str | None = None
+    ) -> dict[str, Any]:
+        """Apply *deltas* in one step (one commit) and wait until the last is durable;
+        *request_id* names a single add."""
         driver = self._driver
 
         def apply(node: Node, now: float) -> list[asyncio.Future[Any]]:
-            return [driver.waiter(node.add(variable, delta, now)) for delta in deltas]
+            return [driver.waiter(node.add(variable, d, now, request_id)) for d in deltas]
 
         waiters = await driver.call(apply)
         try:

@@ -57,6 +57,8 @@ from typing import Any
 
 from crdtd.core.ids import UINT64_MAX, Origin
 from crdtd.core.records import (
+    REQUESTS_KEPT,
+    AddNamed,
     BaseFolded,
     EpochAdvanced,
     OpRecorded,
@@ -110,7 +112,13 @@ _REPLAY_FLOORS = """CREATE TABLE replay_floors (
         seq         INTEGER NOT NULL,
         PRIMARY KEY (node_id, incarnation)
     ) WITHOUT ROWID"""
-_MIGRATIONS = {1: (_REPLAY_FLOORS,)}
+_NAMED_ADDS = """CREATE TABLE named_adds (
+        seq         INTEGER PRIMARY KEY,
+        request_id  TEXT NOT NULL UNIQUE,
+        variable    TEXT NOT NULL,
+        nonce       INTEGER NOT NULL
+    )"""
+_MIGRATIONS = {1: (_REPLAY_FLOORS, _NAMED_ADDS)}
 """Statements that bring a database of version N to N + 1, in one transaction."""
 
 # "ON CONFLICT DO NOTHING" rather than "INSERT OR IGNORE": OR IGNORE would also swallow a
@@ -139,6 +147,11 @@ _DELETE_FOLDED_OPS = """
       AND nonce <= :upto
 """
 _ADVANCE_EPOCH = "UPDATE node SET epoch = max(epoch, ?)"
+_NAME_ADD = """
+    INSERT INTO named_adds (request_id, variable, nonce) VALUES (?, ?, ?)
+    ON CONFLICT (request_id) DO NOTHING
+"""
+_FORGET_OLD_NAMES = "DELETE FROM named_adds WHERE seq <= (SELECT max(seq) FROM named_adds) - ?"
 _RAISE_FLOOR = """
     INSERT INTO replay_floors (node_id, incarnation, seq) VALUES (?, ?, ?)
     ON CONFLICT (node_id, incarnation) DO UPDATE
@@ -205,8 +218,8 @@ class Store:
         return self._incarnation
 
     def load(self) -> list[Record]:
-        """Records that rebuild the node: variables, bases, ops, the epoch if any, then
-        the replay floors."""
+        """Records that rebuild the node: variables, bases, ops, the epoch if any, the
+        replay floors, then the named adds, oldest first."""
         query = self._connection.execute
         with _translated(self._db_path, "reading the state"):
             records: list[Record] = [
@@ -234,9 +247,15 @@ class Store:
                     "SELECT node_id, incarnation, seq FROM replay_floors ORDER BY seq"
                 )
             ]
+            named = [
+                AddNamed(request_id, variable, _from_u64(nonce))
+                for request_id, variable, nonce in query(
+                    "SELECT request_id, variable, nonce FROM named_adds ORDER BY seq"
+                )
+            ]
         if epoch > 0:
             records.append(EpochAdvanced(epoch))
-        return records + floors
+        return records + floors + named
 
     def append(self, records: Sequence[Record]) -> None:
         """Apply *records* in one transaction and return once it is durable.
@@ -248,12 +267,16 @@ class Store:
           stored one, and delete the ops it covers.
         - `EpochAdvanced`: the epoch becomes the higher of the stored and the new one.
         - `ReplayFloor`: the sender's floor becomes the higher of the stored and the new.
+        - `AddNamed`: insert unless the request id is present; then only the latest
+          `REQUESTS_KEPT` are kept.
         """
         if not records:
             return
         with _translated(self._db_path, "writing records"), _transaction(self._connection):
             for record in records:
                 self._apply(record)
+            if any(isinstance(record, AddNamed) for record in records):
+                self._connection.execute(_FORGET_OLD_NAMES, (REQUESTS_KEPT,))
 
     def close(self) -> None:
         """Close the database (checkpointing the WAL) and release the directory lock.
@@ -285,6 +308,8 @@ class Store:
                 execute(_DELETE_FOLDED_OPS, key)
             case EpochAdvanced(epoch):
                 execute(_ADVANCE_EPOCH, (epoch,))
+            case AddNamed(request_id, variable, nonce):
+                execute(_NAME_ADD, (request_id, variable, _to_u64(nonce)))
             case ReplayFloor(sender, seq):
                 execute(_RAISE_FLOOR, (sender.node_id, _to_u64(sender.incarnation), _to_u64(seq)))
             case _:
@@ -339,7 +364,7 @@ def _create(
     connection: sqlite3.Connection, db_path: Path, node_id: str, incarnation: int
 ) -> tuple[str, int]:
     with _transaction(connection):
-        for statement in (*_SCHEMA, _REPLAY_FLOORS):
+        for statement in (*_SCHEMA, _REPLAY_FLOORS, _NAMED_ADDS):
             connection.execute(statement)
         connection.execute(
             "INSERT INTO node (only_row, node_id, incarnation, epoch) VALUES (1, ?, ?, 0)",

@@ -302,6 +302,36 @@ def test_a_node_rebuilt_from_its_records_continues_its_nonces() -> None:
     assert "ops_conflicting" not in lan["b"].stats
 
 
+def test_an_add_sent_again_with_its_request_id_is_answered_with_the_first_op() -> None:
+    """Also after a restart (the `AddNamed` record) and while held in a barrier."""
+    lan = lan_of("a", "b")
+
+    def answers() -> list[tuple[str, int]]:
+        """(variable, nonce) of each add answered since the last call, in order."""
+        lan.settle()
+        applied = lan.of_type("a", AddApplied)
+        lan.events["a"].clear()
+        return [(event.variable, event.nonce) for event in applied]
+
+    lan["a"].add("x", 5, lan.now, request_id="r1")
+    lan["a"].add("x", 5, lan.now, request_id="r1")
+    assert answers() == [("x", 1), ("x", 1)]
+    rebuilt = lan.restart("a")
+    rebuilt.add("x", 5, lan.now, request_id="r1")
+    rebuilt.add("x", 5, lan.now, request_id="r2")
+    assert answers() == [("x", 1), ("x", 2)]
+    lan.cut.add(("b", "a"))  # keep a in its barrier for a moment
+    rebuilt.start_sync(lan.now)
+    assert rebuilt.mode is Mode.SYNC
+    rebuilt.add("x", 1, lan.now, request_id="r3")
+    rebuilt.add("x", 1, lan.now, request_id="r3")
+    lan.heal()
+    lan.run_for(1.0)
+    assert answers() == [("x", 3), ("x", 3)]
+    assert lan.values("x") == {"a": 11, "b": 11}
+    assert rebuilt.stats["adds_repeated"] == 1
+
+
 def test_a_node_rebuilt_from_compacted_records_continues_above_its_base() -> None:
     me = Origin("a", 1)
     records: list[Record] = [

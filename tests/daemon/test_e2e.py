@@ -1,4 +1,4 @@
-"""End to end: real crdtd subprocesses on loopback, driven only through crdtctl."""
+"""End to end: real crdtd subprocesses on loopback, driven through crdtctl and its client."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from crdtd.control.client import Client
 from tests.daemon.loopback import Cluster, crdtctl
 
 
@@ -76,6 +77,22 @@ def test_kill_9_loses_no_acknowledged_add_and_reuses_no_nonce(cluster: Cluster) 
     assert victim.data("get", "k")["value"] == 20
     assert victim.data("add", "k", "1")["nonce"] == max(nonces) + 1
     cluster.wait_agree("k", 21)
+
+
+def test_an_add_retried_after_a_kill_9_is_answered_with_the_first_op(cluster: Cluster) -> None:
+    """The client lost the answer (the daemon died) and sends the add again with the
+    same request id to the restarted daemon: the same op comes back, applied once."""
+    victim = cluster.daemons[0]
+    args = {"variable": "once", "delta": 7, "request_id": "retry-me"}
+    with Client(victim.socket, timeout_s=10) as client:
+        first = client.call("add", args)
+    victim.kill(signal.SIGKILL)
+    victim.start()
+    with Client(victim.socket, timeout_s=10) as client:
+        again = client.call("add", args)
+    assert again == first
+    assert victim.data("get", "once")["value"] == 7
+    cluster.wait_agree("once", 7)
 
 
 def test_sigterm_stops_cleanly(cluster: Cluster) -> None:

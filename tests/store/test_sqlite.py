@@ -17,6 +17,7 @@ import pytest
 
 from crdtd.core.ids import INT64_MAX, INT64_MIN, UINT64_MAX, Origin
 from crdtd.core.records import (
+    AddNamed,
     BaseFolded,
     EpochAdvanced,
     OpRecorded,
@@ -329,11 +330,17 @@ def test_a_version_1_database_is_migrated_and_keeps_its_state(state_dir: Path) -
     store.close()
     with sqlite3.connect(state_dir / DB_NAME) as connection:  # as a crdtd of schema 1 left it
         connection.execute("DROP TABLE replay_floors")
+        connection.execute("DROP TABLE named_adds")
         connection.execute("PRAGMA user_version = 1")
     connection.close()
     store = open_store(state_dir, "n1")
-    store.append([ReplayFloor(A, 3)])
-    assert store.load() == [VariableCreated("x"), OpRecorded("x", A, 1, 5), ReplayFloor(A, 3)]
+    store.append([ReplayFloor(A, 3), AddNamed("r1", "x", 1)])
+    assert store.load() == [
+        VariableCreated("x"),
+        OpRecorded("x", A, 1, 5),
+        ReplayFloor(A, 3),
+        AddNamed("r1", "x", 1),
+    ]
     store.close()
     with sqlite3.connect(state_dir / DB_NAME) as connection:
         assert connection.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
@@ -449,3 +456,16 @@ def test_every_acknowledged_append_survives_kill_9(state_dir: Path) -> None:
     (epoch,) = [record.epoch for record in records if isinstance(record, EpochAdvanced)]
     assert epoch >= acknowledged
     assert len(ops) == 3 * epoch
+
+
+def test_named_adds_keep_the_first_answer_and_only_the_latest_are_kept(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("crdtd.store.sqlite.REQUESTS_KEPT", 3)
+    store = open_store(state_dir, "n1")
+    store.append([AddNamed("r1", "x", 1), AddNamed("r1", "x", 9)])  # the first stays
+    store.append([AddNamed(f"r{n}", "x", n) for n in range(2, 6)])
+    store.close()
+    store = open_store(state_dir, "n1")
+    assert store.load() == [AddNamed("r3", "x", 3), AddNamed("r4", "x", 4), AddNamed("r5", "x", 5)]
+    store.close()

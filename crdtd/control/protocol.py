@@ -67,6 +67,7 @@ class ErrorCode(enum.StrEnum):
     TIMEOUT = "timeout"
     INTERNAL = "internal"
     BUSY = "busy"
+    READ_ONLY = "read_only"
 
 
 class ControlError(Exception):
@@ -241,6 +242,9 @@ COMMANDS: Mapping[str, Mapping[str, tuple[_Check, bool]]] = {
     "ping": {},
 }
 """Each command's arguments: name -> (check, required)."""
+
+WRITES = frozenset({"create", "add", "populate", "sync"})
+"""The commands that change counters: a read-only socket answers them ``read_only``."""
 
 
 def validate_args(cmd: str, args: Mapping[str, object]) -> dict[str, Any]:

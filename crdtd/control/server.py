@@ -17,7 +17,10 @@ Rules:
 - the socket file is created with mode 0660 under a temporary name and renamed into
   place, so it is never reachable with looser permissions, and a stale socket is
   replaced atomically. An existing path is replaced only if it is a socket nobody
-  answers on; `close` removes the file only if it is still ours.
+  answers on; `close` removes the file only if it is still ours;
+- a read-only server (systemd's ``crdtd-readonly.socket``, for a group that may read but
+  not change counters) answers the `WRITES` with ``read_only`` before the handler sees
+  them. Access is the socket file's permissions: who can connect, can use it.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import structlog
 
 from crdtd.control.protocol import (
     REQUEST_BYTES_MAX,
+    WRITES,
     ControlError,
     ErrorCode,
     LineBuffer,
@@ -83,7 +87,12 @@ class ControlServer:
         *,
         connections_max: int = 64,
         idle_timeout_s: float = 60.0,
+        read_only: bool = False,
+        listening: socket.socket | None = None,
     ) -> None:
+        """*read_only*: answer `WRITES` with ``read_only``. *listening*: serve this
+        socket, already bound and listening (systemd's socket activation), instead of
+        creating one at *path*; its file is then systemd's to remove."""
         if connections_max < 1:
             raise ValueError(f"connections_max: expected >= 1, got {connections_max}")
         if not idle_timeout_s > 0:
@@ -96,6 +105,8 @@ class ControlServer:
         self._server: asyncio.Server | None = None
         self._closing = False
         self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of our socket
+        self._read_only = read_only
+        self._listening = listening
 
     @property
     def connections(self) -> int:
@@ -104,6 +115,9 @@ class ControlServer:
     async def start(self) -> None:
         """Claim the path and start listening; raise `SocketPathError` if we may not."""
         assert self._server is None, "started twice"
+        if self._listening is not None:
+            self._server = await asyncio.start_unix_server(self._accept, sock=self._listening)
+            return
         await _refuse_if_taken(self.path)
         staging = self.path.with_name(f".{self.path.name}.{os.getpid()}")
         with contextlib.suppress(FileNotFoundError):
@@ -248,6 +262,12 @@ class ControlServer:
     async def _answer(self, request: Request) -> bytes:
         if request.cmd == "ping":
             return encode_response(request.id, {})
+        if self._read_only and request.cmd in WRITES:
+            message = (
+                f"{request.cmd}: {self.path} is a read-only socket; writes go through the "
+                "daemon's main control socket (control.socket)"
+            )
+            return encode_error(request.id, ErrorCode.READ_ONLY, message)
         try:
             return encode_response(request.id, await self._handler.handle(request))
         except ControlError as error:

@@ -8,8 +8,11 @@ level) and the key file named by ``security.key_file`` at startup, then hands th
 the node through the driver; a bad file is logged and the running settings stay.
 
 Replay protection survives restarts because each boot numbers its datagrams from the
-wall clock in microseconds (``seq_start``), above anything an earlier boot sent unless
-it sent more than a million datagrams a second (see `crdtd.core.replay`).
+wall clock in microseconds (``seq_start``), and the node lifts that above its own saved
+floor (see `crdtd.core.replay`).
+
+Sockets systemd passes (socket activation) are served as read-only control sockets:
+``crdtd-readonly.socket`` names its socket ``readonly`` and gives it a group of its own.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from crdtd.daemon.handler import Handler, NetInfo
 from crdtd.daemon.keys import describe_keys, load_keys
 from crdtd.daemon.logs import configure_logging, get_logger, set_level
 from crdtd.daemon.metrics import SCRAPE_TIMEOUT_S, MetricsServer
-from crdtd.daemon.systemd import Notifier
+from crdtd.daemon.systemd import ListenFdsError, Notifier, listen_fds
 from crdtd.net.driver import Driver
 from crdtd.net.sockets import (
     NetworkSetupError,
@@ -48,6 +51,8 @@ from crdtd.net.sockets import (
     unicast_socket,
 )
 from crdtd.store.sqlite import Store, StoreError
+
+READ_ONLY_SOCKET_NAME = "readonly"  # FileDescriptorName= of crdtd-readonly.socket
 
 
 class StartupError(Exception):
@@ -81,7 +86,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     configure_logging(config.log.level, config.log.format, node_id=None)
     try:
-        asyncio.run(_serve(config, path, keys))
+        inherited = listen_fds()
+    except ListenFdsError as error:
+        print(f"crdtd: {error}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(_serve(config, path, keys, inherited))
     except (StartupError, StoreError, NetworkSetupError, SocketPathError) as error:
         get_logger().error("startup_failed", error=str(error))
         print(f"crdtd: {error}", file=sys.stderr)
@@ -128,16 +138,25 @@ def make_socket_directory(directory: Path) -> None:
     os.chmod(directory, 0o750)  # mkdir's mode is masked by the umask
 
 
-async def _serve(config: Config, config_path: Path | None, keys: tuple[Key, ...]) -> None:
+async def _serve(
+    config: Config,
+    config_path: Path | None,
+    keys: tuple[Key, ...],
+    inherited: dict[str, socket.socket],
+) -> None:
     store = Store.open(config.node.state_dir, config.node.id, new_incarnation, new_node_id)
     try:
-        await _run(config, config_path, store, keys)
+        await _run(config, config_path, store, keys, inherited)
     finally:
         store.close()
 
 
 async def _run(
-    config: Config, config_path: Path | None, store: Store, keys: tuple[Key, ...]
+    config: Config,
+    config_path: Path | None,
+    store: Store,
+    keys: tuple[Key, ...],
+    inherited: dict[str, socket.socket],
 ) -> None:
     configure_logging(config.log.level, config.log.format, node_id=store.node_id)
     log = get_logger()
@@ -170,11 +189,12 @@ async def _run(
         socket_inodes=(os.fstat(unicast.fileno()).st_ino, os.fstat(multicast.fileno()).st_ino),
     )
     handler = Handler(driver, random.Random(rng_seed + 1), net_info)
-    server = ControlServer(
-        socket_path, handler, connections_max=config.limits.control_connections_max
-    )
+    connections_max = config.limits.control_connections_max
+    servers = [ControlServer(socket_path, handler, connections_max=connections_max)]
+    servers += _read_only_servers(inherited, handler, connections_max)
     metrics = _start_metrics(config, handler, loop)  # a daemon thread: dies with us
-    await server.start()
+    for server in servers:
+        await server.start()
     loop.add_signal_handler(signal.SIGTERM, driver.stop)
     loop.add_signal_handler(signal.SIGINT, driver.stop)
     reloader = _Reloader(config_path, config.security.key_file, driver)
@@ -188,6 +208,7 @@ async def _run(
         group=f"{net.group}:{net.port}",
         ttl=net.ttl,
         socket=str(socket_path),
+        read_only_sockets=[str(server.path) for server in servers[1:]] or None,
         metrics=f"{metrics.address[0]}:{metrics.address[1]}" if metrics else None,
         seeds=[f"{host}:{port}" for host, port in net.peers] or None,
         **describe_keys(keys),
@@ -201,10 +222,31 @@ async def _run(
     finally:
         loop.remove_signal_handler(signal.SIGHUP)
         await reloader.close()
-        await server.close()
+        for server in servers:
+            await server.close()
         if metrics is not None:
             await asyncio.to_thread(metrics.close)
         log.info("stopped")
+
+
+def _read_only_servers(
+    inherited: dict[str, socket.socket], handler: Handler, connections_max: int
+) -> list[ControlServer]:
+    """Read-only control servers on the sockets systemd passed (crdtd-readonly.socket)."""
+    servers = []
+    for name, sock in inherited.items():
+        if name != READ_ONLY_SOCKET_NAME:
+            raise StartupError(
+                f"systemd passed a socket named {name!r}; crdtd serves only "
+                f"FileDescriptorName={READ_ONLY_SOCKET_NAME} (a read-only control socket)"
+            )
+        path = Path(sock.getsockname())
+        servers.append(
+            ControlServer(
+                path, handler, connections_max=connections_max, read_only=True, listening=sock
+            )
+        )
+    return servers
 
 
 def _start_metrics(

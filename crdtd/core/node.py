@@ -175,12 +175,17 @@ class Node:
         self._tickets = 0
         self._held: list[tuple[int, str, int, str | None]] = []  # while frozen:
         # (ticket, variable, delta, request_id)
-        self._named: collections.OrderedDict[str, tuple[str, int]] = collections.OrderedDict()
+        self._named: collections.OrderedDict[str, AddNamed] = collections.OrderedDict()
         self._sync = Syncer(self, now)
         self._next_announce = now
         for record in records:
             self._restore(record)
         self._records.clear()
+        if settings.keys:
+            # Where this boot starts numbering, on disk before its first datagram: a
+            # crash before any other record must not let the next boot start here too.
+            self._records.append(ReplayFloor(origin, self._encoder.seq))
+            self._floors_saved[origin] = self._encoder.seq
 
     # --- inputs -------------------------------------------------------------------
 
@@ -242,17 +247,19 @@ class Node:
         During a barrier the add is held, and applied when this node is back in Work
         (at most ``sync_freeze_max_s`` later): never refused, never dropped. An add its
         client named with *request_id* is applied once: sent again, it is answered with
-        the op it became (see `AddNamed`).
+        the op it became (see `AddNamed`); with another variable or delta, it raises
+        `InvalidInput`.
         """
         check_name(variable)
         check_delta(delta)
-        if request_id is not None and request_id in self._named:
-            self._tickets += 1
-            named, nonce = self._named[request_id]
-            value = self.counters[named].value
-            self._events.append(AddApplied(self._tickets, named, self.origin, nonce, value))
-            self._count("adds_repeated")
-            return self._tickets
+        if request_id is not None:
+            self._check_same_add(request_id, variable, delta)
+            named = self._named.get(request_id)
+            if named is not None:
+                self._tickets += 1
+                self._answer_named(self._tickets, named)
+                self._count("adds_repeated")
+                return self._tickets
         if variable not in self.counters:
             held = {name for _, name, _, _ in self._held if name not in self.counters}
             if variable not in held and len(self.counters) + len(held) >= (
@@ -330,6 +337,8 @@ class Node:
     def get_timer(self) -> float:
         """The one next deadline at which ``handle_timer`` must be called."""
         deadlines = [self._next_announce]
+        if self.settings.keys:
+            deadlines.append(self._next_floor_save)
         deadlines.extend(want.due for want in self._wants.values())
         for peer in self.peers.values():
             limit = self.settings.peer_timeout_s if peer.suspected else self.settings.peer_suspect_s
@@ -391,7 +400,7 @@ class Node:
                 record.origin, record.upto, record.total
             )
         elif isinstance(record, AddNamed):
-            self._remember_named(record.request_id, record.variable, record.nonce)
+            self._remember_named(record)
         elif isinstance(record, ReplayFloor):
             if record.sender == self.origin:  # what we had numbered: start above it
                 self._encoder.seq = max(self._encoder.seq, record.seq + SEQ_RESTART_GAP)
@@ -421,17 +430,31 @@ class Node:
         self._sync.note_change()
         self._records.append(OpRecorded(variable, self.origin, nonce, delta))
         if request_id is not None:
-            self._records.append(AddNamed(request_id, variable, nonce))
-            self._remember_named(request_id, variable, nonce)
+            named = AddNamed(request_id, variable, delta, nonce, counter.value)
+            self._records.append(named)
+            self._remember_named(named)
         self._fresh.setdefault(variable, []).append((nonce, delta))
         self._count("ops_local")
         self._events.append(AddApplied(ticket, variable, self.origin, nonce, counter.value))
         self._events.append(ValueChanged(variable, counter.value))
 
-    def _remember_named(self, request_id: str, variable: str, nonce: int) -> None:
-        self._named[request_id] = (variable, nonce)
+    def _remember_named(self, named: AddNamed) -> None:
+        self._named[named.request_id] = named
         while len(self._named) > REQUESTS_KEPT:
             self._named.popitem(last=False)
+
+    def _check_same_add(self, request_id: str, variable: str, delta: int) -> None:
+        """A request id names one add: reused for another, it is an error, not a retry."""
+        named = self._named.get(request_id)
+        earlier = [] if named is None else [(named.variable, named.delta)]
+        earlier += [(held[1], held[2]) for held in self._held if held[3] == request_id]
+        if any(add != (variable, delta) for add in earlier):
+            raise InvalidInput(f"request_id {request_id!r} was already used for another add")
+
+    def _answer_named(self, ticket: int, named: AddNamed) -> None:
+        """Answer a repeat exactly as the first add was answered."""
+        event = AddApplied(ticket, named.variable, self.origin, named.nonce, named.value)
+        self._events.append(event)
 
     def _remote_variable(self, variable: str) -> Counter | None:
         if variable in self.counters:
@@ -834,10 +857,9 @@ class Node:
         """Apply the writes held during a barrier, in the order they were made."""
         held, self._held = self._held, []
         for ticket, variable, delta, request_id in held:
-            if request_id is not None and request_id in self._named:  # sent twice, held
-                variable, nonce = self._named[request_id]
-                value = self.counters[variable].value
-                self._events.append(AddApplied(ticket, variable, self.origin, nonce, value))
+            named = None if request_id is None else self._named.get(request_id)
+            if named is not None:  # sent twice while held: the first one is applied
+                self._answer_named(ticket, named)
             else:
                 self._apply_local(ticket, variable, delta, request_id)
 

@@ -70,16 +70,19 @@ class ReplayFloor:
 
 @dataclass(frozen=True, slots=True)
 class AddNamed:
-    """The local add its client named ``request_id`` became op ``nonce`` of *variable*.
+    """The local add of *delta* to *variable* its client named ``request_id`` became
+    op ``nonce``, and the variable read ``value`` right after it.
 
     Written in the transaction of that op, so a client that lost the answer (the daemon
-    was killed before it replied) and sends the add again gets that op back instead of a
-    second one, also after a restart. A node keeps the latest `REQUESTS_KEPT`.
+    was killed before it replied) and sends the add again gets the same answer instead of
+    a second op, also after a restart. A node keeps the latest `REQUESTS_KEPT`.
     """
 
     request_id: str
     variable: str
+    delta: int
     nonce: int
+    value: int
 
 
 REQUESTS_KEPT = 65_536

@@ -15,7 +15,7 @@ across the restart: the node writes them in the same transaction as any record a
 datagram caused (so whatever changed durable state is refused after a crash), and the
 rest at least every `FLOOR_SAVE_INTERVAL_S` and on a clean stop. What is left after a
 ``kill -9``: datagrams that changed nothing durable (announces, repair requests) in the
-last interval can be replayed once, and they change nothing then either.
+last interval can be replayed once (docs/protocol.md says what that can do).
 """
 
 from __future__ import annotations

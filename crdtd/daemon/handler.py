@@ -55,7 +55,7 @@ class Handler:
         self._driver = driver
         self._rng = rng
         self._net = net
-        self._adds: collections.OrderedDict[str, asyncio.Future[dict[str, Any]]]
+        self._adds: collections.OrderedDict[str, tuple[str, int, asyncio.Future[dict[str, Any]]]]
         self._adds = collections.OrderedDict()
         freeze = driver.node.settings.sync_freeze_max_s
         self._add_timeout_s = freeze + 5.0
@@ -168,11 +168,14 @@ class Handler:
             return await self._add(variable, [delta])
         earlier = self._adds.get(request_id)
         if earlier is not None:
-            return await asyncio.shield(earlier)  # a retry: answer as the first time
+            if earlier[:2] != (variable, delta):
+                message = f"request_id {request_id!r} was already used for another add"
+                raise ControlError(ErrorCode.BAD_REQUEST, message)
+            return await asyncio.shield(earlier[2])  # a retry: answer as the first time
         # The node dedupes too, durably (a retry after a restart); this map joins a retry
         # to an add still in flight, which the node has not applied yet.
         future = asyncio.ensure_future(self._add(variable, [delta], request_id))
-        self._adds[request_id] = future
+        self._adds[request_id] = (variable, delta, future)
         while len(self._adds) > REQUEST_IDS_MAX:
             self._adds.popitem(last=False)
         try:
@@ -204,7 +207,7 @@ class Handler:
             raise ControlError(ErrorCode.TIMEOUT, "the add was not applied in time") from None
         last = events[-1]
         return {
-            "variable": variable,
+            "variable": last.variable,
             "node_id": last.origin.node_id,
             "incarnation": last.origin.incarnation,
             "nonce": last.nonce,

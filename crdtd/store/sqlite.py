@@ -116,7 +116,9 @@ _NAMED_ADDS = """CREATE TABLE named_adds (
         seq         INTEGER PRIMARY KEY,
         request_id  TEXT NOT NULL UNIQUE,
         variable    TEXT NOT NULL,
-        nonce       INTEGER NOT NULL
+        delta       INTEGER NOT NULL,
+        nonce       INTEGER NOT NULL,
+        value       TEXT NOT NULL
     )"""
 _MIGRATIONS = {1: (_REPLAY_FLOORS, _NAMED_ADDS)}
 """Statements that bring a database of version N to N + 1, in one transaction."""
@@ -148,10 +150,18 @@ _DELETE_FOLDED_OPS = """
 """
 _ADVANCE_EPOCH = "UPDATE node SET epoch = max(epoch, ?)"
 _NAME_ADD = """
-    INSERT INTO named_adds (request_id, variable, nonce) VALUES (?, ?, ?)
+    INSERT INTO named_adds (request_id, variable, delta, nonce, value) VALUES (?, ?, ?, ?, ?)
     ON CONFLICT (request_id) DO NOTHING
 """
 _FORGET_OLD_NAMES = "DELETE FROM named_adds WHERE seq <= (SELECT max(seq) FROM named_adds) - ?"
+_FORGET_OLD_FLOORS = """
+    DELETE FROM replay_floors WHERE seq < (
+        SELECT seq FROM replay_floors ORDER BY seq DESC LIMIT 1 OFFSET ?
+    )
+"""
+FLOORS_KEPT = 1024
+"""Replay floors kept, the highest first: a node keeps at most ``4 * peers_max`` windows
+in memory anyway (256 peers by default), and senders gone longer are the lowest."""
 _RAISE_FLOOR = """
     INSERT INTO replay_floors (node_id, incarnation, seq) VALUES (?, ?, ?)
     ON CONFLICT (node_id, incarnation) DO UPDATE
@@ -248,9 +258,9 @@ class Store:
                 )
             ]
             named = [
-                AddNamed(request_id, variable, _from_u64(nonce))
-                for request_id, variable, nonce in query(
-                    "SELECT request_id, variable, nonce FROM named_adds ORDER BY seq"
+                AddNamed(request_id, variable, delta, _from_u64(nonce), int(value))
+                for request_id, variable, delta, nonce, value in query(
+                    "SELECT request_id, variable, delta, nonce, value FROM named_adds ORDER BY seq"
                 )
             ]
         if epoch > 0:
@@ -266,7 +276,8 @@ class Store:
         - `BaseFolded`: raise the base to ``(upto, total)`` if ``upto`` is higher than the
           stored one, and delete the ops it covers.
         - `EpochAdvanced`: the epoch becomes the higher of the stored and the new one.
-        - `ReplayFloor`: the sender's floor becomes the higher of the stored and the new.
+        - `ReplayFloor`: the sender's floor becomes the higher of the stored and the new;
+          then only the `FLOORS_KEPT` highest floors are kept.
         - `AddNamed`: insert unless the request id is present; then only the latest
           `REQUESTS_KEPT` are kept.
         """
@@ -277,6 +288,8 @@ class Store:
                 self._apply(record)
             if any(isinstance(record, AddNamed) for record in records):
                 self._connection.execute(_FORGET_OLD_NAMES, (REQUESTS_KEPT,))
+            if any(isinstance(record, ReplayFloor) for record in records):
+                self._connection.execute(_FORGET_OLD_FLOORS, (FLOORS_KEPT - 1,))
 
     def close(self) -> None:
         """Close the database (checkpointing the WAL) and release the directory lock.
@@ -308,8 +321,8 @@ class Store:
                 execute(_DELETE_FOLDED_OPS, key)
             case EpochAdvanced(epoch):
                 execute(_ADVANCE_EPOCH, (epoch,))
-            case AddNamed(request_id, variable, nonce):
-                execute(_NAME_ADD, (request_id, variable, _to_u64(nonce)))
+            case AddNamed(request_id, variable, delta, nonce, value):
+                execute(_NAME_ADD, (request_id, variable, delta, _to_u64(nonce), str(value)))
             case ReplayFloor(sender, seq):
                 execute(_RAISE_FLOOR, (sender.node_id, _to_u64(sender.incarnation), _to_u64(seq)))
             case _:
@@ -340,8 +353,6 @@ def _open_state(
             f"{db_path}: SQLite could not switch to WAL mode (journal_mode is {mode!r}); "
             "put node.state_dir on a local filesystem"
         )
-    if not empty:
-        _migrate(connection, version)
     if empty:
         # A kill before this commit leaves an empty database again: nothing used the
         # identity yet, so the next start simply draws a new one.
@@ -357,6 +368,7 @@ def _open_state(
             "to reuse the stored id), or point node.state_dir at a new directory to run "
             f"as a new node {node_id!r}"
         )
+    _migrate(connection, version)  # only a state we will run on: an older crdtd may want it
     return stored_id, _from_u64(stored_incarnation)
 
 

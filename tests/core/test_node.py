@@ -306,20 +306,22 @@ def test_an_add_sent_again_with_its_request_id_is_answered_with_the_first_op() -
     """Also after a restart (the `AddNamed` record) and while held in a barrier."""
     lan = lan_of("a", "b")
 
-    def answers() -> list[tuple[str, int]]:
-        """(variable, nonce) of each add answered since the last call, in order."""
+    def answers() -> list[tuple[str, int, int]]:
+        """(variable, nonce, value) of each add answered since the last call, in order."""
         lan.settle()
         applied = lan.of_type("a", AddApplied)
         lan.events["a"].clear()
-        return [(event.variable, event.nonce) for event in applied]
+        return [(event.variable, event.nonce, event.value) for event in applied]
 
     lan["a"].add("x", 5, lan.now, request_id="r1")
+    lan["b"].add("x", 100, lan.now)  # the repeat still answers the value the first saw
+    lan.settle()
     lan["a"].add("x", 5, lan.now, request_id="r1")
-    assert answers() == [("x", 1), ("x", 1)]
+    assert answers() == [("x", 1, 5), ("x", 1, 5)]
     rebuilt = lan.restart("a")
     rebuilt.add("x", 5, lan.now, request_id="r1")
     rebuilt.add("x", 5, lan.now, request_id="r2")
-    assert answers() == [("x", 1), ("x", 2)]
+    assert answers() == [("x", 1, 5), ("x", 2, 110)]
     lan.cut.add(("b", "a"))  # keep a in its barrier for a moment
     rebuilt.start_sync(lan.now)
     assert rebuilt.mode is Mode.SYNC
@@ -327,9 +329,14 @@ def test_an_add_sent_again_with_its_request_id_is_answered_with_the_first_op() -
     rebuilt.add("x", 1, lan.now, request_id="r3")
     lan.heal()
     lan.run_for(1.0)
-    assert answers() == [("x", 3), ("x", 3)]
-    assert lan.values("x") == {"a": 11, "b": 11}
+    assert answers() == [("x", 3, 111), ("x", 3, 111)]
+    assert lan.values("x") == {"a": 111, "b": 111}
     assert rebuilt.stats["adds_repeated"] == 1
+    with pytest.raises(InvalidInput, match="already used for another add"):
+        rebuilt.add("y", 5, lan.now, request_id="r1")
+    with pytest.raises(InvalidInput, match="already used for another add"):
+        rebuilt.add("x", 6, lan.now, request_id="r1")
+    assert rebuilt.variables() == ["x"]
 
 
 def test_a_node_rebuilt_from_compacted_records_continues_above_its_base() -> None:

@@ -99,6 +99,7 @@ def test_a_datagram_replayed_after_the_receiver_restarts_is_refused(clean_stop: 
 
 def test_replay_floors_are_saved_with_other_records_and_on_a_timer() -> None:
     receiver = Node(Origin("a", 1), Settings(keys=(CLUSTER,)), random.Random("t/a"), START)
+    assert receiver.records_to_persist() == [ReplayFloor(receiver.origin, 0)]  # its own
     nack = datagrams_of((CLUSTER,))[-2]  # changes nothing durable
     receiver.receive_datagram(nack, ADDRESS, START)
     seq = wire.decode(nack, (CLUSTER,)).seq
@@ -136,3 +137,19 @@ def test_a_sender_restarted_with_its_clock_set_back_still_gets_through() -> None
         receiver.receive_datagram(datagram.payload, ADDRESS, START + 10)
     assert "rejected_replayed" not in receiver.stats
     assert receiver.value("x") == 4
+
+
+def test_a_node_that_crashes_twice_before_writing_anything_never_reuses_numbers() -> None:
+    """Each boot writes where it starts numbering before it sends anything; without
+    that, a second crash before any other record would restart from the same floor."""
+    settings = Settings(keys=(CLUSTER,))
+    receiver = Node(Origin("a", 1), settings, random.Random("t/a"), START)
+    kept: list[Record] = []
+    for boot in range(3):
+        node = Node(Origin("b", 1), settings, random.Random(f"t/b{boot}"), START, kept, 10**9)
+        kept += node.records_to_persist()  # the driver's first flush
+        node.handle_timer(START)  # announces; then kill -9, nothing else written
+        for datagram in node.datagrams_to_send():
+            receiver.receive_datagram(datagram.payload, ADDRESS, START)
+    assert "rejected_replayed" not in receiver.stats
+    assert receiver.stats["datagrams_received"] >= 3

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from crdtd.control.client import Client
+from crdtd.control.protocol import ControlError
 from tests.daemon.loopback import Cluster, crdtctl
 
 
@@ -90,6 +91,9 @@ def test_an_add_retried_after_a_kill_9_is_answered_with_the_first_op(cluster: Cl
     victim.start()
     with Client(victim.socket, timeout_s=10) as client:
         again = client.call("add", args)
+        with pytest.raises(ControlError, match="already used for another add") as reused:
+            client.call("add", {**args, "delta": 8})
+    assert reused.value.code == "bad_request"
     assert again == first
     assert victim.data("get", "once")["value"] == 7
     cluster.wait_agree("once", 7)

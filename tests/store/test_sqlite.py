@@ -334,12 +334,12 @@ def test_a_version_1_database_is_migrated_and_keeps_its_state(state_dir: Path) -
         connection.execute("PRAGMA user_version = 1")
     connection.close()
     store = open_store(state_dir, "n1")
-    store.append([ReplayFloor(A, 3), AddNamed("r1", "x", 1)])
+    store.append([ReplayFloor(A, 3), AddNamed("r1", "x", 1, 1, 10)])
     assert store.load() == [
         VariableCreated("x"),
         OpRecorded("x", A, 1, 5),
         ReplayFloor(A, 3),
-        AddNamed("r1", "x", 1),
+        AddNamed("r1", "x", 1, 1, 10),
     ]
     store.close()
     with sqlite3.connect(state_dir / DB_NAME) as connection:
@@ -463,9 +463,23 @@ def test_named_adds_keep_the_first_answer_and_only_the_latest_are_kept(
 ) -> None:
     monkeypatch.setattr("crdtd.store.sqlite.REQUESTS_KEPT", 3)
     store = open_store(state_dir, "n1")
-    store.append([AddNamed("r1", "x", 1), AddNamed("r1", "x", 9)])  # the first stays
-    store.append([AddNamed(f"r{n}", "x", n) for n in range(2, 6)])
+    store.append([AddNamed("r1", "x", 1, 1, 10), AddNamed("r1", "x", 1, 9, 10)])  # the first stays
+    store.append([AddNamed(f"r{n}", "x", 1, n, 10) for n in range(2, 6)])
     store.close()
     store = open_store(state_dir, "n1")
-    assert store.load() == [AddNamed("r3", "x", 3), AddNamed("r4", "x", 4), AddNamed("r5", "x", 5)]
+    assert store.load() == [
+        AddNamed("r3", "x", 1, 3, 10),
+        AddNamed("r4", "x", 1, 4, 10),
+        AddNamed("r5", "x", 1, 5, 10),
+    ]
+    store.close()
+
+
+def test_only_the_highest_replay_floors_are_kept(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("crdtd.store.sqlite.FLOORS_KEPT", 2)
+    store = open_store(state_dir, "n1")
+    store.append([ReplayFloor(Origin(f"p{n}", 1), 100 + n) for n in range(5)])
+    assert store.load() == [ReplayFloor(Origin("p3", 1), 103), ReplayFloor(Origin("p4", 1), 104)]
     store.close()

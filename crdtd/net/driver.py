@@ -5,8 +5,11 @@ Rules:
   function with `Driver.call`, which runs between two steps, so every answer reflects
   state that is already durable;
 - each step ends with one flush in a fixed order: persist (one SQLite transaction for
-  everything the step produced: group commit), then send, then report events. An add is
-  acknowledged only after its record is on disk;
+  everything the step produced: group commit), then answer the step's requests, then
+  send, then report events. Nothing is acknowledged, and no answer shows state, before
+  that state is on disk;
+- a datagram the kernel cannot take now (a full send buffer) waits in a bounded outbox,
+  in order, until the socket is writable again;
 - reading a socket only enqueues, up to `RECV_BURST` datagrams per wakeup (one loop turn
   per datagram would spend a flood's CPU on the event loop). The inbox is bounded;
   datagrams over 1400 bytes and overflow are dropped and counted before any parsing;
@@ -49,6 +52,7 @@ T = TypeVar("T")
 INBOX_MAX = 8192
 STEP_DATAGRAMS_MAX = 256  # keep one step short so timers and requests stay timely
 RECV_BURST = 64
+OUTBOX_MAX = 4096
 WATCH_QUEUE_MAX = 1024
 REJECT_LOG_EVERY_S = 10.0
 BARRIER_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -130,6 +134,8 @@ class Driver:
         self._inbox: collections.deque[tuple[bytes, Address, bool]] = collections.deque()
         self._calls: collections.deque[tuple[Callable[[Node, float], Any], asyncio.Future[Any]]]
         self._calls = collections.deque()
+        self._answers: list[tuple[asyncio.Future[Any], Any, Exception | None]] = []
+        self._outbox: collections.deque[tuple[bytes, Address]] = collections.deque()
         self._wakeup = asyncio.Event()
         self._stopping = asyncio.Event()
         self._waiters: dict[int, asyncio.Future[Any]] = {}
@@ -146,6 +152,8 @@ class Driver:
         *unicast*. The driver closes them when it stops."""
         loop = asyncio.get_running_loop()
         self._sockets = [unicast, multicast]
+        for sock in self._sockets:
+            sock.setblocking(False)  # _drain reads until the socket would block
         loop.add_reader(unicast.fileno(), self._drain, unicast, False)
         loop.add_reader(multicast.fileno(), self._drain, multicast, True)
 
@@ -207,6 +215,14 @@ class Driver:
     # --- the owner task -----------------------------------------------------------
 
     async def run(self) -> None:
+        """Step until `stop`; then flush a last time and close the sockets (also when a
+        step fails: the error propagates and stops the daemon)."""
+        try:
+            await self._run()
+        finally:
+            self._close_sockets()
+
+    async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         next_watchdog = loop.time()
         while not self._stopping.is_set():
@@ -230,9 +246,15 @@ class Driver:
         self._notifier.notify(STOPPING="1")
         self.node.checkpoint()
         await self._flush()
+        self._send_queued()  # what the kernel takes now; the rest is lost with us
+
+    def _close_sockets(self) -> None:
+        loop = asyncio.get_running_loop()
         for sock in self._sockets:
-            loop.remove_reader(sock.fileno())
-            sock.close()
+            if sock.fileno() >= 0:
+                loop.remove_reader(sock.fileno())
+                loop.remove_writer(sock.fileno())
+                sock.close()
 
     def _step(self, now: float) -> None:
         node = self.node
@@ -241,9 +263,9 @@ class Driver:
             if future.cancelled():
                 continue
             try:
-                future.set_result(function(node, now))
+                self._answers.append((future, function(node, now), None))
             except Exception as error:  # handed back to the caller, who reports it
-                future.set_exception(error)
+                self._answers.append((future, None, error))
         for _ in range(min(len(self._inbox), STEP_DATAGRAMS_MAX)):
             data, address, multicast = self._inbox.popleft()
             node.receive_datagram(data, address, now, multicast)
@@ -256,15 +278,49 @@ class Driver:
             # A failure here propagates and stops the daemon: nothing of this step was
             # sent or acknowledged, so nothing acknowledged is lost.
             await asyncio.to_thread(self._store.append, records)
+        answers, self._answers = self._answers, []
+        for future, result, error in answers:
+            if future.cancelled():
+                continue
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
         for datagram in self.node.datagrams_to_send():
-            destination = datagram.destination or self._group
-            try:
-                self._sockets[0].sendto(datagram.payload, destination)
-            except OSError:  # a full send buffer too: repair and retries cover a loss
-                self.count("send_errors")
+            self._send(datagram.payload, datagram.destination or self._group)
         for event in self.node.events():
             self._report(event)
         self._update_status()
+
+    def _send(self, payload: bytes, destination: Address) -> None:
+        if not self._outbox:
+            try:
+                self._sockets[0].sendto(payload, destination)
+                return
+            except BlockingIOError:
+                unicast = self._sockets[0].fileno()
+                asyncio.get_running_loop().add_writer(unicast, self._send_queued)
+            except OSError:  # unreachable and the like: repair and retries cover a loss
+                self.count("send_errors")
+                return
+        if len(self._outbox) >= OUTBOX_MAX:
+            self.count("dropped_outbox_full")
+            return
+        self._outbox.append((payload, destination))
+
+    def _send_queued(self) -> None:
+        """Send the outbox in order until the kernel refuses again (writer callback)."""
+        sock = self._sockets[0]
+        while self._outbox:
+            payload, destination = self._outbox[0]
+            try:
+                sock.sendto(payload, destination)
+            except BlockingIOError:
+                return
+            except OSError:
+                self.count("send_errors")
+            self._outbox.popleft()
+        asyncio.get_running_loop().remove_writer(sock.fileno())
 
     # --- events -------------------------------------------------------------------
 

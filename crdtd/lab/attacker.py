@@ -14,7 +14,8 @@ sends, round robin and as fast as it can, to the group and to each node's unicas
 Payloads are made up front, so the loop only sends. It prints one JSON line: what it
 captured and, per kind, how many it sent. ``--captured FILE`` keeps the capture in FILE,
 or replays the one already there (to replay it after a node restarted); ``--kinds``
-chooses what to send. Usage::
+chooses what to send; ``--once`` sends each payload once to each unicast target, so a
+test can count exactly what should be refused. Usage::
 
     python -m crdtd.lab.attacker --group 239.255.77.77:7777 --interface-address 10.77.0.9 \\
         --targets 10.77.0.1:7778,10.77.0.2:7778 --key-id k2026a --member n01 \\
@@ -113,6 +114,24 @@ def payloads_by_kind(
     return {kind: payloads for kind, payloads in kinds.items() if payloads}
 
 
+def send_once(kinds: dict[str, list[bytes]], destinations: Sequence[Address]) -> dict[str, int]:
+    """Send each payload once to each destination: a replay a test can count exactly."""
+    sent = dict.fromkeys(kinds, 0)
+    sent["send_errors"] = 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP) as sock:
+        for kind, payloads in kinds.items():
+            for payload in payloads:
+                for destination in destinations:
+                    try:
+                        sock.sendto(payload, destination)
+                    except OSError:
+                        sent["send_errors"] += 1
+                    else:
+                        sent[kind] += 1
+                    time.sleep(0.001)  # paced: nothing lost to a full buffer
+    return sent
+
+
 def flood(
     kinds: dict[str, list[bytes]], destinations: Sequence[Address], seconds: float
 ) -> dict[str, int]:
@@ -156,6 +175,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--captured", type=Path, help="keep the capture here, or reuse it")
     parser.add_argument("--kinds", default=",".join(KINDS), help="of: " + ", ".join(KINDS))
+    parser.add_argument(
+        "--once",
+        action="store_true",
+        help="send each payload once to each --targets address (not the group), then stop",
+    )
     args = parser.parse_args(argv)
     rng = random.Random(args.seed)
     captured = load_or_capture(args.captured, args.group, args.interface_address, args.capture_s)
@@ -166,7 +190,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     kinds = {kind: payloads for kind, payloads in made.items() if kind in chosen}
     targets = [_address(text) for text in args.targets.split(",") if text]
     started = time.monotonic()
-    sent = flood(kinds, [args.group, *targets], args.seconds)
+    if args.once:
+        sent = send_once(kinds, targets)
+    else:
+        sent = flood(kinds, [args.group, *targets], args.seconds)
     elapsed = time.monotonic() - started
     total = sum(count for kind, count in sent.items() if kind != "send_errors")
     report = {

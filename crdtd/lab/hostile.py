@@ -91,10 +91,12 @@ def run_attacker(
     capture_s: float = 0.0,
     kinds: Sequence[str] = (),
     seed: int = 0,
+    once: bool = False,
 ) -> dict[str, Any]:
     """Run `crdtd.lab.attacker` in *host* against every node until it ends (killed if it
     overruns); return its report. It captures into *captured*, or replays what is there;
-    *kinds* limits what it sends (default: everything)."""
+    *kinds* limits what it sends (default: everything); *once*: each payload once to
+    each node's unicast port, instead of a flood."""
     targets = ",".join(f"{node.address}:{UNICAST_PORT}" for node in lab.nodes)
     argv = ["env", f"PYTHONPATH={lab.source_root}", sys.executable, "-m", "crdtd.lab.attacker"]
     argv += [
@@ -110,6 +112,8 @@ def run_attacker(
     ]
     if kinds:
         argv.append(f"--kinds={','.join(kinds)}")
+    if once:
+        argv.append("--once")
     attacker = host.popen(argv, stdout=subprocess.PIPE)
     try:
         out, _ = attacker.communicate(timeout=capture_s + seconds + ATTACKER_SLACK_S)

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -28,6 +26,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.report import table, write_result  # noqa: E402
 from crdtd.lab import Lab, unavailable_reason  # noqa: E402
 from crdtd.lab.hostile import CLUSTER_KEY, flood, write_keys  # noqa: E402
 
@@ -58,19 +57,6 @@ def measure(run: int, normal_s: float, flood_s: float) -> dict[str, Any]:
     return {"run": run, **result.summary()}
 
 
-def table(rows: list[dict[str, Any]]) -> str:
-    widths = [max(len(title), *(len(str(row[key])) for row in rows)) for key, title in COLUMNS]
-    lines = [
-        "  ".join(title.rjust(width) for (_, title), width in zip(COLUMNS, widths, strict=True))
-    ]
-    for row in rows:
-        cells = (
-            str(row[key]).rjust(width) for (key, _), width in zip(COLUMNS, widths, strict=True)
-        )
-        lines.append("  ".join(cells))
-    return "\n".join(lines)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
@@ -86,21 +72,10 @@ def main() -> int:
     for run in range(options.runs):
         rows.append(measure(run, options.normal_s, options.flood_s))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    print(table(rows))
-    result = {
-        "benchmark": "lan_hostile",
-        "machine": {
-            "cpus": os.cpu_count(),
-            "kernel": platform.release(),
-            "python": platform.python_version(),
-        },
-        "normal_s": options.normal_s,
-        "flood_s": options.flood_s,
-        "rows": rows,
-    }
-    options.out.parent.mkdir(parents=True, exist_ok=True)
-    options.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {options.out}")
+    print(table(rows, COLUMNS))
+    write_result(
+        options.out, "lan_hostile", rows, normal_s=options.normal_s, flood_s=options.flood_s
+    )
     return 0
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -33,6 +32,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.report import table, write_result  # noqa: E402
 from crdtd.lab import Lab, unavailable_reason  # noqa: E402
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -102,19 +102,6 @@ COLUMNS = (
 )
 
 
-def table(rows: list[dict[str, Any]]) -> str:
-    widths = [max(len(title), *(len(str(row[key])) for row in rows)) for key, title in COLUMNS]
-    lines = [
-        "  ".join(title.rjust(width) for (_, title), width in zip(COLUMNS, widths, strict=True))
-    ]
-    for row in rows:
-        cells = (
-            str(row[key]).rjust(width) for (key, _), width in zip(COLUMNS, widths, strict=True)
-        )
-        lines.append("  ".join(cells))
-    return "\n".join(lines)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="3,10,30", help="node counts (default 3,10,30)")
@@ -130,20 +117,8 @@ def main() -> int:
     for size in (int(word) for word in options.sizes.split(",")):
         rows.append(measure(size, options.settle_s, options.measure_s))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    print(table(rows))
-    result = {
-        "benchmark": "lan_scale",
-        "machine": {
-            "cpus": os.cpu_count(),
-            "kernel": platform.release(),
-            "python": platform.python_version(),
-        },
-        "settle_s": options.settle_s,
-        "rows": rows,
-    }
-    options.out.parent.mkdir(parents=True, exist_ok=True)
-    options.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {options.out}")
+    print(table(rows, COLUMNS))
+    write_result(options.out, "lan_scale", rows, settle_s=options.settle_s)
     return 0
 
 

@@ -121,15 +121,26 @@ def send_once(kinds: dict[str, list[bytes]], destinations: Sequence[Address]) ->
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP) as sock:
         for kind, payloads in kinds.items():
             for payload in payloads:
-                for destination in destinations:
-                    try:
-                        sock.sendto(payload, destination)
-                    except OSError:
-                        sent["send_errors"] += 1
-                    else:
-                        sent[kind] += 1
-                    time.sleep(0.001)  # paced: nothing lost to a full buffer
+                _send_each(sock, payload, destinations, kind, sent)
+                time.sleep(0.001)  # paced: nothing lost to a full buffer
     return sent
+
+
+def _send_each(
+    sock: socket.socket,
+    payload: bytes,
+    destinations: Sequence[Address],
+    kind: str,
+    sent: dict[str, int],
+) -> None:
+    """Send *payload* to every destination, counting it under *kind* or ``send_errors``."""
+    for destination in destinations:
+        try:
+            sock.sendto(payload, destination)
+        except OSError:
+            sent["send_errors"] += 1
+        else:
+            sent[kind] += 1
 
 
 def flood(
@@ -147,14 +158,7 @@ def flood(
         while time.monotonic() < deadline:
             for _ in range(100):  # check the clock every 100 rounds
                 for kind, cycle in cycles.items():
-                    payload = next(cycle)
-                    for destination in destinations:
-                        try:
-                            sock.sendto(payload, destination)
-                        except OSError:
-                            sent["send_errors"] += 1
-                        else:
-                            sent[kind] += 1
+                    _send_each(sock, next(cycle), destinations, kind, sent)
     return sent
 
 

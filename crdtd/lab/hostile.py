@@ -35,14 +35,15 @@ PROBE_EVERY_S = 0.02
 ATTACKER_SLACK_S = 30.0
 
 
-def write_keys(path: Path, *keys: Key) -> None:
-    """A key file as `security.key_file` wants it (mode 0600)."""
+def write_keys(path: Path, *keys: Key) -> Path:
+    """A key file as `security.key_file` wants it (mode 0600); returns *path*."""
     entries = "".join(
         f"  - id: {key.key_id}\n    secret: {base64.b64encode(key.secret).decode()}\n"
         for key in keys
     )
     path.write_text("keys:\n" + entries)
     path.chmod(0o600)
+    return path
 
 
 class Probe(threading.Thread):

@@ -22,6 +22,7 @@ from crdtd.core import wire
 from crdtd.core.messages import OpBatch
 from crdtd.core.settings import Key
 from crdtd.daemon.config import NetworkConfig
+from crdtd.lab.hostile import write_keys
 from tests.daemon.loopback import Cluster, Daemon, free_udp_port
 
 NO_SYNC = "sync: {interval_s: 0}\n"
@@ -29,16 +30,6 @@ OLD = Key("k2026a", bytes(range(32)))
 NEW = Key("k2026b", bytes(range(64, 112)))
 WRONG = Key("k2026a", bytes(range(200, 232)))  # the cluster's id, another secret
 WAIT_S = 20.0
-
-
-def write_keys(path: Path, *keys: Key) -> Path:
-    entries = "".join(
-        f"  - id: {key.key_id}\n    secret: {base64.b64encode(key.secret).decode()}\n"
-        for key in keys
-    )
-    path.write_text("keys:\n" + entries)
-    path.chmod(0o600)
-    return path
 
 
 def wait_until(check: Callable[[], Any], what: str, timeout_s: float = WAIT_S) -> Any:

@@ -246,6 +246,14 @@ COMMANDS: Mapping[str, Mapping[str, tuple[_Check, bool]]] = {
 WRITES = frozenset({"create", "add", "populate", "sync"})
 """The commands that change counters: a read-only socket answers them ``read_only``."""
 
+READS = frozenset(
+    {"variables", "get", "history", "before", "peers", "status", "keys", "verify", "stats"}
+    | {"net-test", "watch", "ping"}
+)
+"""The commands a read-only socket serves. Every command is in exactly one of the two
+sets (a test checks it), and the read-only socket serves only `READS`, so a new command
+is refused there until someone decides it only reads."""
+
 
 def validate_args(cmd: str, args: Mapping[str, object]) -> dict[str, Any]:
     """Return a checked copy of *args* for *cmd*, or raise `InvalidArgument`."""

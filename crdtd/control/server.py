@@ -18,9 +18,10 @@ Rules:
   place, so it is never reachable with looser permissions, and a stale socket is
   replaced atomically. An existing path is replaced only if it is a socket nobody
   answers on; `close` removes the file only if it is still ours;
-- a read-only server (systemd's ``crdtd-readonly.socket``, for a group that may read but
-  not change counters) answers the `WRITES` with ``read_only`` before the handler sees
-  them. Access is the socket file's permissions: who can connect, can use it.
+- a read-only server (systemd's ``crdtd.socket``, for a group that may read but
+  not change counters) serves only the `READS` and answers anything else with
+  ``read_only`` before the handler sees it. Access is the socket file's permissions:
+  who can connect, can use it.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import contextlib
 import os
 import socket
 import stat
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
@@ -38,8 +40,8 @@ from typing import Any, Protocol
 import structlog
 
 from crdtd.control.protocol import (
+    READS,
     REQUEST_BYTES_MAX,
-    WRITES,
     ControlError,
     ErrorCode,
     LineBuffer,
@@ -90,9 +92,9 @@ class ControlServer:
         read_only: bool = False,
         listening: socket.socket | None = None,
     ) -> None:
-        """*read_only*: answer `WRITES` with ``read_only``. *listening*: serve this
-        socket, already bound and listening (systemd's socket activation), instead of
-        creating one at *path*; its file is then systemd's to remove."""
+        """*read_only*: serve only `READS`, answer the rest ``read_only``. *listening*:
+        serve this socket, already bound and listening (systemd's socket activation),
+        instead of creating one at *path*; its file is then systemd's to remove."""
         if connections_max < 1:
             raise ValueError(f"connections_max: expected >= 1, got {connections_max}")
         if not idle_timeout_s > 0:
@@ -116,7 +118,11 @@ class ControlServer:
         """Claim the path and start listening; raise `SocketPathError` if we may not."""
         assert self._server is None, "started twice"
         if self._listening is not None:
-            self._server = await asyncio.start_unix_server(self._accept, sock=self._listening)
+            # The file is systemd's: asyncio 3.13+ would remove it on close unless told.
+            keep = {"cleanup_socket": False} if sys.version_info >= (3, 13) else {}
+            self._server = await asyncio.start_unix_server(
+                self._accept, sock=self._listening, **keep
+            )
             return
         await _refuse_if_taken(self.path)
         staging = self.path.with_name(f".{self.path.name}.{os.getpid()}")
@@ -262,7 +268,7 @@ class ControlServer:
     async def _answer(self, request: Request) -> bytes:
         if request.cmd == "ping":
             return encode_response(request.id, {})
-        if self._read_only and request.cmd in WRITES:
+        if self._read_only and request.cmd not in READS:
             message = (
                 f"{request.cmd}: {self.path} is a read-only socket; writes go through the "
                 "daemon's main control socket (control.socket)"

@@ -57,6 +57,7 @@ class Handler:
         self._net = net
         self._adds: collections.OrderedDict[str, tuple[str, int, asyncio.Future[dict[str, Any]]]]
         self._adds = collections.OrderedDict()
+        self._verifying: asyncio.Future[dict[str, Any]] | None = None
         freeze = driver.node.settings.sync_freeze_max_s
         self._add_timeout_s = freeze + 5.0
         self._sync_timeout_s = 3 * freeze + 5.0
@@ -232,6 +233,13 @@ class Handler:
     # --- diagnosis --------------------------------------------------------------------
 
     async def _cmd_verify(self) -> dict[str, Any]:
+        """One verify at a time: a request while one runs gets its answer (each walks
+        every op here and on every peer)."""
+        if self._verifying is None or self._verifying.done():
+            self._verifying = asyncio.ensure_future(self._verify())
+        return await asyncio.shield(self._verifying)
+
+    async def _verify(self) -> dict[str, Any]:
         driver = self._driver
         waiter = await driver.call(lambda node, now: driver.waiter(node.start_verify(now)))
         limit_s = driver.node.settings.verify_timeout_s + 5.0

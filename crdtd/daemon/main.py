@@ -12,7 +12,7 @@ wall clock in microseconds (``seq_start``), and the node lifts that above its ow
 floor (see `crdtd.core.replay`).
 
 Sockets systemd passes (socket activation) are served as read-only control sockets:
-``crdtd-readonly.socket`` names its socket ``readonly`` and gives it a group of its own.
+``crdtd.socket`` names its socket ``readonly`` and gives it a group of its own.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from crdtd.net.sockets import (
 )
 from crdtd.store.sqlite import Store, StoreError
 
-READ_ONLY_SOCKET_NAME = "readonly"  # FileDescriptorName= of crdtd-readonly.socket
+READ_ONLY_SOCKET_NAME = "readonly"  # FileDescriptorName= of crdtd.socket
 
 
 class StartupError(Exception):
@@ -89,6 +89,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         inherited = listen_fds()
     except ListenFdsError as error:
         print(f"crdtd: {error}", file=sys.stderr)
+        return 2
+    if unexpected := sorted(set(inherited) - {READ_ONLY_SOCKET_NAME}):
+        print(
+            f"crdtd: systemd passed socket(s) named {', '.join(unexpected)}; crdtd serves only "
+            f"FileDescriptorName={READ_ONLY_SOCKET_NAME} (a read-only control socket)",
+            file=sys.stderr,
+        )
         return 2
     try:
         asyncio.run(_serve(config, path, keys, inherited))
@@ -193,8 +200,13 @@ async def _run(
     servers = [ControlServer(socket_path, handler, connections_max=connections_max)]
     servers += _read_only_servers(inherited, handler, connections_max)
     metrics = _start_metrics(config, handler, loop)  # a daemon thread: dies with us
-    for server in servers:
-        await server.start()
+    try:
+        for server in servers:
+            await server.start()
+    except BaseException:
+        for server in servers:
+            await server.close()  # those that started; the others have nothing to close
+        raise
     loop.add_signal_handler(signal.SIGTERM, driver.stop)
     loop.add_signal_handler(signal.SIGINT, driver.stop)
     reloader = _Reloader(config_path, config.security.key_file, driver)
@@ -232,21 +244,18 @@ async def _run(
 def _read_only_servers(
     inherited: dict[str, socket.socket], handler: Handler, connections_max: int
 ) -> list[ControlServer]:
-    """Read-only control servers on the sockets systemd passed (crdtd-readonly.socket)."""
-    servers = []
-    for name, sock in inherited.items():
-        if name != READ_ONLY_SOCKET_NAME:
-            raise StartupError(
-                f"systemd passed a socket named {name!r}; crdtd serves only "
-                f"FileDescriptorName={READ_ONLY_SOCKET_NAME} (a read-only control socket)"
-            )
-        path = Path(sock.getsockname())
-        servers.append(
-            ControlServer(
-                path, handler, connections_max=connections_max, read_only=True, listening=sock
-            )
+    """Read-only control servers on the sockets systemd passed (crdtd.socket); `main`
+    has checked their names."""
+    return [
+        ControlServer(
+            Path(sock.getsockname()),
+            handler,
+            connections_max=connections_max,
+            read_only=True,
+            listening=sock,
         )
-    return servers
+        for sock in inherited.values()
+    ]
 
 
 def _start_metrics(

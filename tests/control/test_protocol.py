@@ -6,7 +6,9 @@ import pytest
 
 from crdtd.control.protocol import (
     COMMANDS,
+    READS,
     REQUEST_BYTES_MAX,
+    WRITES,
     ControlError,
     ErrorCode,
     InvalidArgument,
@@ -309,3 +311,9 @@ def test_timeouts_are_positive_numbers_but_not_booleans() -> None:
     assert check_timeout(3) == 3.0
     with pytest.raises(InvalidArgument):
         check_timeout(True)
+
+
+def test_every_command_is_either_a_read_or_a_write() -> None:
+    """The read-only socket serves only READS: a new command must be classified here."""
+    assert set(COMMANDS) == READS | WRITES
+    assert not READS & WRITES

@@ -1,4 +1,4 @@
-"""The read-only control socket, passed the way systemd's crdtd-readonly.socket passes it:
+"""The read-only control socket, passed the way systemd's crdtd.socket passes it:
 a listening Unix socket at fd 3 with LISTEN_PID, LISTEN_FDS and LISTEN_FDNAMES set."""
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def test_reads_work_and_writes_are_refused_on_the_read_only_socket(
 @pytest.mark.parametrize(
     ("kind", "name", "code", "message"),
     [
-        (socket.SOCK_STREAM, "other", 1, "crdtd serves only FileDescriptorName=readonly"),
+        (socket.SOCK_STREAM, "other", 2, "crdtd serves only FileDescriptorName=readonly"),
         (socket.SOCK_DGRAM, "readonly", 2, "not a listening Unix stream socket"),
     ],
     ids=["unknown-name", "not-a-stream"],

@@ -95,6 +95,7 @@ from crdtd.core.sync import Syncer
 __all__ = ["Datagram", "Mode", "Node", "PeerView"]
 
 _OP_WIRE_BYTES = 16  # what one op costs inside an OpBatch, for the repair byte budget
+DIGEST_MIN_INTERVAL_S = 0.25  # crdtctl verify --wait asks every 0.5 s at most
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +165,7 @@ class Node:
         self._fanout: list[Address] = list(settings.seeds)
         self._candidates: dict[Address, float] = {}  # gossiped addresses -> expiry
         self._verifies: dict[int, Verify] = {}
+        self._digests_served: dict[str, float] = {}  # peer -> when we last answered it
         self._windows: dict[Origin, ReplayWindow] = {}  # outlive peers; bounded, LRU
         self._floors_saved: dict[Origin, int] = {}
         self._next_floor_save = now + FLOOR_SAVE_INTERVAL_S
@@ -513,6 +515,7 @@ class Node:
         for node_id, peer in list(self.peers.items()):
             if now >= peer.last_seen + self.settings.peer_timeout_s:
                 del self.peers[node_id]
+                self._digests_served.pop(node_id, None)
                 self._repair_budget.pop(peer.address, None)
                 self._events.append(PeerLost(node_id, now - peer.last_seen))
                 self._sync.drop_member(node_id)
@@ -536,8 +539,7 @@ class Node:
         elif isinstance(message, PeerList):
             self._on_peer_list(message, peer, now)
         elif isinstance(message, DigestRequest):
-            self._unicast(self._encoder.digest_reply(message.token, self._reports()), peer.address)
-            self._count("verify_requests_served")
+            self._on_digest_request(message, peer, now)
         elif isinstance(message, DigestReply):
             self._on_digest_reply(message, peer, now)
         elif isinstance(message, wire.SyncMessage):
@@ -804,6 +806,18 @@ class Node:
             marks = tuple((origin, counter.watermark(origin)) for origin in counter.origins())
             reports.append(VariableReport(name, counter.value, digest.digest(), marks))
         return reports
+
+    def _on_digest_request(self, message: DigestRequest, peer: Peer, now: float) -> None:
+        """Answer with our reports, at most once per `DIGEST_MIN_INTERVAL_S` per peer:
+        a report walks every op, so a peer asking in a loop must not stall us."""
+        if now - self._digests_served.get(peer.node_id, -DIGEST_MIN_INTERVAL_S) < (
+            DIGEST_MIN_INTERVAL_S
+        ):
+            self._count("verify_requests_limited")
+            return
+        self._digests_served[peer.node_id] = now
+        self._unicast(self._encoder.digest_reply(message.token, self._reports()), peer.address)
+        self._count("verify_requests_served")
 
     def _on_digest_reply(self, message: DigestReply, peer: Peer, now: float) -> None:
         verify = self._verifies.get(message.token)

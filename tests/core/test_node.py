@@ -1011,3 +1011,21 @@ def test_the_same_seed_gives_the_same_run() -> None:
         return (lan.delivered, lan.timer_calls, repr(lan.events), repr(lan.disk))
 
     assert run() == run()
+
+
+def test_digest_requests_from_one_peer_are_answered_at_most_every_quarter_second() -> None:
+    """A verify walks every op; a peer asking in a loop must not stall the node."""
+    node = Node(Origin("a", 1), Settings(), random.Random("t/a"), START)
+    node.add("x", 1, START)
+    asker = wire.Encoder(Origin("b", 1), (), seq_start=1)
+
+    def ask(at: float) -> int:
+        node.datagrams_to_send()
+        node.receive_datagram(asker.digest_request(7), address_of("b"), at)
+        return sum(d.destination == address_of("b") for d in node.datagrams_to_send())
+
+    assert ask(START) >= 1
+    assert ask(START + 0.1) == 0
+    assert ask(START + 0.3) >= 1
+    assert node.stats["verify_requests_served"] == 2
+    assert node.stats["verify_requests_limited"] == 1

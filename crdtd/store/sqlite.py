@@ -75,7 +75,7 @@ _OURS = frozenset({DB_NAME, LOCK_NAME, *_SIDECARS, "lost+found"})
 APPLICATION_ID = 0x43524454
 """``PRAGMA application_id`` of every crdtd database: "CRDT" in ASCII."""
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """``PRAGMA user_version``; a later schema gets a higher number and a migration."""
 
 _U64_BIAS = 2**63
@@ -110,8 +110,10 @@ _REPLAY_FLOORS = """CREATE TABLE replay_floors (
         node_id     TEXT NOT NULL,
         incarnation INTEGER NOT NULL,
         seq         INTEGER NOT NULL,
+        written     INTEGER NOT NULL,
         PRIMARY KEY (node_id, incarnation)
     ) WITHOUT ROWID"""
+_REPLAY_FLOORS_BY_AGE = "CREATE INDEX replay_floors_written ON replay_floors (written)"
 _NAMED_ADDS = """CREATE TABLE named_adds (
         seq         INTEGER PRIMARY KEY,
         request_id  TEXT NOT NULL UNIQUE,
@@ -120,8 +122,16 @@ _NAMED_ADDS = """CREATE TABLE named_adds (
         nonce       INTEGER NOT NULL,
         value       TEXT NOT NULL
     )"""
-_MIGRATIONS = {1: (_REPLAY_FLOORS, _NAMED_ADDS)}
-"""Statements that bring a database of version N to N + 1, in one transaction."""
+_CURRENT_TABLES = (_REPLAY_FLOORS, _REPLAY_FLOORS_BY_AGE, _NAMED_ADDS)
+_MIGRATIONS = {
+    1: _CURRENT_TABLES,
+    # Version 2 (development builds only) had these tables in another shape; what they
+    # held is lost: replay floors fill again within 30 s, and a retry of an add named
+    # before the upgrade is applied again.
+    2: ("DROP TABLE replay_floors", "DROP TABLE named_adds", *_CURRENT_TABLES),
+}
+"""Statements that bring a database of version N to N + 1, in one transaction. From 1,
+step 1 makes the current tables and step 2 makes them again, empty either way."""
 
 # "ON CONFLICT DO NOTHING" rather than "INSERT OR IGNORE": OR IGNORE would also swallow a
 # NOT NULL violation, i.e. silently drop a malformed record instead of raising.
@@ -155,17 +165,19 @@ _NAME_ADD = """
 """
 _FORGET_OLD_NAMES = "DELETE FROM named_adds WHERE seq <= (SELECT max(seq) FROM named_adds) - ?"
 _FORGET_OLD_FLOORS = """
-    DELETE FROM replay_floors WHERE seq < (
-        SELECT seq FROM replay_floors ORDER BY seq DESC LIMIT 1 OFFSET ?
+    DELETE FROM replay_floors WHERE written < (
+        SELECT written FROM replay_floors ORDER BY written DESC LIMIT 1 OFFSET ?
     )
 """
 FLOORS_KEPT = 1024
-"""Replay floors kept, the highest first: a node keeps at most ``4 * peers_max`` windows
-in memory anyway (256 peers by default), and senders gone longer are the lowest."""
+"""Replay floors kept, the most recently written first: a node keeps at most
+``4 * peers_max`` windows in memory anyway (256 peers by default), and a live peer's
+floor is written again whenever it moves."""
 _RAISE_FLOOR = """
-    INSERT INTO replay_floors (node_id, incarnation, seq) VALUES (?, ?, ?)
+    INSERT INTO replay_floors (node_id, incarnation, seq, written)
+    VALUES (?, ?, ?, (SELECT coalesce(max(written), 0) + 1 FROM replay_floors))
     ON CONFLICT (node_id, incarnation) DO UPDATE
-        SET seq = excluded.seq WHERE excluded.seq > replay_floors.seq
+        SET seq = max(replay_floors.seq, excluded.seq), written = excluded.written
 """
 
 
@@ -254,7 +266,7 @@ class Store:
             floors = [
                 ReplayFloor(Origin(node_id, _from_u64(inc)), _from_u64(seq))
                 for node_id, inc, seq in query(
-                    "SELECT node_id, incarnation, seq FROM replay_floors ORDER BY seq"
+                    "SELECT node_id, incarnation, seq FROM replay_floors ORDER BY written, seq"
                 )
             ]
             named = [
@@ -277,7 +289,7 @@ class Store:
           stored one, and delete the ops it covers.
         - `EpochAdvanced`: the epoch becomes the higher of the stored and the new one.
         - `ReplayFloor`: the sender's floor becomes the higher of the stored and the new;
-          then only the `FLOORS_KEPT` highest floors are kept.
+          then only the `FLOORS_KEPT` most recently written floors are kept.
         - `AddNamed`: insert unless the request id is present; then only the latest
           `REQUESTS_KEPT` are kept.
         """
@@ -376,7 +388,7 @@ def _create(
     connection: sqlite3.Connection, db_path: Path, node_id: str, incarnation: int
 ) -> tuple[str, int]:
     with _transaction(connection):
-        for statement in (*_SCHEMA, _REPLAY_FLOORS, _NAMED_ADDS):
+        for statement in (*_SCHEMA, *_CURRENT_TABLES):
             connection.execute(statement)
         connection.execute(
             "INSERT INTO node (only_row, node_id, incarnation, epoch) VALUES (1, ?, ?, 0)",

@@ -313,14 +313,15 @@ def test_a_newer_schema_is_refused(state_dir: Path) -> None:
         open_store(state_dir, "n1")
 
 
-def test_replay_floors_only_rise_and_come_back_last(state_dir: Path) -> None:
+def test_replay_floors_only_rise_and_come_back_last_by_recency(state_dir: Path) -> None:
     store = open_store(state_dir, "n1")
     store.append([ReplayFloor(A, 10), ReplayFloor(B, UINT64_MAX), EpochAdvanced(1)])
     store.append([ReplayFloor(A, 7)])
     store.append([ReplayFloor(A, 12)])
     store.close()
     store = open_store(state_dir, "n1")
-    assert store.load() == [EpochAdvanced(1), ReplayFloor(A, 12), ReplayFloor(B, UINT64_MAX)]
+    # The floors come last, the least recently written first (A moved last).
+    assert store.load() == [EpochAdvanced(1), ReplayFloor(B, UINT64_MAX), ReplayFloor(A, 12)]
     store.close()
 
 
@@ -475,11 +476,46 @@ def test_named_adds_keep_the_first_answer_and_only_the_latest_are_kept(
     store.close()
 
 
-def test_only_the_highest_replay_floors_are_kept(
+def test_only_the_most_recently_written_replay_floors_are_kept(
     state_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("crdtd.store.sqlite.FLOORS_KEPT", 2)
     store = open_store(state_dir, "n1")
     store.append([ReplayFloor(Origin(f"p{n}", 1), 100 + n) for n in range(5)])
     assert store.load() == [ReplayFloor(Origin("p3", 1), 103), ReplayFloor(Origin("p4", 1), 104)]
+    store.close()
+
+    store = open_store(state_dir, "n1")
+    store.append([ReplayFloor(Origin("p3", 1), 104)])  # a live peer, written again
+    store.append([ReplayFloor(Origin("old", 1), 10**9)])  # a high number, written once
+    store.append([ReplayFloor(Origin("p3", 1), 105)])
+    assert store.load() == [ReplayFloor(Origin("old", 1), 10**9), ReplayFloor(Origin("p3", 1), 105)]
+    store.close()
+
+
+def test_a_version_2_database_gets_the_current_tables(state_dir: Path) -> None:
+    """Version 2 (development builds) had replay_floors and named_adds in another shape."""
+    store = open_store(state_dir, "n1")
+    store.append([VariableCreated("x"), OpRecorded("x", A, 1, 5)])
+    store.close()
+    with sqlite3.connect(state_dir / DB_NAME) as connection:
+        connection.execute("DROP TABLE replay_floors")
+        connection.execute("DROP TABLE named_adds")
+        connection.execute(
+            "CREATE TABLE replay_floors (node_id TEXT NOT NULL, incarnation INTEGER NOT NULL,"
+            " seq INTEGER NOT NULL, PRIMARY KEY (node_id, incarnation)) WITHOUT ROWID"
+        )
+        connection.execute(
+            "CREATE TABLE named_adds (seq INTEGER PRIMARY KEY, request_id TEXT NOT NULL"
+            " UNIQUE, variable TEXT NOT NULL, nonce INTEGER NOT NULL)"
+        )
+        connection.execute(
+            "INSERT INTO named_adds (request_id, variable, nonce) VALUES ('r', 'x', 1)"
+        )
+        connection.execute("PRAGMA user_version = 2")
+    connection.close()
+    store = open_store(state_dir, "n1")
+    assert store.load() == [VariableCreated("x"), OpRecorded("x", A, 1, 5)]
+    store.append([ReplayFloor(A, 3), AddNamed("r", "x", 5, 1, 5)])
+    assert store.load()[-2:] == [ReplayFloor(A, 3), AddNamed("r", "x", 5, 1, 5)]
     store.close()

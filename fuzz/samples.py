@@ -68,7 +68,7 @@ def _kinds(e: wire.Encoder, suffix: str) -> Iterator[tuple[str, bytes]]:
         SyncAbort(BARRIER),
     ):
         yield f"{type(message).__name__.lower()}-{suffix}", e.sync(message)
-    yield one("peers", e.peer_list([("b", "10.0.0.2", 7778, True), ("c", "fe80--1", 1, False)]))
+    yield one("peers", e.peer_list([("b", "10.0.0.2", 7778, True), ("c", "127.0.0.3", 1, False)]))
     yield f"digest-request-{suffix}", e.digest_request(2**40 + 1)
     report = VariableReport("x", -12, bytes(8), ((A, 9), (B, 3)))
     yield one("digest-reply", e.digest_reply(5, [report]))

@@ -188,6 +188,11 @@ def _verify(data: Data) -> str:
             lines.append(f"{name}: {node} is behind: missing {missing}")
     if data["silent"]:
         lines.append(f"no answer from: {', '.join(data['silent'])}")
+    for node in data.get("identity_conflicts", ()):
+        lines.append(
+            f"{node}: two live daemons share this node id (a cloned state directory?); "
+            "give one a new node.id and an empty node.state_dir"
+        )
     verdict = "all nodes agree" if data["agree"] else "the nodes do NOT agree"
     lines.append(f"{verdict} ({len(nodes)} answered)")
     return "\n".join(lines)

@@ -149,7 +149,7 @@ class Coordination:
     barrier: BarrierId
     started_at: float
     deadline: float
-    members: dict[str, Member]
+    members: dict[Origin, Member]
     next_send: float = 0.0
 
     def agreed_digest(self) -> bytes | None:
@@ -167,6 +167,6 @@ class Closing:
 
     barrier: BarrierId
     digest: bytes | None  # None: an abort
-    pending: dict[str, Address]
+    pending: dict[Origin, Address]
     give_up_at: float
     next_send: float = 0.0

@@ -70,6 +70,53 @@ class DatagramRejected:
 
 
 @dataclass(frozen=True, slots=True)
+class IdentityConflict:
+    """Two live origins share a node id (*ours* is one of them when it is our id): a
+    cloned state directory, or one ``node.id`` configured on two machines. Nothing is
+    lost (each has its own incarnation), but the operator must give one a new id."""
+
+    node_id: str
+    origins: tuple[Origin, ...]
+    address: Address
+    ours: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StateRewound:
+    """A peer holds ops of an earlier incarnation of ours beyond what our state holds:
+    this state is older than the one that issued them (a snapshot reverted, a lost WAL,
+    a copy). Repair brings the ops back; the warning says the disk went back in time."""
+
+    origin: Origin
+    variable: str
+    held: int
+    seen: int
+    peer: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRefused:
+    """A peer claimed an op, base or watermark of our *current* origin that we never
+    issued (a forgery, or a clone of ours): refused, never stored."""
+
+    kind: str  # "op", "base" or "mark"
+    variable: str
+    nonce: int
+    peer: str
+    address: Address
+
+
+@dataclass(frozen=True, slots=True)
+class VariablesOverLimit:
+    """Peers brought this node past ``variables_max``; it keeps them (so nodes never
+    diverge) up to the hard bound, and refuses new local names meanwhile."""
+
+    variables: int
+    limit: int
+    hard_limit: int
+
+
+@dataclass(frozen=True, slots=True)
 class SyncStarted:
     epoch: int
     initiator: str
@@ -90,11 +137,13 @@ class SyncFinished:
 
 @dataclass(frozen=True, slots=True)
 class VerifyFinished:
-    """Every live peer's reports (ours included), and the peers that did not answer."""
+    """Every live peer's reports (ours included), the peers that did not answer, and
+    the node ids that more than one live origin holds (verify must not say "agree")."""
 
     ticket: int
     reports: dict[str, dict[str, VariableReport]]
     silent: tuple[str, ...]
+    conflicts: tuple[str, ...] = ()
 
 
 Event = (
@@ -105,6 +154,10 @@ Event = (
     | PeerLost
     | GapRepaired
     | DatagramRejected
+    | IdentityConflict
+    | StateRewound
+    | ClaimRefused
+    | VariablesOverLimit
     | SyncStarted
     | SyncFinished
     | VerifyFinished

@@ -18,6 +18,9 @@ _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 UINT64_MAX = 2**64 - 1
+NONCE_MAX = INT64_MAX
+"""The largest nonce, base ``upto`` or watermark a datagram may carry: more ops than any
+origin can issue, and low enough that no next nonce (+1) leaves 64 bits."""
 
 Address = tuple[str, int]
 """Where a datagram came from or goes to: ``(host, port)``."""

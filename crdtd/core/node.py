@@ -52,15 +52,20 @@ from crdtd.core.barrier import Cut, Mode
 from crdtd.core.counters import Applied, Counter
 from crdtd.core.events import (
     AddApplied,
+    ClaimRefused,
     DatagramRejected,
     Event,
     GapRepaired,
+    IdentityConflict,
     PeerJoined,
     PeerLost,
+    StateRewound,
     ValueChanged,
     VariableAdded,
+    VariablesOverLimit,
     VerifyFinished,
 )
+from crdtd.core.identity import REPORT_INTERVAL_S, SALT_BITS, choose_incarnation, overlapping
 from crdtd.core.ids import Address, InvalidInput, Origin, check_delta, check_name
 from crdtd.core.messages import (
     Announce,
@@ -74,6 +79,7 @@ from crdtd.core.messages import (
     OpBatch,
     OpGroup,
     PeerList,
+    SyncStart,
     VariableDigest,
     VariableReport,
 )
@@ -83,12 +89,13 @@ from crdtd.core.records import (
     AddNamed,
     BaseFolded,
     EpochAdvanced,
+    IncarnationStarted,
     OpRecorded,
     Record,
     ReplayFloor,
     VariableCreated,
 )
-from crdtd.core.replay import FLOOR_SAVE_INTERVAL_S, SEQ_RESTART_GAP, ReplayWindow
+from crdtd.core.replay import FLOOR_SAVE_INTERVAL_S, ReplayWindow
 from crdtd.core.settings import Key, Settings
 from crdtd.core.sync import Syncer
 
@@ -96,6 +103,11 @@ __all__ = ["Datagram", "Mode", "Node", "PeerView"]
 
 _OP_WIRE_BYTES = 16  # what one op costs inside an OpBatch, for the repair byte budget
 DIGEST_MIN_INTERVAL_S = 0.25  # crdtctl verify --wait asks every 0.5 s at most
+WELCOMES_PER_S = 32
+"""Unicast announces to newcomers and probes of gossiped addresses, in total: each one
+answers a datagram anybody can send, so they are a bucket, not a reflex."""
+VARIABLES_HARD_FACTOR = 2
+"""Peers may bring a node to this many times ``variables_max`` (see `Node.create`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,9 +134,9 @@ class Verify:
     """A ``start_verify`` in progress: who we wait for, and the pages received."""
 
     deadline: float
-    waiting: dict[str, int | None]  # node_id -> pages expected (None: none seen yet)
-    pages: dict[str, set[int]] = field(default_factory=dict)
-    reports: dict[str, dict[str, VariableReport]] = field(default_factory=dict)
+    waiting: dict[Origin, int | None]  # peer -> pages expected (None: none seen yet)
+    pages: dict[Origin, set[int]] = field(default_factory=dict)
+    reports: dict[Origin, dict[str, VariableReport]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -134,7 +146,7 @@ class Want:
     high: int
     due: float
     attempt: int = 0
-    hint: str | None = None  # the peer that revealed the hole
+    hint: Origin | None = None  # the peer that revealed the hole
     first: int = 0  # the first nonce missing when the hole was noticed
 
 
@@ -150,22 +162,28 @@ class Node:
         records: Iterable[Record] = (),
         seq_start: int = 0,
     ) -> None:
-        """*seq_start* must exceed every datagram sequence number this origin used
-        before (the driver derives it from the wall clock); see `crdtd.core.replay`."""
-        self.origin = origin
+        """*origin* names this node and proposes its incarnation: the node takes it
+        unless *records* show that this state started that one or a later one, and then
+        takes a larger one (`crdtd.core.identity`); ``self.origin`` is the one it took.
+        *seq_start* must exceed every datagram sequence number this node id used before
+        (the driver derives it from the wall clock): barrier ids are built from it."""
         self.node_id = origin.node_id
         self.settings = settings
         self.epoch = 0
         self.stats: dict[str, int] = {}
         self.counters: dict[str, Counter] = {}
-        self.peers: dict[str, Peer] = {}
+        self.peers: dict[Origin, Peer] = {}
         self._rng = rng
-        self._encoder = wire.Encoder(origin, settings.keys, seq_start)
         self._repair_budget: dict[Address, tuple[float, float]] = {}
         self._fanout: list[Address] = list(settings.seeds)
         self._candidates: dict[Address, float] = {}  # gossiped addresses -> expiry
         self._verifies: dict[int, Verify] = {}
-        self._digests_served: dict[str, float] = {}  # peer -> when we last answered it
+        self._digests_served: dict[Origin, float] = {}  # peer -> when we last answered it
+        self._welcomed: dict[Address, float] = {}  # -> when we last sent it an announce
+        self._welcome_tokens = (float(WELCOMES_PER_S), now)
+        self._holders: dict[str, list[Origin]] = {}  # node id -> its origins in peers
+        self._reported: dict[tuple[str, str], float] = {}  # (what, node id) -> when
+        self._over_limit = False
         self._windows: dict[Origin, ReplayWindow] = {}  # outlive peers; bounded, LRU
         self._floors_saved: dict[Origin, int] = {}
         self._next_floor_save = now + FLOOR_SAVE_INTERVAL_S
@@ -180,14 +198,19 @@ class Node:
         self._named: collections.OrderedDict[str, AddNamed] = collections.OrderedDict()
         self._sync = Syncer(self, now)
         self._next_announce = now
+        self._used_incarnation = 0
         for record in records:
             self._restore(record)
         self._records.clear()
-        if settings.keys:
-            # Where this boot starts numbering, on disk before its first datagram: a
-            # crash before any other record must not let the next boot start here too.
-            self._records.append(ReplayFloor(origin, self._encoder.seq))
-            self._floors_saved[origin] = self._encoder.seq
+        incarnation = choose_incarnation(
+            origin.incarnation, self._used_incarnation, rng.getrandbits(SALT_BITS)
+        )
+        self.origin = Origin(self.node_id, incarnation)
+        self.booted_at = now
+        self._encoder = wire.Encoder(self.origin, settings.keys, seq_start)
+        # On disk in the first flush, before the first datagram: the next boot of this
+        # state, or of a copy of it, takes a larger incarnation.
+        self._records.append(IncarnationStarted(incarnation))
 
     # --- inputs -------------------------------------------------------------------
 
@@ -201,10 +224,8 @@ class Node:
             self._reject(error.reason, address)
             return
         sender = envelope.sender
-        if sender.node_id == self.node_id:
-            if sender.incarnation != self.origin.incarnation:
-                self._reject("id_clash", address)
-            return  # our own multicast, looped back
+        if sender == self.origin:
+            return  # our own multicast, looped back (a copy of us has another origin)
         if self.settings.keys and not self._window(sender).accept(envelope.seq):
             self._reject("replayed", address)
             return
@@ -231,15 +252,28 @@ class Node:
             self._next_floor_save = now + FLOOR_SAVE_INTERVAL_S
         if now >= self._next_announce:
             self._plan_fanout(now)
-            self.announce(now)
-            if self._fanout:
-                self._unicast_each(self._encoder.peer_list(self._peer_list(now)), self._fanout)
+            payloads = self.announce(now)
+            if self._fanout or self._candidates:
+                peer_list = self._encoder.peer_list(self._peer_list(now))
+                self._unicast_each(peer_list, self._fanout)
+                # Gossiped addresses get a probe, not a copy of everything: only once
+                # one answers as a peer does it get more (a PeerList cannot aim us).
+                for address in self._candidates:
+                    if self._may_welcome(address, now):
+                        self._unicast([*payloads, *peer_list], address)
 
     def create(self, variable: str, now: float) -> bool:
-        """Create *variable* here and everywhere; False (a no-op) if it exists."""
+        """Create *variable* here and everywhere; False (a no-op) if it exists.
+
+        ``variables_max`` bounds the names made *here*: at the limit a new one raises
+        `InvalidInput`. Names made elsewhere are kept up to `VARIABLES_HARD_FACTOR`
+        times the limit, so two halves of a cluster that each stayed under it still
+        merge into one set of variables instead of diverging.
+        """
         check_name(variable)
         if variable in self.counters:
             return False
+        self._check_room(variable)
         self._ensure(variable, local=True)
         return True
 
@@ -262,12 +296,8 @@ class Node:
                 self._answer_named(self._tickets, named)
                 self._count("adds_repeated")
                 return self._tickets
-        if variable not in self.counters:
-            held = {name for _, name, _, _ in self._held if name not in self.counters}
-            if variable not in held and len(self.counters) + len(held) >= (
-                self.settings.variables_max
-            ):
-                raise InvalidInput(f"variables_max ({self.settings.variables_max}) reached")
+        if variable not in self.counters and variable not in (h[1] for h in self._held):
+            self._check_room(variable)
         self._tickets += 1
         if self.mode is Mode.WORK:
             self._apply_local(self._tickets, variable, delta, request_id)
@@ -280,10 +310,10 @@ class Node:
         self._tickets += 1
         ticket = self._tickets
         verify = Verify(now + self.settings.verify_timeout_s, {})
-        verify.reports[self.node_id] = {r.variable: r for r in self._reports()}
+        verify.reports[self.origin] = {r.variable: r for r in self._reports()}
         request = self._encoder.digest_request(ticket)
         for peer in self.live_peers():
-            verify.waiting[peer.node_id] = None
+            verify.waiting[peer.origin] = None
             self._out.append(Datagram(request, peer.address))
         self._verifies[ticket] = verify
         self._finish_verifies(now)
@@ -404,13 +434,15 @@ class Node:
         elif isinstance(record, AddNamed):
             self._remember_named(record)
         elif isinstance(record, ReplayFloor):
-            if record.sender == self.origin:  # what we had numbered: start above it
-                self._encoder.seq = max(self._encoder.seq, record.seq + SEQ_RESTART_GAP)
-            else:
-                self._window(record.sender).raise_floor(record.seq)
+            self._window(record.sender).raise_floor(record.seq)
             self._floors_saved[record.sender] = record.seq
+        elif isinstance(record, IncarnationStarted):
+            self._used_incarnation = max(self._used_incarnation, record.incarnation)
         else:
             self.epoch = max(self.epoch, record.epoch)
+        if isinstance(record, OpRecorded | BaseFolded) and record.origin.node_id == self.node_id:
+            # Ops of ours outlive the record of their boot (a state copied in parts).
+            self._used_incarnation = max(self._used_incarnation, record.origin.incarnation)
         self._events.clear()
 
     def _ensure(self, variable: str, local: bool) -> Counter:
@@ -432,7 +464,9 @@ class Node:
         self._sync.note_change()
         self._records.append(OpRecorded(variable, self.origin, nonce, delta))
         if request_id is not None:
-            named = AddNamed(request_id, variable, delta, nonce, counter.value)
+            named = AddNamed(
+                request_id, variable, delta, nonce, counter.value, self.origin.incarnation
+            )
             self._records.append(named)
             self._remember_named(named)
         self._fresh.setdefault(variable, []).append((nonce, delta))
@@ -454,40 +488,130 @@ class Node:
             raise InvalidInput(f"request_id {request_id!r} was already used for another add")
 
     def _answer_named(self, ticket: int, named: AddNamed) -> None:
-        """Answer a repeat exactly as the first add was answered."""
-        event = AddApplied(ticket, named.variable, self.origin, named.nonce, named.value)
-        self._events.append(event)
+        """Answer a repeat exactly as the first add was answered (also by an earlier
+        incarnation of ours)."""
+        origin = Origin(self.node_id, named.incarnation)
+        self._events.append(AddApplied(ticket, named.variable, origin, named.nonce, named.value))
+
+    def _check_room(self, variable: str) -> None:
+        """Refuse a new local name at ``variables_max`` (held adds' new names count)."""
+        held = {name for _, name, _, _ in self._held if name not in self.counters}
+        if len(self.counters) + len(held) >= self.settings.variables_max:
+            raise InvalidInput(f"variables_max ({self.settings.variables_max}) reached")
 
     def _remote_variable(self, variable: str) -> Counter | None:
+        """The counter a peer's message names, created if there is room for it."""
         if variable in self.counters:
             return self.counters[variable]
-        if len(self.counters) >= self.settings.variables_max:
-            self._count("variables_max_reached")
+        limit = self.settings.variables_max
+        hard = VARIABLES_HARD_FACTOR * limit
+        if len(self.counters) >= hard:
+            self._count("variables_hard_max_reached")
             return None
+        if len(self.counters) >= limit:
+            self._count("variables_over_limit")
+            if not self._over_limit:
+                self._over_limit = True
+                self._events.append(VariablesOverLimit(len(self.counters) + 1, limit, hard))
         return self._ensure(variable, local=False)
 
     # --- peers --------------------------------------------------------------------
 
     def _touch_peer(self, sender: Origin, address: Address, now: float) -> Peer | None:
-        peer = self.peers.get(sender.node_id)
-        if peer is not None and sender.incarnation < peer.incarnation:
-            self._reject("stale_incarnation", address)
-            return None
-        if peer is None or sender.incarnation > peer.incarnation:
-            if peer is None and len(self.peers) >= self.settings.peers_max:
+        """The peer *sender* is, created on its first datagram.
+
+        Peers are origins, not node ids: a restarted node is a new peer (the old one
+        is suspected at once and expires), and two live holders of one id are two
+        peers, whose ops both count. No incarnation is ever refused for being lower.
+        """
+        peer = self.peers.get(sender)
+        if peer is None:
+            if len(self.peers) >= self.settings.peers_max:
                 self._reject("peers_max_reached", address)
                 return None
             peer = Peer(sender.node_id, sender.incarnation, address, now, first_seen=now)
+            for other in self._holders.get(sender.node_id, ()):
+                self.peers[other].suspected = True  # superseded, unless it speaks again
+            self._holders.setdefault(sender.node_id, []).append(sender)
             self._candidates.pop(address, None)
-            self.peers[sender.node_id] = peer
+            self.peers[sender] = peer
             self._events.append(PeerJoined(sender.node_id, sender.incarnation, address))
-            self._sync.pull_in(peer, now)
             # Tell the newcomer what we hold right away, by unicast: it may be joining.
-            self.announce(now, destination=address, reschedule=False)
+            if self._may_welcome(address, now):
+                self.announce(now, destination=address, reschedule=False)
+            self._sync.pull_in(peer, now)
         peer.last_seen = now
         peer.address = address
         peer.suspected = False
+        if sender.node_id == self.node_id or len(self._holders[sender.node_id]) > 1:
+            self._check_identity(peer, address, now)
         return peer
+
+    def _same_id(self, node_id: str, now: float) -> list[tuple[Origin, float, float]]:
+        """Every origin of *node_id* we know: ``(origin, first heard, last heard)``."""
+        known = [
+            (origin, self.peers[origin].first_seen, self.peers[origin].last_seen)
+            for origin in self._holders.get(node_id, ())
+        ]
+        if node_id == self.node_id:
+            known.append((self.origin, self.booted_at, now))
+        return known
+
+    def _check_identity(self, peer: Peer, address: Address, now: float) -> None:
+        """Report two live holders of one node id (at most every REPORT_INTERVAL_S)."""
+        me = peer.origin
+        rivals = [
+            origin
+            for origin, first, last in self._same_id(peer.node_id, now)
+            if origin != me and overlapping(first, last, peer.first_seen, now)
+        ]
+        if not rivals:
+            return
+        self._count("identity_conflicts")
+        if self._due_report("identity", peer.node_id, now):
+            origins = tuple(sorted([me, *rivals]))
+            ours = peer.node_id == self.node_id
+            self._events.append(IdentityConflict(peer.node_id, origins, address, ours))
+
+    def conflicts(self, now: float) -> list[str]:
+        """Node ids that two live origins hold right now (ours included)."""
+        found = []
+        for node_id in sorted(self._holders):
+            live = [
+                (first, last)
+                for origin, first, last in self._same_id(node_id, now)
+                if origin == self.origin or not self.peers[origin].suspected
+            ]
+            if any(overlapping(*a, *b) for i, a in enumerate(live) for b in live[i + 1 :]):
+                found.append(node_id)
+        return found
+
+    def _due_report(self, what: str, node_id: str, now: float) -> bool:
+        key = (what, node_id)
+        if now < self._reported.get(key, -REPORT_INTERVAL_S) + REPORT_INTERVAL_S:
+            return False
+        self._reported[key] = now
+        return True
+
+    def _may_welcome(self, address: Address, now: float) -> bool:
+        """Whether a unicast announce to *address* fits: once per announce interval per
+        address, and `WELCOMES_PER_S` in all (a spoofed newcomer must not make us a
+        reflector)."""
+        if now - self._welcomed.get(address, -1e300) < self.settings.announce_interval_s:
+            self._count("welcomes_limited")
+            return False
+        tokens, then = self._welcome_tokens
+        tokens = min(float(WELCOMES_PER_S), tokens + (now - then) * WELCOMES_PER_S)
+        if tokens < 1.0:
+            self._welcome_tokens = (tokens, now)
+            self._count("welcomes_limited")
+            return False
+        self._welcome_tokens = (tokens - 1.0, now)
+        self._welcomed.pop(address, None)
+        self._welcomed[address] = now
+        while len(self._welcomed) > self.settings.peers_max:
+            del self._welcomed[next(iter(self._welcomed))]
+        return True
 
     def _window(self, sender: Origin) -> ReplayWindow:
         """The replay window of *sender*, kept even after the peer expires, so an old
@@ -502,8 +626,6 @@ class Node:
 
     def _save_floors(self) -> None:
         highest = {sender: window.highest for sender, window in self._windows.items()}
-        if self.settings.keys:
-            highest[self.origin] = self._encoder.seq
         for sender, seq in highest.items():
             if seq > self._floors_saved.get(sender, 0):
                 self._records.append(ReplayFloor(sender, seq))
@@ -512,13 +634,18 @@ class Node:
     def _expire_peers(self, now: float) -> None:
         # Compare deadlines exactly as get_timer computes them, so float rounding can
         # never leave a deadline due but unhandled (a timer spin).
-        for node_id, peer in list(self.peers.items()):
+        for origin, peer in list(self.peers.items()):
             if now >= peer.last_seen + self.settings.peer_timeout_s:
-                del self.peers[node_id]
-                self._digests_served.pop(node_id, None)
-                self._repair_budget.pop(peer.address, None)
-                self._events.append(PeerLost(node_id, now - peer.last_seen))
-                self._sync.drop_member(node_id)
+                del self.peers[origin]
+                holders = self._holders[origin.node_id]
+                holders.remove(origin)
+                if not holders:
+                    del self._holders[origin.node_id]
+                self._digests_served.pop(origin, None)
+                if not any(p.address == peer.address for p in self.peers.values()):
+                    self._repair_budget.pop(peer.address, None)
+                self._events.append(PeerLost(origin.node_id, now - peer.last_seen))
+                self._sync.drop_member(origin)
             elif now >= peer.last_seen + self.settings.peer_suspect_s:
                 peer.suspected = True
 
@@ -535,13 +662,15 @@ class Node:
         elif isinstance(message, Nack):
             self._on_nack(message, peer, now)
         elif isinstance(message, Bases):
-            self._on_bases(message, now)
+            self._on_bases(message, peer, now)
         elif isinstance(message, PeerList):
             self._on_peer_list(message, peer, now)
         elif isinstance(message, DigestRequest):
             self._on_digest_request(message, peer, now)
         elif isinstance(message, DigestReply):
             self._on_digest_reply(message, peer, now)
+        elif isinstance(message, SyncStart) and (peer.announced_at is None or peer.suspected):
+            self._count("barrier_start_from_stranger")  # only a live peer may freeze us
         elif isinstance(message, wire.SyncMessage):
             self._sync.receive(message, peer, now)
         else:
@@ -549,6 +678,9 @@ class Node:
 
     def _on_ops(self, batch: OpBatch, peer: Peer, now: float) -> None:
         for group in batch.groups:
+            if group.origin == self.origin:
+                self._check_own_ops(group, peer, now)
+                continue
             counter = self._remote_variable(group.variable)
             if counter is None:
                 continue
@@ -565,12 +697,37 @@ class Node:
                     self._count("ops_conflicting")
             if group.ops:
                 self._sync.note_change()
-                self._after_change(counter, origin, group.ops[-1][0], peer.node_id, now)
+                self._after_change(counter, origin, group.ops[-1][0], peer.origin, now)
             if counter.value != before:
                 self._events.append(ValueChanged(group.variable, counter.value))
 
-    def _on_bases(self, message: Bases, now: float) -> None:
+    def _check_own_ops(self, group: OpGroup, peer: Peer, now: float) -> None:
+        """Ops of our current origin come back to us (repairs, copies); we hold each one
+        we issued, so any other is a claim we refuse, never an op we store."""
+        counter = self.counters.get(group.variable)
+        log = counter.logs.get(self.origin, {}) if counter is not None else {}
+        for nonce, delta in group.ops:
+            if log.get(nonce) == delta or (counter and nonce <= counter.base_upto(self.origin)):
+                self._count("ops_duplicate")
+            else:
+                self._refuse_claim("op", group.variable, nonce, peer, now)
+
+    def _refuse_claim(self, kind: str, variable: str, nonce: int, peer: Peer, now: float) -> None:
+        self._count("claims_refused")
+        if self._due_report("claim", peer.node_id, now):
+            self._events.append(ClaimRefused(kind, variable, nonce, peer.node_id, peer.address))
+
+    def _on_bases(self, message: Bases, peer: Peer, now: float) -> None:
         for entry in message.entries:
+            if entry.origin == self.origin:
+                # Only a barrier we took part in folds our own ops (`fold`); a base for
+                # them from a peer is at best an echo and at worst a forgery.
+                counter = self.counters.get(entry.variable)
+                if counter is None or entry.upto > counter.watermark(self.origin):
+                    self._refuse_claim("base", entry.variable, entry.upto, peer, now)
+                else:
+                    self._count("bases_duplicate")
+                continue
             counter = self._remote_variable(entry.variable)
             if counter is None:
                 continue
@@ -586,7 +743,7 @@ class Node:
                 self._events.append(ValueChanged(entry.variable, counter.value))
 
     def _after_change(
-        self, counter: Counter, origin: Origin, seen: int, hint: str | None, now: float
+        self, counter: Counter, origin: Origin, seen: int, hint: Origin | None, now: float
     ) -> None:
         """Note a hole below *seen*, or close the want that this change filled."""
         key = (counter.name, origin)
@@ -606,7 +763,9 @@ class Node:
             want.attempt = 0
             want.due = min(want.due, now + self.settings.nack_retry_s)
 
-    def _want(self, variable: str, origin: Origin, high: int, hint: str | None, now: float) -> None:
+    def _want(
+        self, variable: str, origin: Origin, high: int, hint: Origin | None, now: float
+    ) -> None:
         key = (variable, origin)
         want = self._wants.get(key)
         if want is None:
@@ -626,16 +785,33 @@ class Node:
 
     def _on_announce(self, message: Announce, peer: Peer, now: float) -> None:
         peer.mode, peer.epoch, peer.barrier = message.mode, message.epoch, message.barrier
+        peer.announced_at = now
         for digest in message.digests:
             counter = self._remote_variable(digest.variable)
             if counter is None:
                 continue
             for origin, mark in digest.marks:
+                held = counter.watermark(origin)
+                if origin.node_id == self.node_id and mark > held:
+                    if origin == self.origin:
+                        self._refuse_claim("mark", digest.variable, mark, peer, now)
+                        continue  # never wanted: nobody can hold more of us than we do
+                    if origin not in self.peers:
+                        self._rewound(origin, digest.variable, held, mark, peer, now)
                 key = (digest.variable, origin)
                 if mark > peer.marks.get(key, 0):
                     peer.marks[key] = mark
-                if mark > counter.watermark(origin):
-                    self._want(digest.variable, origin, mark, peer.node_id, now)
+                if mark > held:
+                    self._want(digest.variable, origin, mark, peer.origin, now)
+
+    def _rewound(
+        self, origin: Origin, variable: str, held: int, seen: int, peer: Peer, now: float
+    ) -> None:
+        """A peer holds more of an earlier incarnation of ours than we do: our state is
+        older than the one that issued those ops. Repair brings them back; say so."""
+        self._count("state_rewound")
+        if self._due_report("rewound", self.node_id, now):
+            self._events.append(StateRewound(origin, variable, held, seen, peer.node_id))
 
     def _repair_allowance(self, address: Address, now: float) -> int:
         """Bytes we may still send *address* now: a bucket of ``repair_bytes_per_s``."""
@@ -683,7 +859,7 @@ class Node:
 
     def _send_nacks(self, now: float) -> None:
         """Ask for every due hole, one Nack per chosen holder."""
-        by_holder: dict[str, list[NackRange]] = {}
+        by_holder: dict[Origin, list[NackRange]] = {}
         for (variable, origin), want in list(self._wants.items()):
             if want.due > now:
                 continue
@@ -707,17 +883,18 @@ class Node:
             self._count("nacks_sent")
             self._unicast(self._encoder.nack(ranges), self.peers[holder].address)
 
-    def _choose_holder(self, variable: str, origin: Origin, first: int, want: Want) -> str | None:
+    def _choose_holder(
+        self, variable: str, origin: Origin, first: int, want: Want
+    ) -> Origin | None:
         """The origin first, then whoever revealed the hole, then any peer that covers it."""
         key = (variable, origin)
-        covering = [p.node_id for p in self.live_peers() if p.marks.get(key, 0) >= first]
+        covering = [p.origin for p in self.live_peers() if p.marks.get(key, 0) >= first]
         preferred = [
-            node_id
-            for node_id in (origin.node_id, want.hint)
-            if node_id is not None
-            and node_id in self.peers
-            and not self.peers[node_id].suspected
-            and (node_id != origin.node_id or self.peers[node_id].incarnation == origin.incarnation)
+            candidate
+            for candidate in dict.fromkeys((origin, want.hint))
+            if candidate is not None
+            and candidate in self.peers
+            and not self.peers[candidate].suspected
         ]
         if want.attempt < len(preferred):
             return preferred[want.attempt]
@@ -726,7 +903,8 @@ class Node:
 
     def announce(
         self, now: float, destination: Address | None = None, reschedule: bool = True
-    ) -> None:
+    ) -> list[bytes]:
+        """Send our digest (multicast, or to *destination*); return its datagrams."""
         digests = [
             VariableDigest(
                 name,
@@ -735,35 +913,43 @@ class Node:
             for name, counter in sorted(self.counters.items())
         ]
         barrier = self._sync.barrier
-        for payload in self._encoder.announce(self.mode.value, self.epoch, barrier, digests):
-            self._out.append(Datagram(payload, destination))
+        payloads = self._encoder.announce(self.mode.value, self.epoch, barrier, digests)
+        self._out.extend(Datagram(payload, destination) for payload in payloads)
         self._count("announces_sent")
         if reschedule:
             interval = self.settings.announce_interval_s
             if self.mode is not Mode.WORK:
                 interval = min(interval, self.settings.sync_freeze_max_s / 8)
             self._next_announce = now + interval * self._rng.uniform(0.9, 1.1)
+        return payloads
 
     # --- multicast-less networks and verify ------------------------------------------
 
     def _plan_fanout(self, now: float) -> None:
         """Who gets unicast copies of our multicast: peers we never (or no longer) hear
-        by multicast, peers that told us they do not hear ours, seeds and gossiped
-        addresses not yet heard from."""
+        by multicast, peers that told us they do not hear ours, and seeds not yet heard
+        from. (Gossiped addresses only get probes: see `handle_timer`.)"""
         deaf_s = 2 * self.settings.announce_interval_s + 1.0
         known = {peer.address for peer in self.peers.values()}
         # Suspected peers too: they may be silent only because we stopped sending.
         targets = [
             peer.address
             for _, peer in sorted(self.peers.items())
-            if self._quiet_multicast(peer, now)
-            or (peer.deaf_at is not None and now - peer.deaf_at < deaf_s)
+            if not self._superseded(peer)
+            and (
+                self._quiet_multicast(peer, now)
+                or (peer.deaf_at is not None and now - peer.deaf_at < deaf_s)
+            )
         ]
         for address, expiry in list(self._candidates.items()):
             if now >= expiry:
                 del self._candidates[address]
-        targets += [a for a in (*self.settings.seeds, *self._candidates) if a not in known]
+        targets += [a for a in self.settings.seeds if a not in known]
         self._fanout = list(dict.fromkeys(targets))
+
+    def _superseded(self, peer: Peer) -> bool:
+        """A suspected origin whose node id another origin holds: a restart's old self."""
+        return peer.suspected and len(self._holders.get(peer.node_id, ())) > 1
 
     def _peer_list(self, now: float) -> list[tuple[str, str, int, bool]]:
         # Suspected peers too: a node that cannot hear a peer's multicast suspects it
@@ -771,6 +957,7 @@ class Node:
         return [
             (p.node_id, p.address[0], p.address[1], not self._quiet_multicast(p, now))
             for _, p in sorted(self.peers.items())
+            if not self._superseded(p)
         ]
 
     def _quiet_multicast(self, peer: Peer, now: float) -> bool:
@@ -792,7 +979,8 @@ class Node:
                 self._count("candidates_max_reached")
                 return
             self._candidates[address] = now + self.settings.peer_timeout_s
-            self._fanout.append(address)
+            if self._may_welcome(address, now):  # a probe, so a joining node hears us soon
+                self.announce(now, destination=address, reschedule=False)
 
     def _reports(self) -> list[VariableReport]:
         reports = []
@@ -810,22 +998,22 @@ class Node:
     def _on_digest_request(self, message: DigestRequest, peer: Peer, now: float) -> None:
         """Answer with our reports, at most once per `DIGEST_MIN_INTERVAL_S` per peer:
         a report walks every op, so a peer asking in a loop must not stall us."""
-        if now - self._digests_served.get(peer.node_id, -DIGEST_MIN_INTERVAL_S) < (
+        if now - self._digests_served.get(peer.origin, -DIGEST_MIN_INTERVAL_S) < (
             DIGEST_MIN_INTERVAL_S
         ):
             self._count("verify_requests_limited")
             return
-        self._digests_served[peer.node_id] = now
+        self._digests_served[peer.origin] = now
         self._unicast(self._encoder.digest_reply(message.token, self._reports()), peer.address)
         self._count("verify_requests_served")
 
     def _on_digest_reply(self, message: DigestReply, peer: Peer, now: float) -> None:
         verify = self._verifies.get(message.token)
-        if verify is None or peer.node_id not in verify.waiting:
+        if verify is None or peer.origin not in verify.waiting:
             return
-        verify.waiting[peer.node_id] = message.pages
-        verify.pages.setdefault(peer.node_id, set()).add(message.page)
-        reports = verify.reports.setdefault(peer.node_id, {})
+        verify.waiting[peer.origin] = message.pages
+        verify.pages.setdefault(peer.origin, set()).add(message.page)
+        reports = verify.reports.setdefault(peer.origin, {})
         for report in message.reports:
             earlier = reports.get(report.variable)
             if earlier is not None:  # a variable split across pages: join its marks
@@ -835,17 +1023,20 @@ class Node:
 
     def _finish_verifies(self, now: float) -> None:
         for ticket, verify in list(self._verifies.items()):
-            silent = tuple(
-                node_id
-                for node_id, pages in verify.waiting.items()
-                if pages is None or len(verify.pages.get(node_id, ())) < pages
-            )
+            silent = [
+                origin
+                for origin, pages in verify.waiting.items()
+                if pages is None or len(verify.pages.get(origin, ())) < pages
+            ]
             if silent and now < verify.deadline:
                 continue
             del self._verifies[ticket]
-            for node_id in silent:
-                verify.reports.pop(node_id, None)
-            self._events.append(VerifyFinished(ticket, verify.reports, silent))
+            for origin in silent:
+                verify.reports.pop(origin, None)
+            reports = {origin.node_id: held for origin, held in verify.reports.items()}
+            names = tuple(origin.node_id for origin in silent)
+            event = VerifyFinished(ticket, reports, names, tuple(self.conflicts(now)))
+            self._events.append(event)
 
     # --- for the barriers: what crdtd.core.sync.Host asks of the node ---------------
 

@@ -32,3 +32,8 @@ class Peer:
     deaf_at: float | None = None  # when it last told us it does not hear our multicast
     unicast_copies: int = 0  # announces and peer lists it sent us by unicast: it does
     unicast_copy_at: float | None = None  # that while it does not hear our multicast
+    announced_at: float | None = None  # its last Announce: only then may it start a barrier
+
+    @property
+    def origin(self) -> Origin:
+        return Origin(self.node_id, self.incarnation)

@@ -6,8 +6,9 @@ disk before it is on the wire, and an add is acknowledged only once it is durabl
 
 A node is rebuilt by replaying records in the order they were written (``Node(...,
 records=...)``). Every record is idempotent, so a store may also hand back an equivalent,
-compacted sequence: each variable, then each base, then the ops above the bases, then the
-epoch, then the replay floors, then the named adds (oldest first).
+compacted sequence: the latest incarnation started, then each variable, then each base,
+then the ops above the bases, then the epoch, then the replay floors, then the named adds
+(oldest first).
 """
 
 from __future__ import annotations
@@ -15,6 +16,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from crdtd.core.ids import Origin
+
+
+@dataclass(frozen=True, slots=True)
+class IncarnationStarted:
+    """This state started a boot as ``(node_id, incarnation)``: the next boot of the same
+    state, or of any copy of it, must take a larger one (see `crdtd.core.identity`)."""
+
+    incarnation: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +80,8 @@ class ReplayFloor:
 @dataclass(frozen=True, slots=True)
 class AddNamed:
     """The local add of *delta* to *variable* its client named ``request_id`` became
-    op ``nonce``, and the variable read ``value`` right after it.
+    op ``nonce`` of this node's ``incarnation``, and the variable read ``value`` right
+    after it.
 
     Written in the transaction of that op, so a client that lost the answer (the daemon
     was killed before it replied) and sends the add again gets the same answer instead of
@@ -83,8 +93,17 @@ class AddNamed:
     delta: int
     nonce: int
     value: int
+    incarnation: int
 
 
 REQUESTS_KEPT = 65_536
 
-Record = VariableCreated | OpRecorded | BaseFolded | EpochAdvanced | ReplayFloor | AddNamed
+Record = (
+    IncarnationStarted
+    | VariableCreated
+    | OpRecorded
+    | BaseFolded
+    | EpochAdvanced
+    | ReplayFloor
+    | AddNamed
+)

@@ -37,7 +37,7 @@ from crdtd.core.barrier import (
 )
 from crdtd.core.counters import Counter
 from crdtd.core.events import Event, SyncFinished, SyncStarted
-from crdtd.core.ids import Address
+from crdtd.core.ids import Address, Origin
 from crdtd.core.messages import (
     BarrierId,
     SyncAbort,
@@ -61,6 +61,9 @@ class Host(Protocol):
     def node_id(self) -> str: ...
 
     @property
+    def origin(self) -> Origin: ...
+
+    @property
     def settings(self) -> Settings: ...
 
     @property
@@ -73,17 +76,17 @@ class Host(Protocol):
     def counters(self) -> dict[str, Counter]: ...
 
     @property
-    def peers(self) -> dict[str, Peer]: ...
+    def peers(self) -> dict[Origin, Peer]: ...
 
     def live_peers(self) -> list[Peer]:
-        """The peers not suspected, by node id: the ones a barrier invites."""
+        """The peers not suspected, by origin: the ones a barrier invites."""
 
     def next_serial(self) -> int:
         """A sequence number never used before by this origin, even across restarts."""
 
     def send_sync(self, message: wire.SyncMessage, address: Address) -> None: ...
 
-    def announce(self, now: float) -> None:
+    def announce(self, now: float) -> list[bytes]:
         """Multicast our digest now, so every participant learns what we hold."""
 
     def fold(self, cut: Cut, epoch: int) -> None:
@@ -148,14 +151,14 @@ class Syncer:
     def pull_in(self, peer: Peer, now: float) -> None:
         """A peer appeared: if we coordinate a barrier, it takes part too."""
         coord = self._coord
-        if coord is not None and peer.node_id not in coord.members:
-            coord.members[peer.node_id] = Member(peer.address, Status.INVITED, now)
+        if coord is not None and peer.origin not in coord.members:
+            coord.members[peer.origin] = Member(peer.address, Status.INVITED, now)
             self._node.send_sync(SyncStart(coord.barrier), peer.address)
 
-    def drop_member(self, node_id: str) -> None:
+    def drop_member(self, origin: Origin) -> None:
         """A peer expired: the barrier we coordinate no longer waits for it."""
         if self._coord is not None:
-            self._coord.members.pop(node_id, None)
+            self._coord.members.pop(origin, None)
 
     def progress(self, now: float) -> None:
         """Report a cut once we hold everything, and again whenever it changes."""
@@ -302,7 +305,7 @@ class Syncer:
 
     def _on_sync_abort(self, barrier: BarrierId, peer: Peer, now: float) -> None:
         coord = self._coord
-        if coord is not None and coord.barrier == barrier and peer.node_id in coord.members:
+        if coord is not None and coord.barrier == barrier and peer.origin in coord.members:
             # A member refused our barrier: it is in an earlier one, which will pull us in.
             self._finish_coordination(now, digest=None)
             self._step(Input.ABORT, barrier, now, reason=f"refused by {peer.node_id}")
@@ -365,9 +368,9 @@ class Syncer:
         serial = node.next_serial()
         epoch = max([node.epoch, *(peer.epoch for peer in node.peers.values())]) + 1
         barrier = BarrierId(epoch, node.node_id, serial)
-        members = {node.node_id: Member(None, Status.JOINED, now)}
+        members = {node.origin: Member(None, Status.JOINED, now)}
         for peer in node.live_peers():
-            members[peer.node_id] = Member(peer.address, Status.INVITED, now)
+            members[peer.origin] = Member(peer.address, Status.INVITED, now)
         self._coord = Coordination(barrier, now, now + node.settings.sync_freeze_max_s, members)
         self._count("barriers_started")
         self._step(Input.START, barrier, now)
@@ -378,11 +381,11 @@ class Syncer:
         coord = self._coord
         assert coord is not None
         join_timeout = self._node.settings.sync_freeze_max_s / 4
-        for node_id, member in list(coord.members.items()):
+        for origin, member in list(coord.members.items()):
             if member.status is not Status.INVITED:
                 continue
             if now - member.invited_at >= join_timeout:
-                del coord.members[node_id]
+                del coord.members[origin]
                 self._count("barrier_members_dropped")
             elif member.address is not None:
                 self._node.send_sync(SyncStart(coord.barrier), member.address)
@@ -391,7 +394,7 @@ class Syncer:
 
     def _on_sync_join(self, barrier: BarrierId, peer: Peer) -> None:
         coord = self._coord
-        member = coord.members.get(peer.node_id) if coord and coord.barrier == barrier else None
+        member = coord.members.get(peer.origin) if coord and coord.barrier == barrier else None
         if member is None:
             self._turn_away(barrier, peer)
         elif member.status is Status.INVITED:
@@ -402,7 +405,7 @@ class Syncer:
         or the barrier ended without it, as after a stall): tell it to leave, so it
         does not sit frozen until its own deadline, refusing every later barrier."""
         closing = self._closing.get(barrier)
-        if barrier.initiator != self._node.node_id or (closing and peer.node_id in closing.pending):
+        if barrier.initiator != self._node.node_id or (closing and peer.origin in closing.pending):
             return  # not ours, or a member the closing message is still on its way to
         self._count("barrier_strays_turned_away")
         self._node.send_sync(SyncAbort(barrier), peer.address)
@@ -413,8 +416,7 @@ class Syncer:
             if peer is not None:
                 self._turn_away(message.barrier, peer)
             return
-        node_id = self._node.node_id if peer is None else peer.node_id
-        member = coord.members.get(node_id)
+        member = coord.members.get(self._node.origin if peer is None else peer.origin)
         if member is None:
             if peer is not None:
                 self._turn_away(message.barrier, peer)
@@ -444,8 +446,8 @@ class Syncer:
         assert coord is not None
         self._coord = None
         pending = {
-            node_id: member.address
-            for node_id, member in coord.members.items()
+            origin: member.address
+            for origin, member in coord.members.items()
             if member.address is not None
         }
         give_up_at = now + 2 * self._node.settings.sync_freeze_max_s
@@ -464,7 +466,7 @@ class Syncer:
     def _on_sync_done(self, barrier: BarrierId, peer: Peer) -> None:
         closing = self._closing.get(barrier)
         if closing is not None:
-            closing.pending.pop(peer.node_id, None)
+            closing.pending.pop(peer.origin, None)
 
     # --- scheduling ---------------------------------------------------------------
 
@@ -473,13 +475,13 @@ class Syncer:
         return max(settings.sync_interval_s, settings.sync_min_gap_s)
 
     def _maybe_schedule(self, now: float) -> None:
-        """Every interval, the lowest live node id starts a barrier; nobody else does."""
+        """Every interval, the lowest live origin starts a barrier; nobody else does."""
         if self._node.settings.sync_interval_s <= 0 or self.mode is not Mode.WORK:
             return
         if now < self._last_barrier_at + self._sync_gap():
             return
-        live = [peer.node_id for peer in self._node.live_peers()]
-        if live and min(live) < self._node.node_id:
+        live = [peer.origin for peer in self._node.live_peers()]
+        if live and min(live) < self._node.origin:
             self._last_barrier_at = now  # someone else's turn; check again an interval later
             return
         self._initiate(now)

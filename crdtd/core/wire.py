@@ -13,6 +13,9 @@ Rules:
 - ``decode`` validates every field before anything reaches the node and raises only
   `MalformedDatagram` (with a counter name as ``reason``); the node drops and counts.
 - ``encode_*`` assert the bound ``decode`` checks: no datagram exceeds 1400 bytes.
+- Nonces, bases' ``upto`` and watermarks are at most `NONCE_MAX`; a PeerList names its
+  peers by IPv4 literal only (never a host name, which would mean a DNS lookup, and
+  never a multicast, broadcast or unspecified address).
 - With keys configured, the first key signs and any listed key verifies; a datagram
   without a valid MAC is rejected. Without keys, a signed datagram is rejected too: a
   node that cannot check a cluster's MAC is not part of that cluster.
@@ -21,10 +24,11 @@ Rules:
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import struct
 from collections.abc import Callable, Sequence
 
-from crdtd.core.ids import Origin, is_name
+from crdtd.core.ids import NONCE_MAX, Origin, is_name
 from crdtd.core.messages import (
     Announce,
     BarrierId,
@@ -309,8 +313,14 @@ class _Reader:
 
     def nonce(self) -> int:
         value = self.u64()
-        if value < 1:
-            raise MalformedDatagram("malformed", "nonce 0")
+        if not 1 <= value <= NONCE_MAX:
+            raise MalformedDatagram("malformed", "nonce out of range")
+        return value
+
+    def mark(self) -> int:
+        value = self.u64()
+        if value > NONCE_MAX:
+            raise MalformedDatagram("malformed", "watermark out of range")
         return value
 
     def bigint(self) -> int:
@@ -342,6 +352,8 @@ def _decode_ops(r: _Reader) -> OpBatch:
             if nonce <= previous:
                 raise MalformedDatagram("malformed", "nonces not ascending")
             previous = nonce
+        if previous > NONCE_MAX:
+            raise MalformedDatagram("malformed", "nonce out of range")
         groups.append(OpGroup(variable, origin, ops))
     return OpBatch(tuple(groups))
 
@@ -359,7 +371,7 @@ def _decode_nack(r: _Reader) -> Nack:
     for _ in range(r.count(28)):
         variable, origin = r.name(), r.origin()
         first, last = r.take(_U64X2)
-        if not 1 <= first <= last:
+        if not 1 <= first <= last <= NONCE_MAX:
             raise MalformedDatagram("malformed", "bad range")
         ranges.append(NackRange(variable, origin, first, last))
     return Nack(tuple(ranges))
@@ -376,7 +388,7 @@ def _decode_announce(r: _Reader) -> Announce:
     digests = []
     for _ in range(r.count(4)):
         variable = r.name()
-        marks = tuple((r.origin(), r.u64()) for _ in range(r.count(18)))
+        marks = tuple((r.origin(), r.mark()) for _ in range(r.count(18)))
         digests.append(VariableDigest(variable, marks))
     return Announce(MODES[mode_index], epoch, barrier, tuple(digests))
 
@@ -385,10 +397,22 @@ def _decode_peers(r: _Reader) -> PeerList:
     peers = []
     for _ in range(r.count(7)):
         node_id, host, port, heard = r.name(), r.name(), r.u16(), r.u8()
-        if port == 0 or heard > 1:
+        if port == 0 or heard > 1 or not _is_unicast_ipv4(host):
             raise MalformedDatagram("malformed", "peer entry")
         peers.append((node_id, host, port, bool(heard)))
     return PeerList(tuple(peers))
+
+
+def _is_unicast_ipv4(host: str) -> bool:
+    """True for a dotted-quad IPv4 literal a datagram may be sent to."""
+    try:
+        address = ipaddress.IPv4Address(host)
+    except ValueError:
+        return False
+    return not (address.is_multicast or address.is_unspecified or address == _BROADCAST)
+
+
+_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
 
 
 def _decode_digest_request(r: _Reader) -> DigestRequest:
@@ -402,7 +426,7 @@ def _decode_digest_reply(r: _Reader) -> DigestReply:
     reports = []
     for _ in range(r.count(13)):
         variable, value, ops_hash = r.name(), r.bigint(), r.raw(OPS_HASH_BYTES)
-        marks = tuple((r.origin(), r.u64()) for _ in range(r.count(18)))
+        marks = tuple((r.origin(), r.mark()) for _ in range(r.count(18)))
         reports.append(VariableReport(variable, value, ops_hash, marks))
     return DigestReply(token, page, pages, tuple(reports))
 

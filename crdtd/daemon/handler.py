@@ -248,7 +248,7 @@ class Handler:
                 event: VerifyFinished = await waiter
         except TimeoutError:
             raise ControlError(ErrorCode.TIMEOUT, "the verify did not finish in time") from None
-        return summarize(event.reports, event.silent)
+        return summarize(event.reports, event.silent, event.conflicts)
 
     async def stats(self) -> dict[str, Any]:
         """The numbers of ``crdtctl stats`` and of the Prometheus endpoint."""

@@ -34,6 +34,7 @@ from typing import Any
 
 from crdtd import __version__
 from crdtd.control.server import ControlServer, SocketPathError
+from crdtd.core.identity import SALT_BITS, propose_incarnation
 from crdtd.core.ids import Origin
 from crdtd.core.node import Node
 from crdtd.core.settings import Key
@@ -113,9 +114,10 @@ def new_node_id() -> str:
 
 
 def new_incarnation() -> int:
-    """Milliseconds since the epoch when the state was created: a node that lost its
-    state comes back with a larger one, so peers can tell old datagrams from new."""
-    return int(time.time() * 1000)
+    """This boot's proposed incarnation: the wall clock's milliseconds and random low
+    bits, so two copies of one state booting at once still differ. The node takes a
+    larger one if its state shows the clock went back (`crdtd.core.identity`)."""
+    return propose_incarnation(time.time_ns() // 1_000_000, secrets.randbits(SALT_BITS))
 
 
 def _load_keys(config: Config) -> tuple[Key, ...]:
@@ -151,7 +153,7 @@ async def _serve(
     keys: tuple[Key, ...],
     inherited: dict[str, socket.socket],
 ) -> None:
-    store = Store.open(config.node.state_dir, config.node.id, new_incarnation, new_node_id)
+    store = Store.open(config.node.state_dir, config.node.id, new_node_id)
     try:
         await _run(config, config_path, store, keys, inherited)
     finally:
@@ -174,7 +176,7 @@ async def _run(
     loop = asyncio.get_running_loop()
     rng_seed = secrets.randbits(64)
     node = Node(
-        Origin(store.node_id, store.incarnation),
+        Origin(store.node_id, new_incarnation()),
         config.settings(keys),
         random.Random(rng_seed),
         loop.time(),
@@ -214,7 +216,7 @@ async def _run(
     log.info(
         "started",
         version=__version__,
-        incarnation=store.incarnation,
+        incarnation=node.origin.incarnation,
         interface=interface.name,
         address=f"{interface.address}:{net.unicast_port}",
         group=f"{net.group}:{net.port}",

@@ -24,17 +24,22 @@ from crdtd.core.messages import VariableReport
 
 
 def summarize(
-    reports: Mapping[str, Mapping[str, VariableReport]], silent: Sequence[str]
+    reports: Mapping[str, Mapping[str, VariableReport]],
+    silent: Sequence[str],
+    conflicts: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The verify answer for *reports* (node -> variable -> report) and *silent* nodes."""
+    """The verify answer for *reports* (node -> variable -> report), *silent* nodes and
+    node ids that two live daemons hold (*conflicts*): those never "agree", since one
+    report per id cannot speak for both holders."""
     nodes = sorted(reports)
     names = sorted({name for per_node in reports.values() for name in per_node})
     variables = {name: _variable(name, reports, nodes) for name in names}
-    agree = not silent and all(entry["agree"] for entry in variables.values())
+    agree = not silent and not conflicts and all(entry["agree"] for entry in variables.values())
     return {
         "agree": agree,
         "nodes": nodes,
         "silent": sorted(silent),
+        "identity_conflicts": sorted(conflicts),
         "variables": variables,
     }
 

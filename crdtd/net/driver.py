@@ -31,15 +31,19 @@ from typing import Any, Protocol, TypeVar
 
 from crdtd.core.events import (
     AddApplied,
+    ClaimRefused,
     DatagramRejected,
     Event,
     GapRepaired,
+    IdentityConflict,
     PeerJoined,
     PeerLost,
+    StateRewound,
     SyncFinished,
     SyncStarted,
     ValueChanged,
     VariableAdded,
+    VariablesOverLimit,
     VerifyFinished,
 )
 from crdtd.core.ids import Address
@@ -367,6 +371,49 @@ class Driver:
             )
         elif isinstance(event, DatagramRejected):
             self._log_reject(event)
+        elif isinstance(event, IdentityConflict):
+            log.warning(
+                "identity_conflict",
+                peer=event.node_id,
+                origins=[str(origin) for origin in event.origins],
+                address=f"{event.address[0]}:{event.address[1]}",
+                ours=event.ours,
+                hint="two live daemons use this node id (a cloned state directory or one "
+                "node.id set twice): stop one, give it a new node.id and an empty "
+                "node.state_dir; meanwhile nothing is lost, each has its own incarnation",
+            )
+        elif isinstance(event, StateRewound):
+            log.warning(
+                "state_rewound",
+                origin=str(event.origin),
+                variable=event.variable,
+                held=event.held,
+                seen=event.seen,
+                peer=event.peer,
+                hint="this state directory is older than the one that issued these ops (a "
+                "snapshot reverted, a lost WAL, a copy); peers are sending them back",
+            )
+        elif isinstance(event, ClaimRefused):
+            log.warning(
+                "claim_refused",
+                kind=event.kind,
+                variable=event.variable,
+                nonce=event.nonce,
+                peer=event.peer,
+                address=f"{event.address[0]}:{event.address[1]}",
+                hint="a key holder claimed ops of this node that it never issued: a forged "
+                "datagram or a copy of this node's state running elsewhere",
+            )
+        elif isinstance(event, VariablesOverLimit):
+            log.warning(
+                "variables_over_limit",
+                variables=event.variables,
+                limit=event.limit,
+                hard_limit=event.hard_limit,
+                hint="peers hold more variables than limits.variables_max; this node keeps "
+                "them up to the hard limit and refuses new local names: raise the limit "
+                "on every node",
+            )
         elif isinstance(event, VariableAdded):
             log.debug("variable_added", variable=event.variable)
 

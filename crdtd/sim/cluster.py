@@ -9,15 +9,20 @@ there and feeds it to the node. Scenario actions (adds, crashes, cuts...) are me
 calls made between steps, at the current virtual time.
 
 Rules:
-- nodes are ``n00``..``nNN`` at address ``("nNN", 7778)``; a node's origin is
-  ``(node_id, incarnation)``; the incarnation starts at 1 and moves on only when the node
-  comes back with a wiped disk;
+- nodes are ``n00``..``nNN`` at address ``("127.0.1.<index + 1>", 7778)`` (IPv4 literals,
+  as on a LAN, never sent anywhere); a node's origin is ``(node_id, incarnation)``, and
+  every boot proposes a new incarnation from the virtual clock (as the daemon does from
+  the wall clock; `crdtd.core.identity`), which the node may raise;
+- a clone is one more slot with the node id of another and a copy of its synced disk
+  (a cloned VM image); a rewound restart boots from a prefix of the synced records (a
+  reverted snapshot); both are allowed only while every acknowledged op they drop has a
+  durable copy on another disk, as wipes are;
 - a clean crash happens between steps; a mid-flush crash happens inside the next flush
   that has records: they are written but not synced, then the node dies - its datagrams
   are never sent and its events never reported (a crash between taking a nonce and
   writing it down);
-- a restart rebuilds the node from its synced records with the same origin and a fresh
-  random stream ``node/<id>/<boot>``;
+- a restart rebuilds the node from its synced records with a fresh random stream
+  ``node/<slot>/<boot>``;
 - an exception out of a node, and any broken invariant, is an `InvariantViolation`.
 """
 
@@ -29,8 +34,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from crdtd.core import wire
 from crdtd.core.events import AddApplied, Event, SyncFinished
-from crdtd.core.ids import Address, Origin
+from crdtd.core.identity import SALT_BITS, propose_incarnation
+from crdtd.core.ids import NONCE_MAX, Address, Origin
+from crdtd.core.messages import BarrierId, BaseEntry, OpGroup, SyncStart, VariableDigest
 from crdtd.core.node import Datagram, Node
 from crdtd.core.records import Record
 from crdtd.core.settings import Settings
@@ -59,7 +67,12 @@ def node_id_of(index: int) -> str:
 
 
 def address_of(index: int) -> Address:
-    return (node_id_of(index), PORT)
+    return (f"127.0.1.{index + 1}", PORT)
+
+
+LIAR_ADDRESS: Address = ("127.0.2.1", PORT)
+"""Where forged datagrams come from: a key holder that is no node of the cluster."""
+LIAR = Origin("liar", 1)
 
 
 @dataclass(slots=True, eq=False)
@@ -96,6 +109,9 @@ class ClusterStats:
     restarts: int = 0
     wipes: int = 0
     wipes_refused: int = 0
+    rewinds: int = 0
+    clones: int = 0
+    forgeries: int = 0
     barriers_completed: int = 0
     barriers_aborted: int = 0
     log_len_max: int = 0
@@ -152,36 +168,37 @@ class Cluster:
         return node
 
     # lifecycle ----------------------------------------------------------
-    def start(self, index: int, wipe: bool = False) -> None:
-        """Boot node *index* (first start or restart) from its disk; *wipe* loses the disk."""
+    def start(
+        self, index: int, wipe: bool = False, keep: int | None = None, clock_back_ms: int = 0
+    ) -> None:
+        """Boot node *index* (first start or restart) from its disk; *wipe* loses the disk,
+        *keep* rewinds it to its first *keep* synced records, and *clock_back_ms* sets
+        the wall clock the boot proposes its incarnation from back by that much."""
         slot = self.slots[index]
         assert slot.node is None, f"{slot.node_id} is already running"
         what = "start" if slot.boot == 0 else "restart"
         if wipe and slot.boot > 0:
-            unsafe = self.ledger.undurable_acked([s.disk for s in self.slots if s is not slot])
-            if unsafe:
-                self.stats.wipes_refused += 1
-                what = f"restart (wipe refused: {len(unsafe)} acked ops held only here)"
-            else:
-                slot.disk.wipe()
-                slot.incarnation += 1
-                self.stats.wipes += 1
-                what = "restart wiped"
-        if slot.incarnation == 0:
-            slot.incarnation = 1
+            keep = 0
+        if keep is not None and slot.boot > 0 and keep < len(slot.disk.synced):
+            what = self._rewind(slot, keep, "wiped" if keep == 0 else f"rewound to {keep}")
         if slot.boot > 0:
             self.stats.restarts += 1
         slot.boot += 1
+        salt = stream(self.seed, f"slot/{slot.index}/{slot.boot}/incarnation").getrandbits(
+            SALT_BITS
+        )
+        clock_ms = max(0, int(self.now * 1000) - clock_back_ms)
+        proposed = Origin(slot.node_id, propose_incarnation(clock_ms, salt))
         slot.values = {}
         slot.steps = 0
-        rng = stream(self.seed, f"node/{slot.node_id}/{slot.boot}")
+        rng = stream(self.seed, f"node/{slot.index}/{slot.boot}")
         records = list(slot.disk.synced)
-        what = f"{what} as {slot.origin} from {len(records)} records"
-        slot.node = self._call(
+        what = f"{what} from {len(records)} records"
+        node = self._call(
             slot,
             what,
             self._factory,
-            slot.origin,
+            proposed,
             self.settings,
             rng,
             self.now,
@@ -190,8 +207,77 @@ class Cluster:
             # microseconds are: fewer than a million datagrams a virtual second.
             int(self.now * 1_000_000) + 1,
         )
+        slot.node = node
+        slot.incarnation = node.origin.incarnation
+        self.trace.step(self.now, slot.node_id, f"booted as {node.origin}")
         self.network.attach(slot.address)
         self._flush(slot, what, full=True)
+
+    def _rewind(self, slot: Slot, keep: int, what: str) -> str:
+        """Rewind *slot*'s disk to *keep* records, unless that loses an acknowledged op
+        that no other disk holds (then the disk stays as it is)."""
+        kept = slot.disk.copy()
+        kept.rewind(keep)
+        others = [s.disk for s in self.slots if s is not slot]
+        unsafe = self.ledger.undurable_acked([*others, kept])
+        if unsafe:
+            self.stats.wipes_refused += 1
+            return f"restart ({what} refused: {len(unsafe)} acked ops held only here)"
+        slot.disk = kept
+        if keep == 0:
+            self.stats.wipes += 1
+        else:
+            self.stats.rewinds += 1
+        return f"restart {what}"
+
+    def clone(self, source: int) -> int:
+        """Add a machine whose disk is a copy of *source*'s synced disk, and boot it: a
+        second live holder of *source*'s node id. Returns the new slot's index."""
+        index = len(self.slots)
+        original = self.slots[source]
+        slot = Slot(index, original.node_id, address_of(index), disk=original.disk.copy())
+        self.slots.append(slot)
+        self._by_address[slot.address] = slot
+        self.stats.clones += 1
+        self.trace.step(
+            self.now, slot.node_id, f"cloned {original.address[0]} to {slot.address[0]}"
+        )
+        self.start(index)
+        return index
+
+    def forge(self, victim: int, kind: str, variable: str) -> None:
+        """Send node *victim* one forged datagram, signed with the cluster's keys: a claim
+        about its own current origin it never made (``base``, ``op``, ``mark``), an
+        impersonation of one of its peers with a higher incarnation (``impersonate``),
+        or a barrier start from a sender that never announced itself (``barrier``)."""
+        slot = self.slots[victim]
+        node = slot.node
+        if node is None:
+            return
+        own = node.origin
+        mark = node.counters[variable].watermark(own) if variable in node.counters else 0
+        encoder = wire.Encoder(LIAR, self.settings.keys, int(self.now * 1_000_000) + 1)
+        if kind == "base":
+            payloads = encoder.bases([BaseEntry(variable, own, NONCE_MAX, 2**62)])
+        elif kind == "op":
+            payloads = encoder.op_batch([OpGroup(variable, own, ((mark + 1, 7), (mark + 2, -3)))])
+        elif kind == "mark":
+            digest = VariableDigest(variable, ((own, mark + 5),))
+            payloads = encoder.announce("work", node.epoch, None, [digest])
+        elif kind == "impersonate":
+            others = [s for s in self.slots if s.node is not None and s.node_id != slot.node_id]
+            if not others:
+                return
+            target = others[0].origin
+            fake = wire.Encoder(Origin(target.node_id, target.incarnation + 1), self.settings.keys)
+            payloads = fake.announce("work", node.epoch, None, [])
+        else:
+            stranger = wire.Encoder(Origin("stranger", 1), self.settings.keys)
+            payloads = [stranger.sync(SyncStart(BarrierId(0, "stranger", 1)))]
+        self.stats.forgeries += 1
+        self.trace.step(self.now, "sim", f"forge {kind} {variable} to {slot.node_id}")
+        for payload in payloads:
+            self.network.send(LIAR_ADDRESS, payload, slot.address, self.now)
 
     def crash(self, index: int) -> None:
         """Kill node *index* between steps: it loses only what was never synced."""

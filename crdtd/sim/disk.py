@@ -6,8 +6,10 @@ Rules:
   record;
 - synced records are never rewritten or reordered, so restart replays exactly what was
   durable, in the order it was written (the ``Node(records=...)`` contract);
-- ``wipe`` is a lost disk: nothing survives, and the node must come back with a new
-  incarnation;
+- ``wipe`` is a lost disk: nothing survives; ``rewind`` keeps only a prefix of the
+  synced records (a VM snapshot reverted, a lost WAL); ``copy`` is another machine's
+  disk holding the same records (a cloned VM image). The node on such a disk must
+  never reuse a nonce it or its copy already used (`crdtd.core.identity`);
 - the disk keeps an index of the synced ops and bases it holds, so the invariants can ask
   "is this op durable here?" without scanning the records.
 """
@@ -71,11 +73,25 @@ class Disk:
 
     def wipe(self) -> None:
         """Lose everything (a replaced disk)."""
+        self.rewind(0)
+
+    def rewind(self, keep: int) -> None:
+        """Go back to when only the first *keep* synced records were written."""
+        kept = self.synced[:keep]
         self.synced = []
         self.unsynced = []
         self.ops = {}
         self.bases = {}
         self.base_sum = {}
+        self.unsynced = kept
+        self.sync()
+
+    def copy(self) -> Disk:
+        """Another disk holding exactly what this one has synced."""
+        clone = Disk()
+        clone.unsynced = list(self.synced)
+        clone.sync()
+        return clone
 
     def holds(self, key: OpKey) -> bool:
         """True when op *key* is durable here, as an op or folded into a base."""

@@ -33,6 +33,7 @@ BIG_TOTAL_LIMIT = 2**61
 """Past this running total a big delta is drawn towards zero, to stay within int64."""
 
 Action = Callable[[Cluster], None]
+FORGERIES = ("base", "op", "mark", "impersonate", "barrier")
 
 
 def nodes_for(scenario: str, seed: int) -> int:
@@ -125,6 +126,10 @@ class _Run:
             self.plan.at(time, "clog", self._clog)
         for time in _poisson(faults, s.syncs_per_s, 0.5, self.fault_end):
             self.plan.at(time, "sync", self._sync)
+        for time in _poisson(faults, s.clones_per_s, 0.5, self.fault_end * 0.8):
+            self.plan.at(time, "clone", self._clone)
+        for time in _poisson(faults, s.forgeries_per_s, 0.3, self.fault_end):
+            self.plan.at(time, "forge", self._forge)
         for time in s.sync_at_s:
             self.plan.at(time, "sync", self._sync)
         self._plan_partitions()
@@ -195,6 +200,10 @@ class _Run:
         index = rng.choice(live).index
         down = rng.uniform(*s.down_s)
         wipe = rng.random() < s.wipe_p
+        keep: float | None = None
+        if s.rewind_p and rng.random() < s.rewind_p:
+            keep = rng.random()
+        clock_back_ms = 3_600_000 if s.clock_back_p and rng.random() < s.clock_back_p else 0
         if rng.random() < s.mid_flush_p:
             cluster.crash_in_next_flush(index)
             if rng.random() < 0.5:
@@ -206,7 +215,8 @@ class _Run:
             # else: inside the next step that writes (a received op, a repair, a base)
         else:
             cluster.crash(index)
-        self.plan.at(min(cluster.now + down, self.fault_end), "restart", _start(index, wipe))
+        restart = _start(index, wipe, keep, clock_back_ms)
+        self.plan.at(min(cluster.now + down, self.fault_end), "restart", restart)
 
     def _clog(self, cluster: Cluster) -> None:
         rng = self.faults
@@ -237,6 +247,17 @@ class _Run:
             cluster.trace.step(cluster.now, "sim", f"partition {kind} [{names}] | rest")
 
         return partition
+
+    def _clone(self, cluster: Cluster) -> None:
+        index = self._live_index(self.faults)
+        if index is not None and len(cluster.slots) < NODES_MAX + 4:
+            cluster.clone(index)
+
+    def _forge(self, cluster: Cluster) -> None:
+        index = self._live_index(self.faults)
+        if index is not None:
+            kind = self.faults.choice(FORGERIES)
+            cluster.forge(index, kind, self.faults.choice(self.variables))
 
     def _sync(self, cluster: Cluster) -> None:
         index = self._live_index(self.faults)
@@ -287,11 +308,16 @@ class _Run:
             raise InvariantViolation(f"epochs differ after a completed barrier: {epochs}")
 
 
-def _start(index: int, wipe: bool = False) -> Action:
+def _start(
+    index: int, wipe: bool = False, keep: float | None = None, clock_back_ms: int = 0
+) -> Action:
+    """Boot node *index*; *keep* rewinds its disk to that fraction of its records."""
+
     def start(cluster: Cluster) -> None:
         slot = cluster.slots[index]
         if slot.node is None:
-            cluster.start(index, wipe=wipe)
+            records = None if keep is None else int(keep * len(slot.disk.synced))
+            cluster.start(index, wipe=wipe, keep=records, clock_back_ms=clock_back_ms)
         else:  # a mid-flush crash that never came (the node wrote nothing meanwhile)
             slot.crash_mid_flush = False
 

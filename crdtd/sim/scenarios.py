@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from crdtd.core.settings import Settings
+from crdtd.sim.cluster import address_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +60,16 @@ class Scenario:
     """Chance that each node sits where multicast does not pass, for the whole run."""
     late_join_p: float = 0.0
     """Chance that each node (but n00) starts during the fault phase instead of at 0."""
+    rewind_p: float = 0.0
+    """Chance that a crashed node comes back from an older copy of its disk (a snapshot
+    reverted), keeping a random prefix of its synced records."""
+    clock_back_p: float = 0.0
+    """Chance that a restart proposes its incarnation from a clock an hour behind."""
+    clones_per_s: float = 0.0
+    """Rate at which a live node's disk is copied to a new machine that boots beside it."""
+    forgeries_per_s: float = 0.0
+    """Rate of forged datagrams from a key holder: claims about the receiver's own origin,
+    impersonations of its peers, barrier starts from a stranger."""
     # barriers
     syncs_per_s: float = 0.0
     """Rate of ``start_sync`` calls at random live nodes during the fault phase."""
@@ -74,7 +85,7 @@ class Scenario:
         assert 0 <= self.created <= self.variables
 
 
-SEEDED = Settings(seeds=(("n00", 7778), ("n01", 7778)))
+SEEDED = Settings(seeds=(address_of(0), address_of(1)))
 """Default settings plus two seeds, for nodes that multicast cannot reach."""
 
 _SCENARIOS = (
@@ -162,6 +173,37 @@ _SCENARIOS = (
         syncs_per_s=0.6,
         partitions_per_s=0.4,
         partition_s=(0.5, 8.0),
+        barrier_after_heal=True,
+    ),
+    Scenario(
+        "clone",
+        "a node's disk is copied to a new machine while both run and take writes; "
+        "barriers keep completing",
+        clones_per_s=0.2,
+        crashes_per_s=0.2,
+        syncs_per_s=0.3,
+        loss_max=0.05,
+        barrier_after_heal=True,
+    ),
+    Scenario(
+        "rewind",
+        "crashed nodes come back from older copies of their disks, some with the clock "
+        "an hour behind",
+        crashes_per_s=0.6,
+        rewind_p=0.6,
+        clock_back_p=0.3,
+        mid_flush_p=0.2,
+        down_s=(0.2, 5.0),
+        syncs_per_s=0.3,
+        barrier_after_heal=True,
+    ),
+    Scenario(
+        "forged-claim",
+        "a key holder claims ops, bases and watermarks of each node's own origin, "
+        "impersonates peers and starts barriers as a stranger",
+        forgeries_per_s=5.0,
+        syncs_per_s=0.3,
+        loss_max=0.05,
         barrier_after_heal=True,
     ),
     Scenario(

@@ -16,8 +16,10 @@ Rules:
   (group commit), and a crash leaves all of a batch or none of it.
 - Every record applies idempotently (see `Store.append`), so applying a batch twice, or
   an old op below a base, changes nothing.
-- The identity ``(node_id, incarnation)`` is written in the transaction that creates
-  the schema: a state either has one or does not exist, and it never changes after.
+- The node id is written in the transaction that creates the schema: a state either
+  has one or does not exist, and it never changes after. Beside it, the node row keeps
+  the latest incarnation the state started (`IncarnationStarted`; 0 before the first
+  boot): every boot takes a new one (`crdtd.core.identity`).
 - One process per state directory: `Store.open` takes an exclusive ``flock`` on
   ``lock`` and holds it until `Store.close` (the kernel drops it if the process dies).
 - `Store.open` refuses, and never resets, a state it cannot trust. It raises
@@ -61,6 +63,7 @@ from crdtd.core.records import (
     AddNamed,
     BaseFolded,
     EpochAdvanced,
+    IncarnationStarted,
     OpRecorded,
     Record,
     ReplayFloor,
@@ -75,7 +78,7 @@ _OURS = frozenset({DB_NAME, LOCK_NAME, *_SIDECARS, "lost+found"})
 APPLICATION_ID = 0x43524454
 """``PRAGMA application_id`` of every crdtd database: "CRDT" in ASCII."""
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """``PRAGMA user_version``; a later schema gets a higher number and a migration."""
 
 _U64_BIAS = 2**63
@@ -114,7 +117,7 @@ _REPLAY_FLOORS = """CREATE TABLE replay_floors (
         PRIMARY KEY (node_id, incarnation)
     ) WITHOUT ROWID"""
 _REPLAY_FLOORS_BY_AGE = "CREATE INDEX replay_floors_written ON replay_floors (written)"
-_NAMED_ADDS = """CREATE TABLE named_adds (
+_NAMED_ADDS_V3 = """CREATE TABLE named_adds (
         seq         INTEGER PRIMARY KEY,
         request_id  TEXT NOT NULL UNIQUE,
         variable    TEXT NOT NULL,
@@ -122,16 +125,24 @@ _NAMED_ADDS = """CREATE TABLE named_adds (
         nonce       INTEGER NOT NULL,
         value       TEXT NOT NULL
     )"""
-_CURRENT_TABLES = (_REPLAY_FLOORS, _REPLAY_FLOORS_BY_AGE, _NAMED_ADDS)
+_ADD_NAMED_INCARNATION = "ALTER TABLE named_adds ADD COLUMN incarnation INTEGER NOT NULL DEFAULT 0"
+_V3_TABLES = (_REPLAY_FLOORS, _REPLAY_FLOORS_BY_AGE, _NAMED_ADDS_V3)
+_CURRENT_TABLES = (*_V3_TABLES, _ADD_NAMED_INCARNATION)
 _MIGRATIONS = {
-    1: _CURRENT_TABLES,
+    1: _V3_TABLES,
     # Version 2 (development builds only) had these tables in another shape; what they
     # held is lost: replay floors fill again within 30 s, and a retry of an add named
     # before the upgrade is applied again.
-    2: ("DROP TABLE replay_floors", "DROP TABLE named_adds", *_CURRENT_TABLES),
+    2: ("DROP TABLE replay_floors", "DROP TABLE named_adds", *_V3_TABLES),
+    # Version 3 kept one incarnation for the state's whole life, so every named add it
+    # holds was made by the incarnation in the node row.
+    3: (
+        _ADD_NAMED_INCARNATION,
+        "UPDATE named_adds SET incarnation = (SELECT incarnation FROM node)",
+    ),
 }
 """Statements that bring a database of version N to N + 1, in one transaction. From 1,
-step 1 makes the current tables and step 2 makes them again, empty either way."""
+step 1 makes the version 3 tables and step 2 makes them again, empty either way."""
 
 # "ON CONFLICT DO NOTHING" rather than "INSERT OR IGNORE": OR IGNORE would also swallow a
 # NOT NULL violation, i.e. silently drop a malformed record instead of raising.
@@ -160,9 +171,11 @@ _DELETE_FOLDED_OPS = """
 """
 _ADVANCE_EPOCH = "UPDATE node SET epoch = max(epoch, ?)"
 _NAME_ADD = """
-    INSERT INTO named_adds (request_id, variable, delta, nonce, value) VALUES (?, ?, ?, ?, ?)
+    INSERT INTO named_adds (request_id, variable, delta, nonce, value, incarnation)
+    VALUES (?, ?, ?, ?, ?, ?)
     ON CONFLICT (request_id) DO NOTHING
 """
+_START_INCARNATION = "UPDATE node SET incarnation = max(incarnation, ?)"
 _FORGET_OLD_NAMES = "DELETE FROM named_adds WHERE seq <= (SELECT max(seq) FROM named_adds) - ?"
 _FORGET_OLD_FLOORS = """
     DELETE FROM replay_floors WHERE written < (
@@ -194,27 +207,19 @@ class Store:
         lock_fd: int,
         db_path: Path,
         node_id: str,
-        incarnation: int,
     ) -> None:
         self._connection = connection
         self._lock_fd = lock_fd
         self._db_path = db_path
         self._node_id = node_id
-        self._incarnation = incarnation
 
     @classmethod
-    def open(
-        cls,
-        state_dir: Path,
-        node_id: str | None,
-        new_incarnation: Callable[[], int],
-        new_node_id: Callable[[], str],
-    ) -> Store:
+    def open(cls, state_dir: Path, node_id: str | None, new_node_id: Callable[[], str]) -> Store:
         """Open the state in *state_dir*, creating it on first start.
 
         *node_id* None means "auto": a new state takes ``new_node_id()``, and an existing
-        one keeps the id it has. A new state takes ``new_incarnation()``. Raises
-        `StoreError` for any state this module refuses (see the module docstring).
+        one keeps the id it has. Raises `StoreError` for any state this module refuses
+        (see the module docstring).
         """
         _prepare_directory(state_dir)
         db_path = state_dir / DB_NAME
@@ -225,26 +230,25 @@ class Store:
             with _translated(db_path, "opening the database"):
                 connection = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
                 undo.callback(connection.close)
-                node_id, incarnation = _open_state(
-                    connection, db_path, node_id, new_incarnation, new_node_id
-                )
+                node_id = _open_state(connection, db_path, node_id, new_node_id)
             undo.pop_all()
-        return cls(connection, lock_fd, db_path, node_id, incarnation)
+        return cls(connection, lock_fd, db_path, node_id)
 
     @property
     def node_id(self) -> str:
         return self._node_id
 
-    @property
-    def incarnation(self) -> int:
-        return self._incarnation
-
     def load(self) -> list[Record]:
-        """Records that rebuild the node: variables, bases, ops, the epoch if any, the
-        replay floors, then the named adds, oldest first."""
+        """Records that rebuild the node: the latest incarnation started (if any),
+        variables, bases, ops, the epoch if any, the replay floors, then the named adds,
+        oldest first."""
         query = self._connection.execute
         with _translated(self._db_path, "reading the state"):
-            records: list[Record] = [
+            ((incarnation, epoch),) = query("SELECT incarnation, epoch FROM node").fetchall()
+            records: list[Record] = []
+            if _from_u64(incarnation) > 0:
+                records.append(IncarnationStarted(_from_u64(incarnation)))
+            records += [
                 VariableCreated(name)
                 for (name,) in query("SELECT name FROM variables ORDER BY name")
             ]
@@ -262,7 +266,6 @@ class Store:
                     " ORDER BY variable, node_id, incarnation, nonce"
                 )
             ]
-            ((epoch,),) = query("SELECT epoch FROM node").fetchall()
             floors = [
                 ReplayFloor(Origin(node_id, _from_u64(inc)), _from_u64(seq))
                 for node_id, inc, seq in query(
@@ -270,9 +273,10 @@ class Store:
                 )
             ]
             named = [
-                AddNamed(request_id, variable, delta, _from_u64(nonce), int(value))
-                for request_id, variable, delta, nonce, value in query(
-                    "SELECT request_id, variable, delta, nonce, value FROM named_adds ORDER BY seq"
+                AddNamed(request_id, variable, delta, _from_u64(nonce), int(value), _from_u64(inc))
+                for request_id, variable, delta, nonce, value, inc in query(
+                    "SELECT request_id, variable, delta, nonce, value, incarnation"
+                    " FROM named_adds ORDER BY seq"
                 )
             ]
         if epoch > 0:
@@ -288,6 +292,7 @@ class Store:
         - `BaseFolded`: raise the base to ``(upto, total)`` if ``upto`` is higher than the
           stored one, and delete the ops it covers.
         - `EpochAdvanced`: the epoch becomes the higher of the stored and the new one.
+        - `IncarnationStarted`: likewise the incarnation in the node row.
         - `ReplayFloor`: the sender's floor becomes the higher of the stored and the new;
           then only the `FLOORS_KEPT` most recently written floors are kept.
         - `AddNamed`: insert unless the request id is present; then only the latest
@@ -333,8 +338,18 @@ class Store:
                 execute(_DELETE_FOLDED_OPS, key)
             case EpochAdvanced(epoch):
                 execute(_ADVANCE_EPOCH, (epoch,))
-            case AddNamed(request_id, variable, delta, nonce, value):
-                execute(_NAME_ADD, (request_id, variable, delta, _to_u64(nonce), str(value)))
+            case IncarnationStarted(incarnation):
+                execute(_START_INCARNATION, (_to_u64(incarnation),))
+            case AddNamed(request_id, variable, delta, nonce, value, incarnation):
+                row = (
+                    request_id,
+                    variable,
+                    delta,
+                    _to_u64(nonce),
+                    str(value),
+                    _to_u64(incarnation),
+                )
+                execute(_NAME_ADD, row)
             case ReplayFloor(sender, seq):
                 execute(_RAISE_FLOOR, (sender.node_id, _to_u64(sender.incarnation), _to_u64(seq)))
             case _:
@@ -345,10 +360,9 @@ def _open_state(
     connection: sqlite3.Connection,
     db_path: Path,
     node_id: str | None,
-    new_incarnation: Callable[[], int],
     new_node_id: Callable[[], str],
-) -> tuple[str, int]:
-    """Check the database is ours and sound, create it if empty; return its identity."""
+) -> str:
+    """Check the database is ours and sound, create it if empty; return its node id."""
     # Set before the first write: the setting is per connection, not stored in the file.
     connection.execute("PRAGMA synchronous = FULL")
     application_id = _scalar(connection, "PRAGMA application_id")
@@ -368,11 +382,11 @@ def _open_state(
     if empty:
         # A kill before this commit leaves an empty database again: nothing used the
         # identity yet, so the next start simply draws a new one.
-        return _create(connection, db_path, node_id or new_node_id(), new_incarnation())
-    rows = connection.execute("SELECT node_id, incarnation FROM node").fetchall()
+        return _create(connection, db_path, node_id or new_node_id())
+    rows = connection.execute("SELECT node_id FROM node").fetchall()
     if len(rows) != 1:
         raise StoreError(_damaged(db_path, f"{len(rows)} identity rows instead of 1"))
-    ((stored_id, stored_incarnation),) = rows
+    ((stored_id,),) = rows
     if node_id is not None and node_id != stored_id:
         raise StoreError(
             f"{db_path}: this state belongs to node id {stored_id!r}, but node.id is "
@@ -381,25 +395,23 @@ def _open_state(
             f"as a new node {node_id!r}"
         )
     _migrate(connection, version)  # only a state we will run on: an older crdtd may want it
-    return stored_id, _from_u64(stored_incarnation)
+    return str(stored_id)
 
 
-def _create(
-    connection: sqlite3.Connection, db_path: Path, node_id: str, incarnation: int
-) -> tuple[str, int]:
+def _create(connection: sqlite3.Connection, db_path: Path, node_id: str) -> str:
     with _transaction(connection):
         for statement in (*_SCHEMA, *_CURRENT_TABLES):
             connection.execute(statement)
         connection.execute(
             "INSERT INTO node (only_row, node_id, incarnation, epoch) VALUES (1, ?, ?, 0)",
-            (node_id, _to_u64(incarnation)),
+            (node_id, _to_u64(0)),
         )
         # Both pragmas are part of this transaction, so "ours" and "has a schema" agree.
         connection.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     # SQLite syncs the directory for the WAL it creates but not for the database file.
     _fsync_directory(db_path.parent)
-    return node_id, incarnation
+    return node_id
 
 
 def _migrate(connection: sqlite3.Connection, version: int) -> None:

@@ -28,6 +28,7 @@ from crdtd.core.events import (
     DatagramRejected,
     Event,
     GapRepaired,
+    IdentityConflict,
     PeerJoined,
     PeerLost,
     SyncFinished,
@@ -38,7 +39,14 @@ from crdtd.core.events import (
 from crdtd.core.ids import INT64_MAX, Address, InvalidInput, Origin
 from crdtd.core.messages import Bases, Message, NackRange, OpBatch, OpGroup, SyncCommit, SyncJoin
 from crdtd.core.node import Datagram, Node
-from crdtd.core.records import BaseFolded, EpochAdvanced, OpRecorded, Record, VariableCreated
+from crdtd.core.records import (
+    BaseFolded,
+    EpochAdvanced,
+    IncarnationStarted,
+    OpRecorded,
+    Record,
+    VariableCreated,
+)
 from crdtd.core.settings import Key, Settings
 
 START = 12_345.678  # a loop.time()-like start, so deadlines are inexact floats
@@ -217,7 +225,9 @@ def lan_of(*node_ids: str, settings: Settings | None = None, seed: int = 0) -> L
     lan = Lan(node_ids, settings=settings, seed=seed)
     lan.advance(lan.now)
     for node_id, node in lan.nodes.items():
-        assert sorted(node.peers) == sorted(set(node_ids) - {node_id})
+        assert sorted(peer.node_id for peer in node.peers.values()) == sorted(
+            set(node_ids) - {node_id}
+        )
     return lan
 
 
@@ -255,7 +265,11 @@ def test_an_add_is_recorded_before_the_datagram_that_carries_it_goes_out() -> No
     datagrams = node.datagrams_to_send()
     events = node.events()
 
-    assert records == [VariableCreated("x"), OpRecorded("x", Origin("a", 1), 1, 5)]
+    assert records == [
+        IncarnationStarted(1),
+        VariableCreated("x"),
+        OpRecorded("x", Origin("a", 1), 1, 5),
+    ]
     [datagram] = datagrams
     assert datagram.destination is None  # multicast
     message = wire.decode(datagram.payload).message
@@ -280,7 +294,7 @@ def test_adds_of_one_step_share_one_batch() -> None:
     )
 
 
-def test_a_node_rebuilt_from_its_records_continues_its_nonces() -> None:
+def test_a_node_rebuilt_from_its_records_starts_a_new_incarnation_and_keeps_its_values() -> None:
     lan = lan_of("a", "b")
     for delta in (1, 2, 3):
         lan["a"].add("x", delta, lan.now)
@@ -290,13 +304,18 @@ def test_a_node_rebuilt_from_its_records_continues_its_nonces() -> None:
     rebuilt = lan.restart("a")
     assert rebuilt.value("x") == 6
     assert rebuilt.value("y") == 10
-    assert rebuilt.records_to_persist() == []  # replaying records writes nothing new
+    new = rebuilt.origin
+    assert new.node_id == "a" and new.incarnation > 1
+    # Replaying records writes nothing new but the incarnation this boot took.
+    assert rebuilt.records_to_persist() == [IncarnationStarted(new.incarnation)]
     assert rebuilt.events() == []
     rebuilt.add("x", 4, lan.now)
     rebuilt.add("y", 1, lan.now)
     lan.settle()
 
-    assert nonces_added(lan, "a") == [1, 2, 3, 1, 4, 2]
+    # A new incarnation counts from 1 again: no nonce of the old one is ever reused.
+    assert nonces_added(lan, "a") == [1, 2, 3, 1, 1, 1]
+    assert [event.origin for event in lan.of_type("a", AddApplied)][-2:] == [new, new]
     assert lan.values("x") == {"a": 10, "b": 10}
     assert lan.values("y") == {"a": 11, "b": 11}
     assert "ops_conflicting" not in lan["b"].stats
@@ -321,7 +340,8 @@ def test_an_add_sent_again_with_its_request_id_is_answered_with_the_first_op() -
     rebuilt = lan.restart("a")
     rebuilt.add("x", 5, lan.now, request_id="r1")
     rebuilt.add("x", 5, lan.now, request_id="r2")
-    assert answers() == [("x", 1, 5), ("x", 2, 110)]
+    # r1 is answered as its first boot answered; r2 is op 1 of the new incarnation.
+    assert answers() == [("x", 1, 5), ("x", 1, 110)]
     lan.cut.add(("b", "a"))  # keep a in its barrier for a moment
     rebuilt.start_sync(lan.now)
     assert rebuilt.mode is Mode.SYNC
@@ -329,7 +349,7 @@ def test_an_add_sent_again_with_its_request_id_is_answered_with_the_first_op() -
     rebuilt.add("x", 1, lan.now, request_id="r3")
     lan.heal()
     lan.run_for(1.0)
-    assert answers() == [("x", 3, 111), ("x", 3, 111)]
+    assert answers() == [("x", 2, 111), ("x", 2, 111)]
     assert lan.values("x") == {"a": 111, "b": 111}
     assert rebuilt.stats["adds_repeated"] == 1
     with pytest.raises(InvalidInput, match="already used for another add"):
@@ -350,9 +370,10 @@ def test_a_node_rebuilt_from_compacted_records_continues_above_its_base() -> Non
     ]
     node = Node(me, Settings(), random.Random("t/a"), START, records=records)
     assert (node.value("x"), node.before("x"), node.epoch) == (134, 30, 2)
+    assert node.origin.incarnation > me.incarnation  # its ops show it started 1 before
     node.add("x", 1, START)
     [applied] = [e for e in node.events() if isinstance(e, AddApplied)]
-    assert applied.nonce == 5
+    assert (applied.origin, applied.nonce, applied.value) == (node.origin, 1, 135)
 
 
 def test_a_node_rebuilt_after_a_barrier_keeps_epoch_bases_and_nonces() -> None:
@@ -367,7 +388,8 @@ def test_a_node_rebuilt_after_a_barrier_keeps_epoch_bases_and_nonces() -> None:
     assert (rebuilt.epoch, rebuilt.before("x"), rebuilt.value("x")) == (1, 2, 2)
     rebuilt.add("x", 5, lan.now)
     lan.settle()
-    assert nonces_added(lan, "a")[-1] == 3
+    assert lan.of_type("a", AddApplied)[-1].origin == rebuilt.origin
+    assert nonces_added(lan, "a")[-1] == 1
     assert lan.values("x") == {"a": 7, "b": 7}
 
 
@@ -500,6 +522,7 @@ def test_an_add_to_an_unknown_variable_creates_it_everywhere() -> None:
 @pytest.mark.parametrize("name", ["", "x" * 65, "a b", "zähler", "a/b"])
 def test_a_bad_name_raises_invalid_input_and_changes_nothing(name: str) -> None:
     node = Node(Origin("a", 1), Settings(), random.Random("t/a"), START)
+    assert node.records_to_persist() == [IncarnationStarted(1)]
     with pytest.raises(InvalidInput):
         node.create(name, START)
     with pytest.raises(InvalidInput):
@@ -511,6 +534,7 @@ def test_a_bad_name_raises_invalid_input_and_changes_nothing(name: str) -> None:
 @pytest.mark.parametrize("delta", [True, 1.0, "5", None, INT64_MAX + 1, -(2**63) - 1])
 def test_a_bad_delta_raises_invalid_input_and_changes_nothing(delta: object) -> None:
     node = Node(Origin("a", 1), Settings(), random.Random("t/a"), START)
+    node.records_to_persist()
     with pytest.raises(InvalidInput):
         node.add("x", delta, START)  # type: ignore[arg-type]
     assert node.variables() == []
@@ -606,23 +630,32 @@ def test_own_looped_back_datagrams_are_ignored() -> None:
     assert (node.records_to_persist(), node.datagrams_to_send()) == ([], [])
 
 
-def test_a_datagram_with_our_id_but_another_incarnation_is_rejected_as_id_clash() -> None:
+def test_a_copy_of_us_is_a_peer_whose_ops_count_and_a_conflict_once_both_live() -> None:
     node = Node(Origin("a", 2), Settings(), random.Random("t/a"), START)
-    [payload] = wire.Encoder(Origin("a", 1)).op_batch([OpGroup("x", Origin("a", 1), ((1, 1),))])
+    twin = wire.Encoder(Origin("a", 1))
+    [payload] = twin.op_batch([OpGroup("x", Origin("a", 1), ((1, 1),))])
     node.receive_datagram(payload, ("10.1.1.1", PORT), START)
-    assert node.stats["rejected_id_clash"] == 1
-    assert node.value("x") is None
+    assert node.value("x") == 1  # its acknowledged add is not lost
+    assert Origin("a", 1) in node.peers
+    assert not [e for e in node.events() if isinstance(e, IdentityConflict)]
+    [later] = twin.nack([])
+    node.receive_datagram(later, ("10.1.1.1", PORT), START + 1.5)
+    [conflict] = [e for e in node.events() if isinstance(e, IdentityConflict)]
+    assert conflict == IdentityConflict(
+        "a", (Origin("a", 1), Origin("a", 2)), ("10.1.1.1", PORT), ours=True
+    )
+    assert node.conflicts(START + 1.5) == ["a"]
 
 
-def test_a_stale_incarnation_of_a_known_peer_is_rejected() -> None:
+def test_a_lower_incarnation_of_a_known_peer_is_a_peer_of_its_own_whose_ops_count() -> None:
     node = Node(Origin("a", 1), Settings(), random.Random("t/a"), START)
     [new] = wire.Encoder(Origin("b", 5)).nack([])
     [old] = wire.Encoder(Origin("b", 4)).op_batch([OpGroup("x", Origin("b", 4), ((1, 1),))])
     node.receive_datagram(new, address_of("b"), START)
     node.receive_datagram(old, address_of("b"), START)
-    assert node.stats["rejected_stale_incarnation"] == 1
-    assert node.value("x") is None
-    assert node.peers["b"].incarnation == 5
+    assert node.value("x") == 1
+    assert sorted(node.peers) == [Origin("b", 4), Origin("b", 5)]
+    assert node.conflicts(START) == []  # not yet heard together for long
 
 
 # --- peers ----------------------------------------------------------------------------
@@ -665,7 +698,12 @@ def test_a_restarted_peer_with_a_new_incarnation_joins_again() -> None:
     lan.nodes["b"] = fresh
     lan.run_for(1.5)
     assert lan.of_type("a", PeerJoined)[-1] == PeerJoined("b", 2, address_of("b"))
-    assert lan["a"].peers["b"].incarnation == 2
+    # The old incarnation is superseded at once (no barrier waits for it), then expires.
+    assert not lan["a"].peers[Origin("b", 2)].suspected
+    assert lan["a"].peers[Origin("b", 1)].suspected
+    lan.run_for(10.0)
+    assert list(lan["a"].peers) == [Origin("b", 2)]
+    assert lan["a"].conflicts(lan.now) == []
 
 
 # --- full sync ------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from crdtd.core import wire
-from crdtd.core.ids import INT64_MAX, INT64_MIN, UINT64_MAX, Origin
+from crdtd.core.ids import INT64_MAX, INT64_MIN, NONCE_MAX, UINT64_MAX, Origin
 from crdtd.core.messages import (
     Announce,
     BarrierId,
@@ -43,7 +43,8 @@ BIGINT_MIN, BIGINT_MAX = -(2**255), 2**255 - 1  # what a 32-byte signed total ho
 
 names = st.text(alphabet=NAME_ALPHABET, min_size=1, max_size=64)
 u64 = st.integers(min_value=0, max_value=UINT64_MAX)
-nonces = st.integers(min_value=1, max_value=UINT64_MAX)
+nonces = st.integers(min_value=1, max_value=NONCE_MAX)
+marks = st.integers(min_value=0, max_value=NONCE_MAX)
 int64 = st.one_of(
     st.integers(min_value=INT64_MIN, max_value=INT64_MAX),
     st.sampled_from([INT64_MIN, INT64_MAX, 0, -1]),
@@ -63,19 +64,19 @@ WITH_DIGEST = (SyncReady, SyncReadyAck, SyncCommit)
 
 @st.composite
 def op_lists(draw: st.DrawFn, max_size: int = 500) -> tuple[tuple[int, int], ...]:
-    """Strictly ascending nonces (possibly right up to 2**64-1) with int64 deltas.
+    """Strictly ascending nonces (possibly right up to NONCE_MAX) with int64 deltas.
 
     Long groups repeat a short drawn pattern of gaps and deltas: drawing 500 values one by
     one would make each example slow without finding anything the pattern does not.
     """
     count = draw(st.one_of(st.integers(0, 12), st.integers(0, max_size)))
-    start = draw(st.one_of(st.integers(1, 1000), st.just(UINT64_MAX - count + 1)))
+    start = draw(st.one_of(st.integers(1, 1000), st.just(NONCE_MAX - count + 1)))
     gaps = draw(st.lists(st.sampled_from([1, 1, 1, 2, 7, 2**32]), min_size=1, max_size=8))
     values = draw(st.lists(int64, min_size=1, max_size=8))
     ops = []
     nonce = start
     for i in range(count):
-        if nonce > UINT64_MAX:
+        if nonce > NONCE_MAX:
             break
         ops.append((nonce, values[i % len(values)]))
         nonce += gaps[i % len(gaps)]
@@ -106,7 +107,7 @@ bases_messages = st.lists(
 @st.composite
 def nack_ranges(draw: st.DrawFn) -> NackRange:
     first = draw(nonces)
-    last = draw(st.integers(min_value=first, max_value=UINT64_MAX))
+    last = draw(st.integers(min_value=first, max_value=NONCE_MAX))
     return NackRange(draw(names), draw(origins), first, last)
 
 
@@ -121,7 +122,7 @@ announces = st.builds(
         st.builds(
             VariableDigest,
             names,
-            st.lists(st.tuples(origins, u64), max_size=60).map(tuple),
+            st.lists(st.tuples(origins, marks), max_size=60).map(tuple),
         ),
         max_size=12,
         unique_by=lambda digest: digest.variable,
@@ -230,7 +231,7 @@ def test_groups_of_500_ops_at_the_int64_extremes_round_trip(key_set: tuple[Key, 
         OpGroup(
             "x",
             Origin("b", 1),
-            tuple((UINT64_MAX - 499 + i, INT64_MAX if i % 2 else INT64_MIN) for i in range(500)),
+            tuple((NONCE_MAX - 499 + i, INT64_MAX if i % 2 else INT64_MIN) for i in range(500)),
         ),
     )
     datagrams = round_trip(OpBatch(groups), sender, key_set)
@@ -272,7 +273,7 @@ def test_an_announce_of_thousands_of_variables_and_origins_recovers_every_entry(
 ) -> None:
     wide = tuple(Origin(f"node-{i:03d}" + "n" * 50, 2**63 + i) for i in range(300))
     digests = (
-        VariableDigest("v" * 64, tuple((origin, UINT64_MAX - i) for i, origin in enumerate(wide))),
+        VariableDigest("v" * 64, tuple((origin, NONCE_MAX - i) for i, origin in enumerate(wide))),
         *(
             VariableDigest(f"var.{i:05d}", ((Origin("a", 1), i), (Origin("b", 7), 2**40)))
             for i in range(2000)
@@ -572,8 +573,8 @@ def test_long_names_and_a_long_key_id_still_fit_a_datagram() -> None:
     sender = Origin("s" * 64, UINT64_MAX)
     key_set = (Key("k" * 64, b"x"),)
     encoder = wire.Encoder(sender, key_set)
-    entries = [BaseEntry("v" * 64, Origin("o" * 64, UINT64_MAX), UINT64_MAX, BIGINT_MIN)] * 100
-    ranges = [NackRange("v" * 64, Origin("o" * 64, UINT64_MAX), 1, UINT64_MAX)] * 100
+    entries = [BaseEntry("v" * 64, Origin("o" * 64, UINT64_MAX), NONCE_MAX, BIGINT_MIN)] * 100
+    ranges = [NackRange("v" * 64, Origin("o" * 64, UINT64_MAX), 1, NONCE_MAX)] * 100
     for data in [*encoder.bases(entries), *encoder.nack(ranges)]:
         assert len(data) <= DATAGRAM_BYTES_MAX
         wire.decode(data, key_set)

@@ -72,11 +72,15 @@ def test_sync_folds_the_log_into_before_on_every_node(cluster: Cluster) -> None:
 
 def test_kill_9_loses_no_acknowledged_add_and_reuses_no_nonce(cluster: Cluster) -> None:
     victim = cluster.daemons[0]
+    first = victim.data("status")["incarnation"]
     nonces = [victim.data("add", "k", "1")["nonce"] for _ in range(20)]
     victim.kill(signal.SIGKILL)
     victim.start()
     assert victim.data("get", "k")["value"] == 20
-    assert victim.data("add", "k", "1")["nonce"] == max(nonces) + 1
+    # A new boot is a new incarnation: its nonces start again at 1, under another origin.
+    assert victim.data("status")["incarnation"] > first
+    assert victim.data("add", "k", "1")["nonce"] == 1
+    assert nonces == list(range(1, 21))
     cluster.wait_agree("k", 21)
 
 

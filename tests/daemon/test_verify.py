@@ -75,5 +75,12 @@ def test_no_variables_and_no_silence_agree() -> None:
         "agree": True,
         "nodes": ["a", "b"],
         "silent": [],
+        "identity_conflicts": [],
         "variables": {},
     }
+
+
+def test_two_live_holders_of_one_node_id_never_agree() -> None:
+    answer = summarize({"a": {}, "b": {}}, (), conflicts=["a"])
+    assert answer["agree"] is False
+    assert answer["identity_conflicts"] == ["a"]

@@ -53,7 +53,7 @@ def udp_socket() -> socket.socket:
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
-    store = Store.open(tmp_path / "state", "n1", lambda: 1, lambda: "n1")
+    store = Store.open(tmp_path / "state", "n1", lambda: "n1")
     yield store
     store.close()
 

@@ -20,6 +20,7 @@ from crdtd.core.records import (
     AddNamed,
     BaseFolded,
     EpochAdvanced,
+    IncarnationStarted,
     OpRecorded,
     Record,
     ReplayFloor,
@@ -47,17 +48,9 @@ class Factory(Generic[T]):
 
 
 def open_store(
-    state_dir: Path,
-    node_id: str | None = None,
-    incarnations: Callable[[], int] | None = None,
-    node_ids: Callable[[], str] | None = None,
+    state_dir: Path, node_id: str | None = None, node_ids: Callable[[], str] | None = None
 ) -> Store:
-    return Store.open(
-        state_dir,
-        node_id,
-        incarnations or Factory(lambda n: 100 + n),
-        node_ids or Factory(lambda n: f"auto-{n}"),
-    )
+    return Store.open(state_dir, node_id, node_ids or Factory(lambda n: f"auto-{n}"))
 
 
 @pytest.fixture
@@ -244,19 +237,25 @@ def test_a_changed_node_id_is_refused_naming_both(state_dir: Path) -> None:
     assert str(state_dir) in str(refused.value)
 
 
-def test_the_incarnation_is_stable_across_restarts_and_new_after_a_wipe(
+def test_the_latest_incarnation_started_is_kept_only_grows_and_a_wipe_forgets_it(
     state_dir: Path,
 ) -> None:
-    incarnations = Factory(lambda n: 2**64 - n)  # the largest, to cover the encoding
-    seen = []
-    for wipe in (False, False, True, False):
-        if wipe:
-            for path in state_dir.iterdir():
-                path.unlink()
-        store = open_store(state_dir, "n1", incarnations=incarnations)
-        seen.append(store.incarnation)
+    def latest() -> list[Record]:
+        store = open_store(state_dir, "n1")
+        try:
+            return [r for r in store.load() if isinstance(r, IncarnationStarted)]
+        finally:
+            store.close()
+
+    assert latest() == []  # a new state has started none
+    for incarnation in (5, 2**64 - 1, 7):  # the largest too, to cover the encoding
+        store = open_store(state_dir, "n1")
+        store.append([IncarnationStarted(incarnation)])
         store.close()
-    assert seen == [2**64 - 1, 2**64 - 1, 2**64 - 2, 2**64 - 2]
+    assert latest() == [IncarnationStarted(2**64 - 1)]
+    for path in state_dir.iterdir():
+        path.unlink()
+    assert latest() == []
 
 
 # refusals -------------------------------------------------------------------------------
@@ -335,12 +334,12 @@ def test_a_version_1_database_is_migrated_and_keeps_its_state(state_dir: Path) -
         connection.execute("PRAGMA user_version = 1")
     connection.close()
     store = open_store(state_dir, "n1")
-    store.append([ReplayFloor(A, 3), AddNamed("r1", "x", 1, 1, 10)])
+    store.append([ReplayFloor(A, 3), AddNamed("r1", "x", 1, 1, 10, 7)])
     assert store.load() == [
         VariableCreated("x"),
         OpRecorded("x", A, 1, 5),
         ReplayFloor(A, 3),
-        AddNamed("r1", "x", 1, 1, 10),
+        AddNamed("r1", "x", 1, 1, 10, 7),
     ]
     store.close()
     with sqlite3.connect(state_dir / DB_NAME) as connection:
@@ -412,7 +411,7 @@ from crdtd.core.ids import Origin
 from crdtd.core.records import EpochAdvanced, OpRecorded, VariableCreated
 from crdtd.store.sqlite import Store
 
-store = Store.open(Path(sys.argv[1]), "n1", lambda: 1, lambda: "unused")
+store = Store.open(Path(sys.argv[1]), "n1", lambda: "unused")
 store.append([VariableCreated("x")])
 origin = Origin("n1", 1)
 for batch in range(1, 1_000_000):
@@ -464,14 +463,16 @@ def test_named_adds_keep_the_first_answer_and_only_the_latest_are_kept(
 ) -> None:
     monkeypatch.setattr("crdtd.store.sqlite.REQUESTS_KEPT", 3)
     store = open_store(state_dir, "n1")
-    store.append([AddNamed("r1", "x", 1, 1, 10), AddNamed("r1", "x", 1, 9, 10)])  # the first stays
-    store.append([AddNamed(f"r{n}", "x", 1, n, 10) for n in range(2, 6)])
+    store.append(
+        [AddNamed("r1", "x", 1, 1, 10, 7), AddNamed("r1", "x", 1, 9, 10, 7)]
+    )  # the first stays
+    store.append([AddNamed(f"r{n}", "x", 1, n, 10, 7) for n in range(2, 6)])
     store.close()
     store = open_store(state_dir, "n1")
     assert store.load() == [
-        AddNamed("r3", "x", 1, 3, 10),
-        AddNamed("r4", "x", 1, 4, 10),
-        AddNamed("r5", "x", 1, 5, 10),
+        AddNamed("r3", "x", 1, 3, 10, 7),
+        AddNamed("r4", "x", 1, 4, 10, 7),
+        AddNamed("r5", "x", 1, 5, 10, 7),
     ]
     store.close()
 
@@ -516,6 +517,32 @@ def test_a_version_2_database_gets_the_current_tables(state_dir: Path) -> None:
     connection.close()
     store = open_store(state_dir, "n1")
     assert store.load() == [VariableCreated("x"), OpRecorded("x", A, 1, 5)]
-    store.append([ReplayFloor(A, 3), AddNamed("r", "x", 5, 1, 5)])
-    assert store.load()[-2:] == [ReplayFloor(A, 3), AddNamed("r", "x", 5, 1, 5)]
+    store.append([ReplayFloor(A, 3), AddNamed("r", "x", 5, 1, 5, 7)])
+    assert store.load()[-2:] == [ReplayFloor(A, 3), AddNamed("r", "x", 5, 1, 5, 7)]
+    store.close()
+
+
+def test_a_version_3_databases_named_adds_get_the_incarnation_of_its_node_row(
+    state_dir: Path,
+) -> None:
+    """Version 3 kept one incarnation for a state's whole life, in the node row."""
+    store = open_store(state_dir, "n1")
+    store.append([IncarnationStarted(42)])
+    store.close()
+    with sqlite3.connect(state_dir / DB_NAME) as connection:  # as a crdtd of schema 3 left it
+        connection.execute("DROP TABLE named_adds")
+        connection.execute(
+            "CREATE TABLE named_adds (seq INTEGER PRIMARY KEY, request_id TEXT NOT NULL UNIQUE,"
+            " variable TEXT NOT NULL, delta INTEGER NOT NULL, nonce INTEGER NOT NULL,"
+            " value TEXT NOT NULL)"
+        )
+        connection.execute(
+            "INSERT INTO named_adds (request_id, variable, delta, nonce, value)"
+            " VALUES ('r', 'x', 5, ?, '5')",
+            (1 - 2**63,),
+        )
+        connection.execute("PRAGMA user_version = 3")
+    connection.close()
+    store = open_store(state_dir, "n1")
+    assert store.load()[-1] == AddNamed("r", "x", 5, 1, 5, 42)
     store.close()

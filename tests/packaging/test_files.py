@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from crdtd.cli.main import build_parser
+from crdtd.daemon.main import EXIT_CONFIG, EXIT_USAGE
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGING = REPO / "packaging"
@@ -95,6 +96,8 @@ def test_unit_runs_the_daemon_where_the_default_config_points() -> None:
     service = unit()["Service"]
     assert service["Type"] == "notify"
     assert service["Restart"] == "on-failure"
+    # A bad config (2) and a refused one (78: no key on a LAN) must not restart in a loop.
+    assert service["RestartPreventExitStatus"].split() == [str(EXIT_USAGE), str(EXIT_CONFIG)]
     assert service["WatchdogSec"]
     assert service["User"] == service["Group"] == "crdtd"
     assert service["ExecStart"] == "/usr/bin/crdtd --config /etc/crdtd/crdtd.yaml"

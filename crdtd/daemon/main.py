@@ -191,11 +191,13 @@ def _keygen(path: Path) -> int:
         return EXIT_FAILED
     print(f"crdtd: wrote {path}: key {key.key_id}, mode 0600")
     print(
-        f"next, on every node of the cluster (this one too), with {path} copied there:\n"
-        f"  install -m 0600 -o crdtd -g crdtd {path} {KEYGEN_EXAMPLE_PATH}"
-        "   # owned by the daemon's user\n"
-        f"  set security.key_file: {KEYGEN_EXAMPLE_PATH} in /etc/crdtd/crdtd.yaml\n"
-        "  systemctl restart crdtd"
+        "next: the same file on every node of the cluster, owned by the daemon's user "
+        "(crdtd under the package), mode 0600:\n"
+        f"  this node:        chown crdtd:crdtd {path}\n"
+        f"  every other node: copy it there, then install -m 0600 -o crdtd -g crdtd "
+        f"{path.name} {path}\n"
+        f"  every node:       set security.key_file: {path} in /etc/crdtd/crdtd.yaml, "
+        "then systemctl restart crdtd"
     )
     return 0
 

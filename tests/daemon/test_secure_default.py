@@ -29,6 +29,7 @@ from tests.daemon.loopback import Cluster
 
 LAN = Interface("eth1", "192.0.2.10")  # TEST-NET-1: never bound, only resolved to
 LOOPBACK = Interface("lo", "127.0.0.1")
+OPERATIONS = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
 
 
 @pytest.fixture
@@ -66,6 +67,12 @@ def test_a_keyless_node_on_a_lan_is_refused_with_the_steps_to_fix_it() -> None:
         "security.allow_unauthenticated: true",
     ):
         assert step in refusal
+
+
+def test_the_docs_quote_the_refusal_verbatim() -> None:
+    refusal = unauthenticated_refusal(Config(), Path("/etc/crdtd/crdtd.yaml"), LAN)
+    assert refusal is not None
+    assert f"crdtd: {refusal}" in OPERATIONS.replace("\n", " ")
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ import yaml
 
 from crdtd.cli.main import build_parser
 from crdtd.daemon.main import EXIT_CONFIG, EXIT_USAGE
+from crdtd.net.driver import KEY_MISMATCH_HINTS
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGING = REPO / "packaging"
@@ -89,6 +90,11 @@ def test_the_docs_name_every_event_the_daemon_logs() -> None:
     assert not missing, f"docs/operations.md lacks events {missing}"
     missing = [event for event in events if event not in CRDTD_MAN]
     assert not missing, f"crdtd.8 lacks events {missing}"
+
+
+@pytest.mark.parametrize(("reason", "hint"), KEY_MISMATCH_HINTS.items())
+def test_the_docs_quote_each_key_mismatch_hint_verbatim(reason: str, hint: str) -> None:
+    assert f"| `{reason}` | {hint} |" in OPERATIONS
 
 
 def test_unit_runs_the_daemon_where_the_default_config_points() -> None:

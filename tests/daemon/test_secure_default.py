@@ -19,7 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
+from crdtd.daemon import logs
 from crdtd.daemon import main as daemon_main
 from crdtd.daemon.config import Config, SecurityConfig, load_config
 from crdtd.daemon.keys import SECRET_BYTES_MIN, load_keys, new_key, write_new_key_file
@@ -30,6 +32,14 @@ from tests.daemon.loopback import Cluster
 LAN = Interface("eth1", "192.0.2.10")  # TEST-NET-1: never bound, only resolved to
 LOOPBACK = Interface("lo", "127.0.0.1")
 OPERATIONS = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+
+
+@pytest.fixture(autouse=True)
+def restore_structlog() -> Iterator[None]:
+    """`main` configures logging for the process (onto a stream capsys closes later)."""
+    yield
+    structlog.reset_defaults()
+    logs.set_level("info")
 
 
 @pytest.fixture

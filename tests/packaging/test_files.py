@@ -120,6 +120,12 @@ def test_sysusers_declares_the_user_the_unit_runs_as() -> None:
     assert ["u", unit()["Service"]["User"]] in entries
 
 
+@pytest.mark.parametrize("script", ["crdtd.postinst", "crdtd.postrm"])
+def test_maintainer_script_has_one_debhelper_token(script: str) -> None:
+    # debhelper replaces every occurrence, a comment's too, with shell code.
+    assert (PACKAGING / "debian" / script).read_text().count("#DEBHELPER#") == 1
+
+
 def test_changelog_has_an_entry_for_the_project_version() -> None:
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     first = (PACKAGING / "debian" / "changelog").read_text().splitlines()[0]

@@ -1,5 +1,9 @@
 """The demo: three daemons on loopback, driven only through crdtctl, as a person would.
 
+They run keyed, as a real cluster must: `crdtd keygen` makes one cluster key and every
+daemon's config names that file (loopback alone could run keyless; the demo shows the
+way a LAN needs).
+
 Everything lives in a temporary directory that is removed at the end; the daemons are
 stopped with SIGTERM (and killed if they do not stop), also on Ctrl-C or failure.
 """
@@ -26,6 +30,9 @@ def main() -> int:
     base = random.randint(20000, 40000)  # ports of our own, so two demos never collide
     daemons: list[subprocess.Popen[bytes]] = []
     try:
+        key_file = root / "cluster.key"
+        print(f"\n$ crdtd keygen {key_file}", flush=True)
+        subprocess.run([BIN / "crdtd", "keygen", key_file], check=True, timeout=30)
         for index, name in enumerate(NODES):
             config = root / f"{name}.yaml"
             config.write_text(
@@ -33,6 +40,7 @@ def main() -> int:
                 f"network: {{interface: 127.0.0.1, group: 239.255.77.77, port: {base},"
                 f" unicast_port: {base + 1 + index}, ttl: 0}}\n"
                 f"control: {{socket: {root / name}.sock}}\n"
+                f"security: {{key_file: {key_file}}}\n"
                 "sync: {interval_s: 0}\n"
                 "log: {level: info, format: json}\n"
             )
@@ -40,11 +48,12 @@ def main() -> int:
             daemons.append(
                 subprocess.Popen([BIN / "crdtd", "--config", config], stdout=log, stderr=log)
             )
-        say(f"started 3 daemons ({', '.join(NODES)}) in {root}")
+        say(f"started 3 daemons ({', '.join(NODES)}) in {root}, all with that key")
         for name in NODES:
             ctl(root, name, "wait-ready", "--timeout", "10")
         time.sleep(1.5)  # let them hear each other's announcements
         ctl(root, "alpha", "peers")
+        ctl(root, "alpha", "keys")
         ctl(root, "alpha", "create", "x")
         ctl(root, "alpha", "add", "x", "5")
         ctl(root, "bravo", "+10", "x")

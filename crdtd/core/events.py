@@ -63,10 +63,15 @@ class GapRepaired:
 
 @dataclass(frozen=True, slots=True)
 class DatagramRejected:
-    """A datagram was dropped; ``reason`` is a counter name in ``Node.stats``."""
+    """A datagram was dropped; ``reason`` is a counter name in ``Node.stats``.
+
+    ``key_id`` is the key id a signed datagram named, when a key mismatch refused it
+    (see `crdtd.core.wire.MalformedDatagram`): it tells the operator which key is missing.
+    """
 
     reason: str
     address: Address
+    key_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -221,7 +221,7 @@ class Node:
         try:
             envelope = wire.decode(data, self.settings.keys)
         except wire.MalformedDatagram as error:
-            self._reject(error.reason, address)
+            self._reject(error.reason, address, error.key_id)
             return
         sender = envelope.sender
         if sender == self.origin:
@@ -1080,9 +1080,9 @@ class Node:
         for address in addresses:
             self._unicast(payloads, address)
 
-    def _reject(self, reason: str, address: Address) -> None:
+    def _reject(self, reason: str, address: Address, key_id: str | None = None) -> None:
         self._count(f"rejected_{reason}")
-        self._events.append(DatagramRejected(reason, address))
+        self._events.append(DatagramRejected(reason, address, key_id))
 
     def _count(self, name: str, amount: int = 1) -> None:
         self.stats[name] = self.stats.get(name, 0) + amount

@@ -28,7 +28,7 @@ import ipaddress
 import struct
 from collections.abc import Callable, Sequence
 
-from crdtd.core.ids import NONCE_MAX, Origin, is_name
+from crdtd.core.ids import NAME_MAX, NONCE_MAX, Origin, is_name
 from crdtd.core.messages import (
     Announce,
     BarrierId,
@@ -81,11 +81,18 @@ _OPS_CACHE: dict[int, struct.Struct] = {}
 
 
 class MalformedDatagram(Exception):
-    """A datagram that must be dropped; ``reason`` names the counter to bump."""
+    """A datagram that must be dropped; ``reason`` names the counter to bump.
 
-    def __init__(self, reason: str, detail: str = "") -> None:
+    ``key_id`` is the key id a signed datagram names in its trailer, when the MAC check
+    refused it (``unknown_key``, ``bad_mac``, ``unexpected_mac``) and the trailer holds a
+    plausible one: the operator's clue to which key file a node lacks. It is the
+    sender's claim, unchecked, and is only ever reported.
+    """
+
+    def __init__(self, reason: str, detail: str = "", *, key_id: str | None = None) -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
+        self.key_id = key_id
 
 
 # --- encoding ---------------------------------------------------------------------
@@ -498,11 +505,11 @@ def _check_mac(data: bytes, flags: int, keys: Sequence[Key]) -> int:
         if keys:
             raise MalformedDatagram("unauthenticated")
         return len(data)
+    mac_at = len(data) - MAC_BYTES
     if not keys:
-        raise MalformedDatagram("unexpected_mac")
+        raise MalformedDatagram("unexpected_mac", key_id=_trailer_key_id(data, mac_at))
     # The trailer is key_id (u8 length + name) then the MAC; find it from the end.
     # One key id's encoding can be the tail of another's, so try every key that fits.
-    mac_at = len(data) - MAC_BYTES
     named = False
     for key in keys:
         name = _name(key.key_id)
@@ -512,4 +519,25 @@ def _check_mac(data: bytes, flags: int, keys: Sequence[Key]) -> int:
             expected = hmac.digest(key.secret, data[:mac_at], "sha256")  # one-shot, in C
             if hmac.compare_digest(expected, data[mac_at:]):
                 return start
-    raise MalformedDatagram("bad_mac" if named else "unknown_key")
+    raise MalformedDatagram(
+        "bad_mac" if named else "unknown_key", key_id=_trailer_key_id(data, mac_at)
+    )
+
+
+def _trailer_key_id(data: bytes, mac_at: int) -> str | None:
+    """The key id the trailer before *mac_at* names, or None if there is no plausible one.
+
+    Read from the end: the shortest length L whose byte sits L bytes before the MAC and
+    whose L bytes form a name. Another reading can fit only where a byte that is a name
+    character also equals a length (45..57: ``-``, ``.`` or a digit), which takes an id
+    of 45 characters or more; shorter ids read one way.
+    """
+    for length in range(1, NAME_MAX + 1):
+        start = mac_at - length
+        if start - 1 <= _PREFIX.size:
+            return None
+        if data[start - 1] == length:
+            name = data[start:mac_at].decode("ascii", "replace")
+            if is_name(name):
+                return name
+    return None

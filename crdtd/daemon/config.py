@@ -104,6 +104,12 @@ def _to_optional_path(value: object) -> Path | None:
     return None if value is None else _to_path(value)
 
 
+def _to_bool(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError
+    return value
+
+
 def _to_node_id(value: object) -> str | None:
     if value == "auto":
         return None
@@ -155,6 +161,7 @@ _PORT = _integer(1, 65535)
 _COUNT = _integer(1)
 _PATH = _Check("a non-empty path", _to_path)
 _OPTIONAL_PATH = _Check("a non-empty path or null", _to_optional_path)
+_BOOL = _Check("true or false", _to_bool)
 _NODE_ID = _Check(f"'auto' or a name of 1-{NAME_MAX} characters [A-Za-z0-9_.-]", _to_node_id)
 _INTERFACE = _Check("'auto', an interface name or an IPv4 address", _to_interface)
 _GROUP = _Check("an IPv4 multicast address (224.0.0.0/4)", _to_multicast_group)
@@ -207,9 +214,16 @@ class SyncConfig:
 
 @dataclass(frozen=True, slots=True)
 class SecurityConfig:
-    """Datagram authentication; the key file itself is read by the key loader."""
+    """Datagram authentication; the key file itself is read by the key loader.
+
+    Without a key file the daemon starts only on loopback, unless
+    ``allow_unauthenticated`` says the network is an isolated test network: anyone on
+    a LAN could otherwise add to every counter (`crdtd.daemon.main` enforces it, since
+    only it resolves the interface).
+    """
 
     key_file: Path | None = field(default=None, metadata=_rule(_OPTIONAL_PATH))
+    allow_unauthenticated: bool = field(default=False, metadata=_rule(_BOOL))
 
 
 @dataclass(frozen=True, slots=True)

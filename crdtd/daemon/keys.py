@@ -19,14 +19,21 @@ Rules:
 - errors are one line naming the file (as given), and for the content the line and the
   key path (``keys[1].secret``), as the config loader's are; a secret, or any part of
   one, never appears in a message or a log.
+
+`write_new_key_file` (``crdtd keygen PATH``) makes such a file with one fresh key. It
+creates the file 0600 with ``O_CREAT | O_EXCL`` and never replaces one: a cluster's
+nodes must share one key, so overwriting the key a cluster uses would cut this node
+off from it.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import datetime
 import os
 import pwd
+import secrets
 import stat
 from pathlib import Path
 
@@ -39,6 +46,7 @@ from crdtd.daemon.yamlfile import ConfigError, YamlFile, describe_kind, line, ta
 KEYS_MAX = 16
 SECRET_BYTES_MIN = 32
 KEY_FILE_BYTES_MAX = 64 * 1024
+NEW_SECRET_BYTES = 32
 
 _ENTRY_KEYS = ("id", "secret")
 _ENTRY = "a mapping with an id and a secret"
@@ -86,6 +94,58 @@ def load_keys(path: Path) -> tuple[Key, ...]:
         first_seen[key.key_id] = index
         keys.append(key)
     return tuple(keys)
+
+
+def new_key(today: datetime.date | None = None) -> Key:
+    """A fresh key: 32 random bytes, named ``k`` + the date + a random suffix
+    (``k20260314-3fa2``), so ids made for one rotation on different days never clash and
+    an operator can tell an old key from a new one by its name."""
+    day = today or datetime.date.today()
+    return Key(f"k{day:%Y%m%d}-{secrets.token_hex(2)}", secrets.token_bytes(NEW_SECRET_BYTES))
+
+
+def key_file_text(keys: tuple[Key, ...]) -> str:
+    """The YAML of a key file holding *keys*, in order (the first signs)."""
+    entries = "".join(
+        f"  - id: {key.key_id}\n    secret: {base64.b64encode(key.secret).decode()}\n"
+        for key in keys
+    )
+    return "keys:\n" + entries
+
+
+def write_new_key_file(path: Path) -> Key:
+    """Create *path* (mode 0600, refused if it exists) holding one new key; return it.
+
+    Raises `KeyFileError` saying why the file could not be made. A file that was created
+    but could not be written in full is removed, so no half key file is left behind.
+    """
+    today = datetime.date.today()
+    key = new_key(today)
+    text = (
+        f"# A crdtd cluster key, made by `crdtd keygen` on {today:%Y-%m-%d}. Every node of\n"
+        "# the cluster needs this same file: copy it to each (mode 0600, owned by the\n"
+        "# daemon's user) and set security.key_file to its path.\n" + key_file_text((key,))
+    )
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:
+        raise KeyFileError(
+            f"{path}: exists already; crdtd keygen never replaces a key file (the cluster's "
+            "nodes may be using it): give another path, or remove this file first"
+        ) from None
+    except OSError as error:
+        raise KeyFileError(f"{path}: cannot create: {error.strerror}") from None
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as file:
+            os.fchmod(file.fileno(), 0o600)  # the umask may have taken bits off
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+    except BaseException:
+        os.unlink(path)
+        raise
+    return key
 
 
 def describe_keys(keys: tuple[Key, ...]) -> dict[str, object]:

@@ -1,7 +1,16 @@
 """``crdtd``: the daemon's entry point. Wiring only: config, keys, logs, state, sockets, run.
 
 Exit codes: 0 after a clean stop (SIGTERM/SIGINT), 1 when it cannot start or its disk
-fails (the message says why), 2 for a bad command line, config or key file.
+fails (the message says why), 2 for a bad command line, config or key file, 78
+(EX_CONFIG) for a config it refuses to run: no ``security.key_file`` on an interface
+that is not loopback, without ``security.allow_unauthenticated``. The unit does not
+restart on 2 or 78 (``RestartPreventExitStatus=``): starting again cannot fix either.
+
+Secure by default: a keyless node on a LAN would take any datagram from anyone, so it
+is refused before it binds a socket, with the steps to make and install a key; loopback
+(the demo, the tests) stays keyless, since nobody else can reach it.
+
+``crdtd keygen PATH`` writes a new key file (`crdtd.daemon.keys.write_new_key_file`).
 
 Signals: SIGTERM and SIGINT stop cleanly. SIGHUP re-reads the config (and applies its log
 level) and the key file named by ``security.key_file`` at startup, then hands the keys to
@@ -20,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import os
 import random
 import re
@@ -40,12 +50,13 @@ from crdtd.core.node import Node
 from crdtd.core.settings import Key
 from crdtd.daemon.config import Config, ConfigError, default_config_path, load_config
 from crdtd.daemon.handler import Handler, NetInfo
-from crdtd.daemon.keys import describe_keys, load_keys
+from crdtd.daemon.keys import describe_keys, load_keys, write_new_key_file
 from crdtd.daemon.logs import configure_logging, get_logger, set_level
 from crdtd.daemon.metrics import SCRAPE_TIMEOUT_S, MetricsServer
 from crdtd.daemon.systemd import ListenFdsError, Notifier, listen_fds
 from crdtd.net.driver import Driver
 from crdtd.net.sockets import (
+    Interface,
     NetworkSetupError,
     multicast_socket,
     resolve_interface,
@@ -54,6 +65,10 @@ from crdtd.net.sockets import (
 from crdtd.store.sqlite import Store, StoreError
 
 READ_ONLY_SOCKET_NAME = "readonly"  # FileDescriptorName= of crdtd.socket
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_CONFIG = 78  # EX_CONFIG of sysexits.h; the unit's RestartPreventExitStatus
+KEYGEN_EXAMPLE_PATH = "/etc/crdtd/cluster.key"
 
 
 class StartupError(Exception):
@@ -71,39 +86,120 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--check-config", action="store_true", help="validate the config and exit")
     parser.add_argument("--version", action="version", version=f"crdtd {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    keygen = commands.add_parser(
+        "keygen",
+        help="write a new cluster key file (mode 0600; never replaces a file)",
+        description="Write a new cluster key file for security.key_file: one key, 32 "
+        "random bytes, mode 0600. An existing file is never replaced.",
+    )
+    keygen.add_argument("path", type=Path, metavar="PATH", help=f"e.g. {KEYGEN_EXAMPLE_PATH}")
     args = parser.parse_args(argv)
+    if args.command == "keygen":
+        return _keygen(args.path)
     path = args.config or default_config_path()
     try:
         config = load_config(path)
         keys = _load_keys(config)
     except ConfigError as error:  # a KeyFileError too
         print(f"crdtd: {error}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     if args.check_config:
-        print(f"crdtd: {path or 'built-in defaults'}: ok")
-        if config.security.key_file is not None:
-            ids = ", ".join(key.key_id for key in keys)
-            print(f"crdtd: {config.security.key_file}: ok (keys {ids}; {keys[0].key_id} signs)")
-        return 0
+        return _check_config(config, path, keys)
     configure_logging(config.log.level, config.log.format, node_id=None)
     try:
         inherited = listen_fds()
     except ListenFdsError as error:
         print(f"crdtd: {error}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     if unexpected := sorted(set(inherited) - {READ_ONLY_SOCKET_NAME}):
         print(
             f"crdtd: systemd passed socket(s) named {', '.join(unexpected)}; crdtd serves only "
             f"FileDescriptorName={READ_ONLY_SOCKET_NAME} (a read-only control socket)",
             file=sys.stderr,
         )
-        return 2
+        return EXIT_USAGE
     try:
-        asyncio.run(_serve(config, path, keys, inherited))
+        interface = resolve_interface(config.network.interface)
+        if refusal := unauthenticated_refusal(config, path, interface):
+            return _startup_failed(refusal, EXIT_CONFIG)
+        asyncio.run(_serve(config, path, keys, interface, inherited))
     except (StartupError, StoreError, NetworkSetupError, SocketPathError) as error:
-        get_logger().error("startup_failed", error=str(error))
+        return _startup_failed(str(error), EXIT_FAILED)
+    return 0
+
+
+def _startup_failed(error: str, code: int) -> int:
+    """Say why the daemon cannot start, as a log event (JSON under systemd) and on
+    stderr (what ``systemctl status`` shows even when the log goes elsewhere)."""
+    get_logger().error("startup_failed", error=error, exit_status=code)
+    print(f"crdtd: {error}", file=sys.stderr)
+    return code
+
+
+def unauthenticated_refusal(
+    config: Config, config_path: Path | None, interface: Interface
+) -> str | None:
+    """Why the daemon must not start on *interface* with *config*, or None when it may:
+    it has keys, runs on loopback, or ``security.allow_unauthenticated`` is true."""
+    security = config.security
+    if security.key_file is not None or security.allow_unauthenticated:
+        return None
+    if ipaddress.IPv4Address(interface.address).is_loopback:
+        return None
+    source = config_path or "built-in defaults"
+    return (
+        f"{source}: security.key_file is not set, and network.interface "
+        f"{config.network.interface} is {interface.name} ({interface.address}), not "
+        "loopback: crdtd does not run unauthenticated on a network. Run "
+        f"`crdtd keygen {KEYGEN_EXAMPLE_PATH}` once, copy that file (mode 0600, owned by "
+        "the daemon's user) to every node, and set security.key_file to its path; or, on "
+        "an isolated test network only, set security.allow_unauthenticated: true"
+    )
+
+
+def _check_config(config: Config, path: Path | None, keys: tuple[Key, ...]) -> int:
+    """``--check-config``: the file and its keys are valid, and the daemon would not
+    refuse to start with them (when the interface resolves here; a host without the
+    network it is meant for cannot tell, and says so)."""
+    security = config.security
+    if security.key_file is None and not security.allow_unauthenticated:
+        try:
+            interface = resolve_interface(config.network.interface)
+        except NetworkSetupError as error:
+            print(
+                f"crdtd: cannot tell whether this config may run without security.key_file "
+                f"(only on loopback): {error}",
+                file=sys.stderr,
+            )
+        else:
+            if refusal := unauthenticated_refusal(config, path, interface):
+                print(f"crdtd: {refusal}", file=sys.stderr)
+                return EXIT_CONFIG
+    print(f"crdtd: {path or 'built-in defaults'}: ok")
+    if security.key_file is not None:
+        ids = ", ".join(key.key_id for key in keys)
+        print(f"crdtd: {security.key_file}: ok (keys {ids}; {keys[0].key_id} signs)")
+    return 0
+
+
+def _keygen(path: Path) -> int:
+    """``crdtd keygen PATH``: write the file, say what was written and what comes next."""
+    try:
+        key = write_new_key_file(path)
+    except ConfigError as error:
         print(f"crdtd: {error}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
+    print(f"crdtd: wrote {path}: key {key.key_id}, mode 0600")
+    print(
+        "next: the same file on every node of the cluster, owned by the daemon's user "
+        "(crdtd under the package), mode 0600:\n"
+        f"  this node:        chown crdtd:crdtd {path}\n"
+        f"  every other node: copy it there, then install -m 0600 -o crdtd -g crdtd "
+        f"{path.name} {path}\n"
+        f"  every node:       set security.key_file: {path} in /etc/crdtd/crdtd.yaml, "
+        "then systemctl restart crdtd"
+    )
     return 0
 
 
@@ -151,11 +247,12 @@ async def _serve(
     config: Config,
     config_path: Path | None,
     keys: tuple[Key, ...],
+    interface: Interface,
     inherited: dict[str, socket.socket],
 ) -> None:
     store = Store.open(config.node.state_dir, config.node.id, new_node_id)
     try:
-        await _run(config, config_path, store, keys, inherited)
+        await _run(config, config_path, store, keys, interface, inherited)
     finally:
         store.close()
 
@@ -165,12 +262,12 @@ async def _run(
     config_path: Path | None,
     store: Store,
     keys: tuple[Key, ...],
+    interface: Interface,
     inherited: dict[str, socket.socket],
 ) -> None:
     configure_logging(config.log.level, config.log.format, node_id=store.node_id)
     log = get_logger()
     net = config.network
-    interface = resolve_interface(net.interface)
     multicast = multicast_socket(net.group, net.port, interface)
     unicast = unicast_socket(net.unicast_port, interface, net.ttl)
     loop = asyncio.get_running_loop()

@@ -18,11 +18,12 @@ Needs root, iproute2 and iptables; `unavailable_reason` says what is missing.
 """
 
 from crdtd.lab.checks import NotConverged, await_convergence, await_folded
-from crdtd.lab.lab import Host, Lab, Node
+from crdtd.lab.lab import KEYLESS, Host, Lab, Node
 from crdtd.lab.netns import LabError, clean_stale, unavailable_reason
 from crdtd.lab.workload import Ledger, Outcome, Workload
 
 __all__ = [
+    "KEYLESS",
     "Host",
     "Lab",
     "LabError",

@@ -10,7 +10,6 @@ every node reads the ledger's values. The probe's samples split at the attacker'
 
 from __future__ import annotations
 
-import base64
 import json
 import statistics
 import subprocess
@@ -24,6 +23,7 @@ from typing import Any
 
 from crdtd.control.client import Client
 from crdtd.core.settings import Key
+from crdtd.daemon.keys import key_file_text
 from crdtd.lab.checks import await_convergence
 from crdtd.lab.lab import Host, Lab, Node
 from crdtd.lab.workload import Ledger, Workload
@@ -36,12 +36,9 @@ ATTACKER_SLACK_S = 30.0
 
 
 def write_keys(path: Path, *keys: Key) -> Path:
-    """A key file as `security.key_file` wants it (mode 0600); returns *path*."""
-    entries = "".join(
-        f"  - id: {key.key_id}\n    secret: {base64.b64encode(key.secret).decode()}\n"
-        for key in keys
-    )
-    path.write_text("keys:\n" + entries)
+    """A key file as `security.key_file` wants it (mode 0600); returns *path*. Rewrites
+    an existing file: the rotation steps change the keys in place."""
+    path.write_text(key_file_text(keys))
     path.chmod(0o600)
     return path
 

@@ -10,6 +10,11 @@ a host running one ``crdtd`` (``ip netns exec NS python -m crdtd.daemon.main --c
 control socket and log file in the run's temp directory. A Unix socket is a file, so the
 lab (and `crdtctl --socket`) talks to every daemon from the host's namespace.
 
+Keys: the daemons sit on LAN addresses, where crdtd refuses to run without a key, so
+each run makes a cluster key (``cluster.key`` in its temp dir, `Lab.key_file`) and every
+node's config names it. A test that means to run keyless says so with `KEYLESS` (or
+its own ``security`` section) in the lab's or a node's config.
+
 Faults are iptables rules in a host's namespace, kept per fault name (``loss``,
 ``partition``, ...) and written together with one ``iptables-restore``: see
 `Host.set_rules`; `Lab.heal` clears them all.
@@ -58,6 +63,7 @@ import yaml
 import crdtd
 from crdtd.control.client import Client, DaemonUnreachable
 from crdtd.control.protocol import ControlError
+from crdtd.daemon.keys import write_new_key_file
 from crdtd.lab import netns
 from crdtd.lab.netns import LabError
 
@@ -69,6 +75,8 @@ STOP_TIMEOUT_S = 10.0
 CALL_TIMEOUT_S = 5.0
 TAIL_BYTES = 256 * 1024
 _PR_SET_PDEATHSIG = 1
+KEYLESS = {"security": {"key_file": None, "allow_unauthenticated": True}}
+"""Config for a lab (or a node) that runs without keys on purpose."""
 
 _SOURCE_ROOT = Path(crdtd.__file__).resolve().parents[1]
 
@@ -194,6 +202,7 @@ class Node(Host):
             "node": {"id": self.name, "state_dir": str(self.state_dir)},
             "network": {"interface": self.interface, "ttl": 1},
             "control": {"socket": str(self.socket)},
+            "security": {"key_file": str(self.lab.key_file)},
             "log": {"format": "json", "level": "info"},
         }
         return _merge(_merge(base, self.lab.config), self.overrides)
@@ -400,6 +409,7 @@ class Lab:
         self._mutex = threading.Lock()
         self.prefix = ""
         self.directory = Path()
+        self.key_file = Path()
 
     def __enter__(self) -> Lab:
         return self.open()
@@ -427,6 +437,8 @@ class Lab:
             self.prefix = self._lock.prefix
             self.directory = Path(tempfile.mkdtemp(prefix=self.prefix, dir=self._root))
             self._lock.record(temp_dir=str(self.directory))
+            self.key_file = self.directory / "cluster.key"
+            write_new_key_file(self.key_file)
             self._prepare_sources()
             self._spawner = concurrent.futures.ThreadPoolExecutor(
                 1, thread_name_prefix="crdtlab-spawner"
@@ -605,7 +617,10 @@ class Lab:
 
     def describe(self) -> list[str]:
         """One line per host: name, namespace, address, socket, log."""
-        lines = [f"bridge: {self.bridge_netns} ({BRIDGE}), subnet {self.subnet}"]
+        lines = [
+            f"bridge: {self.bridge_netns} ({BRIDGE}), subnet {self.subnet}",
+            f"cluster key: {self.key_file}",
+        ]
         for host in self.hosts:
             if isinstance(host, Node):
                 state = f"pid {host.pid}" if host.running else "down"

@@ -17,7 +17,10 @@ Rules:
   and the task yields after every step, so a flood of datagrams delays a request by
   one short step, not by the whole inbox;
 - while a transaction is being written, datagrams and requests keep queueing; the next
-  step takes them all at once, which is what batches ops into few commits and datagrams.
+  step takes them all at once, which is what batches ops into few commits and datagrams;
+- rejected datagrams are logged at most once per reason per `REJECT_LOG_EVERY_S`, and a
+  key mismatch (`KEY_MISMATCH_HINTS`) at most once a minute, with the key id the sender
+  named and what to do: a flood of bad datagrams never floods the log (`RejectLog`).
 """
 
 from __future__ import annotations
@@ -59,6 +62,19 @@ RECV_BURST = 64
 OUTBOX_MAX = 4096
 WATCH_QUEUE_MAX = 1024
 REJECT_LOG_EVERY_S = 10.0
+KEY_MISMATCH_LOG_EVERY_S = 60.0
+KEY_MISMATCH_HINTS = {
+    "unknown_key": "the sender signs with a key id this node's key file lacks: every node "
+    "needs the same cluster key file (security.key_file); during a rotation, add the new "
+    "key to this node's file and reload",
+    "unexpected_mac": "the sender signs its datagrams and this node has no key: copy the "
+    "cluster key file to this node (mode 0600), set security.key_file and restart crdtd",
+    "unauthenticated": "the sender does not sign its datagrams and this node requires keys: "
+    "copy the cluster key file to the sender (mode 0600), set security.key_file there and "
+    "restart crdtd there",
+}
+"""What to do about a rejection that means a node lacks the cluster key (or has one
+the others lack), by reason; these stay until someone acts, so once a minute is enough."""
 BARRIER_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 """Upper bounds of the barrier duration histogram (`BarrierStats`), seconds."""
 
@@ -107,6 +123,34 @@ class BarrierStats:
         }
 
 
+class RejectLog:
+    """Which rejected datagrams get a log line: the first of a reason, then at most one
+    per interval, carrying how many were left out since. Pure: the caller passes *now*."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple[float, int]] = {}  # reason -> (logged at, left out)
+
+    def line(self, event: DatagramRejected, now: float) -> dict[str, Any] | None:
+        """The fields of the ``datagram_rejected`` line for *event*, or None to skip it."""
+        hint = KEY_MISMATCH_HINTS.get(event.reason)
+        every = KEY_MISMATCH_LOG_EVERY_S if hint else REJECT_LOG_EVERY_S
+        last = self._last.get(event.reason)
+        if last is not None and now - last[0] < every:
+            self._last[event.reason] = (last[0], last[1] + 1)
+            return None
+        self._last[event.reason] = (now, 0)
+        fields: dict[str, Any] = {
+            "reason": event.reason,
+            "source": f"{event.address[0]}:{event.address[1]}",
+            "suppressed": last[1] if last is not None else 0,
+        }
+        if hint or event.key_id is not None:
+            fields["key_id"] = event.key_id
+        if hint:
+            fields["hint"] = hint
+        return fields
+
+
 class Store(Protocol):
     def append(self, records: list[Record]) -> None: ...
 
@@ -145,7 +189,7 @@ class Driver:
         self._waiters: dict[int, asyncio.Future[Any]] = {}
         self._watchers: dict[str, list[asyncio.Queue[int]]] = {}
         self._sockets: list[socket.socket] = []  # the unicast one first: we send from it
-        self._rejects: dict[str, tuple[float, int]] = {}
+        self._reject_log = RejectLog()
         self._status = ""
         self.barriers = BarrierStats()
 
@@ -423,19 +467,9 @@ class Driver:
             future.set_result(event)
 
     def _log_reject(self, event: DatagramRejected) -> None:
-        """At most one line per reason every REJECT_LOG_EVERY_S, with the count since."""
-        now = asyncio.get_running_loop().time()
-        last, suppressed = self._rejects.get(event.reason, (-REJECT_LOG_EVERY_S, 0))
-        if now - last < REJECT_LOG_EVERY_S:
-            self._rejects[event.reason] = (last, suppressed + 1)
-            return
-        self._rejects[event.reason] = (now, 0)
-        self._log.warning(
-            "datagram_rejected",
-            reason=event.reason,
-            source=f"{event.address[0]}:{event.address[1]}",
-            suppressed=suppressed,
-        )
+        fields = self._reject_log.line(event, asyncio.get_running_loop().time())
+        if fields is not None:
+            self._log.warning("datagram_rejected", **fields)
 
     def _update_status(self) -> None:
         status = f"mode={self.node.mode.value} peers={len(self.node.peers)}"

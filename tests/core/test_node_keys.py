@@ -34,17 +34,17 @@ def datagrams_of(keys: tuple[Key, ...]) -> list[bytes]:
 
 
 @pytest.mark.parametrize(
-    ("sender_keys", "receiver_keys", "reason"),
+    ("sender_keys", "receiver_keys", "reason", "key_id"),
     [
-        ((Key("k2026b", b"w" * 32),), (CLUSTER,), "unknown_key"),
-        ((Key("k2026a", b"w" * 32),), (CLUSTER,), "bad_mac"),
-        ((), (CLUSTER,), "unauthenticated"),
-        ((CLUSTER,), (), "unexpected_mac"),
+        ((Key("k2026b", b"w" * 32),), (CLUSTER,), "unknown_key", "k2026b"),
+        ((Key("k2026a", b"w" * 32),), (CLUSTER,), "bad_mac", "k2026a"),
+        ((), (CLUSTER,), "unauthenticated", None),
+        ((CLUSTER,), (), "unexpected_mac", "k2026a"),
     ],
     ids=["other-key-id", "same-id-wrong-secret", "no-key", "receiver-without-key"],
 )
 def test_a_sender_without_the_cluster_key_never_becomes_a_peer(
-    sender_keys: tuple[Key, ...], receiver_keys: tuple[Key, ...], reason: str
+    sender_keys: tuple[Key, ...], receiver_keys: tuple[Key, ...], reason: str, key_id: str | None
 ) -> None:
     receiver = Node(Origin("a", 1), Settings(keys=receiver_keys), random.Random("t/a"), START)
     payloads = datagrams_of(sender_keys)
@@ -54,7 +54,7 @@ def test_a_sender_without_the_cluster_key_never_becomes_a_peer(
     assert receiver.peer_views(START) == []
     assert receiver.value("x") is None
     assert receiver.stats == {f"rejected_{reason}": len(payloads)}
-    assert receiver.events() == [DatagramRejected(reason, ADDRESS)] * len(payloads)
+    assert receiver.events() == [DatagramRejected(reason, ADDRESS, key_id)] * len(payloads)
     assert receiver.datagrams_to_send() == []  # not even a welcome announce
 
 

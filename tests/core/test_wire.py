@@ -15,7 +15,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from crdtd.core import wire
-from crdtd.core.ids import INT64_MAX, INT64_MIN, NONCE_MAX, UINT64_MAX, Origin
+from crdtd.core.ids import INT64_MAX, INT64_MIN, NONCE_MAX, UINT64_MAX, Origin, is_name
 from crdtd.core.messages import (
     Announce,
     BarrierId,
@@ -452,6 +452,36 @@ def test_a_decoder_without_the_signing_key_rejects_with_unknown_key_or_bad_mac(
         return  # the verifier does hold the signing secret
     for data in encode(wire.Encoder(SENDER, signer), message)[:3]:
         assert reason(data, verifier) in ("unknown_key", "bad_mac")
+
+
+def key_id_seen(data: bytes, key_set: Sequence[Key] = ()) -> str | None:
+    with pytest.raises(wire.MalformedDatagram) as caught:
+        wire.decode(data, key_set)
+    return caught.value.key_id
+
+
+def test_a_key_mismatch_names_the_key_id_the_sender_signed_with() -> None:
+    assert key_id_seen(signed((KEY_OLD,)), (KEY_NEW,)) == "2024-old"  # unknown_key
+    assert key_id_seen(signed((KEY_OLD,)), ()) == "2024-old"  # unexpected_mac
+    forged = Key(KEY_NEW.key_id, b"not the cluster secret")
+    assert key_id_seen(signed((forged,)), (KEY_NEW,)) == "2025-new"  # bad_mac
+    assert key_id_seen(signed(()), (KEY_NEW,)) is None  # unauthenticated: no trailer
+
+
+@pytest.mark.parametrize("key_id", ["k", "k20260314-3fa2", "9" * 44, "x" * 64])
+def test_the_key_id_is_read_back_from_the_trailer_for_any_id_length(key_id: str) -> None:
+    assert key_id_seen(signed((Key(key_id, b"s" * 32),)), ()) == key_id
+
+
+@given(st.binary(max_size=120))
+@settings(max_examples=300, deadline=None)
+def test_a_signed_flag_on_garbage_gives_no_key_id_or_a_valid_name(tail: bytes) -> None:
+    header = b"cR" + bytes([wire.VERSION, wire.T_NACK, wire.FLAG_MAC])
+    for key_set in ((), (KEY_NEW,)):
+        try:
+            wire.decode(header + tail, key_set)
+        except wire.MalformedDatagram as error:
+            assert error.key_id is None or is_name(error.key_id)
 
 
 def test_an_unsigned_datagram_is_rejected_as_unauthenticated_when_keys_are_configured() -> None:

@@ -89,7 +89,7 @@ def test_every_key_round_trips(write) -> None:
           peer_timeout_s: 5
         control: {socket: /tmp/crdtd.sock}
         sync: {interval_s: 0, min_gap_s: 0, freeze_max_s: 1.5}
-        security: {key_file: /etc/crdtd/keys}
+        security: {key_file: /etc/crdtd/keys, allow_unauthenticated: true}
         log: {level: debug, format: json}
         limits:
           variables_max: 5
@@ -114,7 +114,7 @@ def test_every_key_round_trips(write) -> None:
         ),
         control=ControlConfig(socket=Path("/tmp/crdtd.sock")),
         sync=SyncConfig(interval_s=0.0, min_gap_s=0.0, freeze_max_s=1.5),
-        security=SecurityConfig(key_file=Path("/etc/crdtd/keys")),
+        security=SecurityConfig(key_file=Path("/etc/crdtd/keys"), allow_unauthenticated=True),
         log=LogConfig(level="debug", format="json"),
         limits=LimitsConfig(
             variables_max=5,
@@ -298,6 +298,14 @@ ERRORS = {
         "security:\n  key_file: 5\n",
         "crdtd.yaml:2: security.key_file: expected a non-empty path or null, got 5",
     ),
+    "allow-unauthenticated-not-a-bool": (
+        "security:\n  allow_unauthenticated: 1\n",
+        "crdtd.yaml:2: security.allow_unauthenticated: expected true or false, got 1",
+    ),
+    "allow-unauthenticated-a-string": (
+        "security:\n  allow_unauthenticated: 'yes'\n",
+        "crdtd.yaml:2: security.allow_unauthenticated: expected true or false, got 'yes'",
+    ),
     "unsafe-tag": (
         "node:\n  state_dir: !!python/name:os.system x\n",
         "crdtd.yaml:2: node.state_dir: expected a non-empty path,"
@@ -381,7 +389,8 @@ NUMERIC_KEYS = [
     (section.name, key.name)
     for section in dataclasses.fields(Config)
     for key in dataclasses.fields(getattr(DEFAULTS, section.name))
-    if isinstance(getattr(getattr(DEFAULTS, section.name), key.name), int | float)
+    if isinstance(value := getattr(getattr(DEFAULTS, section.name), key.name), int | float)
+    and not isinstance(value, bool)  # a boolean key takes true and false, of course
 ]
 
 

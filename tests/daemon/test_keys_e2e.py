@@ -139,6 +139,20 @@ def test_nodes_with_a_wrong_or_no_key_are_not_peers_and_their_datagrams_are_reje
     assert (wrong.data("get", "x")["value"], bare.data("get", "x")["value"]) == (10, 100)
     assert set(n0.data("keys")["rejected"]) <= {"bad_mac", "unauthenticated"}
 
+    def key_mismatch(daemon: Daemon, reason: str) -> dict[str, Any] | None:
+        lines = [e for e in log_events(daemon, "datagram_rejected") if e["reason"] == reason]
+        return lines[0] if lines else None
+
+    # The log says who sent what, under which key id, and what to do about it.
+    unexpected = wait_until(lambda: key_mismatch(bare, "unexpected_mac"), "n3 logs it")
+    assert unexpected["key_id"] == "k2026a"
+    assert unexpected["source"].startswith("127.0.0.1:")
+    assert "copy the cluster key file to this node" in unexpected["hint"]
+    unsigned = wait_until(lambda: key_mismatch(n0, "unauthenticated"), "n0 logs n3")
+    assert unsigned["source"] == f"127.0.0.1:{bare.unicast_port}"
+    assert (unsigned["level"], unsigned["key_id"]) == ("warning", None)
+    assert "security.key_file" in unsigned["hint"]
+
 
 class Writer(threading.Thread):
     """Adds to ``r`` round robin through every daemon until stopped; sums what was acked."""

@@ -18,6 +18,8 @@ import pytest
 import yaml
 
 from crdtd.cli.main import build_parser
+from crdtd.daemon.main import EXIT_CONFIG, EXIT_USAGE
+from crdtd.net.driver import KEY_MISMATCH_HINTS
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGING = REPO / "packaging"
@@ -90,11 +92,18 @@ def test_the_docs_name_every_event_the_daemon_logs() -> None:
     assert not missing, f"crdtd.8 lacks events {missing}"
 
 
+@pytest.mark.parametrize(("reason", "hint"), KEY_MISMATCH_HINTS.items())
+def test_the_docs_quote_each_key_mismatch_hint_verbatim(reason: str, hint: str) -> None:
+    assert f"| `{reason}` | {hint} |" in OPERATIONS
+
+
 def test_unit_runs_the_daemon_where_the_default_config_points() -> None:
     config = yaml.safe_load((REPO / "config" / "crdtd.yaml").read_text())
     service = unit()["Service"]
     assert service["Type"] == "notify"
     assert service["Restart"] == "on-failure"
+    # A bad config (2) and a refused one (78: no key on a LAN) must not restart in a loop.
+    assert service["RestartPreventExitStatus"].split() == [str(EXIT_USAGE), str(EXIT_CONFIG)]
     assert service["WatchdogSec"]
     assert service["User"] == service["Group"] == "crdtd"
     assert service["ExecStart"] == "/usr/bin/crdtd --config /etc/crdtd/crdtd.yaml"
@@ -111,6 +120,12 @@ def test_sysusers_declares_the_user_the_unit_runs_as() -> None:
     assert ["u", unit()["Service"]["User"]] in entries
 
 
+@pytest.mark.parametrize("script", ["crdtd.postinst", "crdtd.postrm"])
+def test_maintainer_script_has_one_debhelper_token(script: str) -> None:
+    # debhelper replaces every occurrence, a comment's too, with shell code.
+    assert (PACKAGING / "debian" / script).read_text().count("#DEBHELPER#") == 1
+
+
 def test_changelog_has_an_entry_for_the_project_version() -> None:
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     first = (PACKAGING / "debian" / "changelog").read_text().splitlines()[0]
@@ -119,7 +134,7 @@ def test_changelog_has_an_entry_for_the_project_version() -> None:
 
 @pytest.mark.parametrize(
     "script",
-    ["build-deb", "boot-test", "ci-checks", "bash-completion/crdtctl"],
+    ["build-deb", "boot-test", "ci-checks", "bash-completion/crdtctl", "debian/crdtd.postinst"],
 )
 def test_shell_script_parses(script: str) -> None:
     subprocess.run(["bash", "-n", str(PACKAGING / script)], check=True)

@@ -32,7 +32,7 @@ class Applied(enum.Enum):
 class Counter:
     """The state of one variable on one node."""
 
-    __slots__ = ("bases", "before", "log_len", "logs", "name", "value", "watermarks")
+    __slots__ = ("bases", "before", "log_len", "logs", "name", "value", "version", "watermarks")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -42,6 +42,7 @@ class Counter:
         self.value = 0
         self.before = 0
         self.log_len = 0
+        self.version = 0  # grows with every change of the log or the bases
 
     def watermark(self, origin: Origin) -> int:
         return self.watermarks.get(origin, 0)
@@ -63,6 +64,7 @@ class Counter:
         log[nonce] = delta
         self.value += delta
         self.log_len += 1
+        self.version += 1
         mark = self.watermarks.get(origin, 0)
         if nonce == mark + 1:
             mark = nonce
@@ -83,6 +85,7 @@ class Counter:
             dropped_sum += log.pop(nonce)
         self.log_len -= len(dropped)
         self.bases[origin] = (upto, total)
+        self.version += 1
         self.before += total - old_total
         self.value += total - old_total - dropped_sum
         mark = max(self.watermarks.get(origin, 0), upto)

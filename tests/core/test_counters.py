@@ -463,3 +463,21 @@ def test_pages_joined_are_the_history_whatever_the_holes_and_bases(
             break
         after = page[-1][:2]
     assert joined == counter.history()
+
+
+def test_version_changes_with_every_new_op_and_fold_and_only_then() -> None:
+    counter = Counter("x")
+    origin = ORIGINS[0]
+    seen = [counter.version]
+    counter.apply(origin, 1, 5)
+    seen.append(counter.version)
+    counter.apply(origin, 1, 5)  # a duplicate changes nothing
+    counter.apply(origin, 1, 6)  # nor does a conflict
+    seen.append(counter.version)
+    counter.apply(origin, 2, 1)
+    seen.append(counter.version)
+    counter.adopt_base(origin, 1, 5)
+    seen.append(counter.version)
+    counter.adopt_base(origin, 1, 5)  # already covered
+    seen.append(counter.version)
+    assert seen == [0, 1, 1, 2, 3, 3]

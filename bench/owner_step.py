@@ -1,7 +1,7 @@
 """How long one step can hold crdtd's owner task under the worst inputs; a table and JSON.
 
     .venv/bin/python bench/owner_step.py [--hold-s 15] [--populate-count 1000000]
-        [--verify-ops 200000] [--out FILE.json]
+        [--verify-ops 200000] [--only SCENARIO...] [--out FILE.json]
 
 Each scenario runs on a fresh 2-node loopback cluster (tests/daemon/loopback.py: one
 multicast group on 127.0.0.1, TTL 0; nothing leaves the host), loaded first and then
@@ -10,7 +10,8 @@ restarted, so what it measures is the scenario and not the loading:
 - ``history``: a client pipelines 256 ``history`` requests on a 10k-op variable and
   never reads; after 1 s an ``add`` goes in on another connection;
 - ``populate``: one ``populate`` of ``--populate-count`` ops (the documented limit);
-- ``verify``: ``verify`` in a loop on a ``--verify-ops`` log for ``--hold-s``;
+- ``verify``: ``verify`` every 0.5 s (as ``crdtctl verify --wait``) on a ``--verify-ops``
+  log for ``--hold-s``;
 - ``flood``: random datagrams (1..1400 bytes) at full speed to the node's unicast port.
 
 Step time is measured two ways: from outside, the longest wait of a probe that sends
@@ -46,6 +47,7 @@ from crdtd.control.protocol import ControlError, encode_request  # noqa: E402
 from tests.daemon.loopback import Cluster, Daemon  # noqa: E402
 
 PROBE_INTERVAL_S = 0.01
+VERIFY_POLL_S = 0.5
 HISTORY_OPS = 10_000
 HISTORY_PIPELINE = 256
 CONFIG = "sync: {interval_s: 0}\n"  # no scheduled barrier in the middle of a scenario
@@ -220,6 +222,7 @@ def verify(root: Path, ops: int, hold_s: float) -> dict[str, Any]:
             while time.perf_counter() - start < hold_s:
                 agreed += bool(client.call("verify").get("agree"))
                 rounds += 1
+                time.sleep(VERIFY_POLL_S)  # as crdtctl verify --wait asks
         peer_probe.stop()
         peer_step = step_max_ms(peer)
         detail = (
@@ -261,6 +264,7 @@ def main() -> int:
     parser.add_argument("--populate-count", type=int, default=1_000_000)
     parser.add_argument("--populate-s", type=float, default=150.0)
     parser.add_argument("--verify-ops", type=int, default=200_000)
+    parser.add_argument("--only", nargs="+", choices=("history", "populate", "verify", "flood"))
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "owner_step.json")
     options = parser.parse_args()
     rows = []
@@ -272,6 +276,8 @@ def main() -> int:
             "flood": lambda root: flood(root, options.hold_s),
         }
         for name, scenario in scenarios.items():
+            if options.only and name not in options.only:
+                continue
             root = Path(tmp) / name
             root.mkdir()
             rows.append(scenario(root))

@@ -47,7 +47,12 @@ EXIT_NOT_DONE = 4
 EXIT_INTERRUPTED = 130
 
 TIMEOUT_S = 10.0
-SLOW_TIMEOUT_S = {"sync": 300.0, "populate": 120.0}
+SLOW_TIMEOUT_S = {"sync": 300.0}
+POPULATE_TIMEOUT_S = 60.0
+POPULATE_OP_S = 0.0005
+"""A populate's wait grows with its count: 1M ops get 560 s, ten times what a loaded
+2-core machine needs, so a populate that succeeds is never reported timed out."""
+HISTORY_PAGES_MAX = 10_000  # a log that keeps folding under us: give up, do not spin
 VERIFY_POLL_S = 0.5
 READY_TIMEOUT_S = 30.0
 READY_POLL_S = 0.1
@@ -98,7 +103,21 @@ def run_get(client: Client, options: argparse.Namespace) -> Data:
 
 
 def run_history(client: Client, options: argparse.Namespace) -> Data:
-    return client.call("history", {"variable": options.variable})
+    """Every page of the log, joined: ``variable``, ``before`` and ``ops`` as one answer.
+    A page ``restarted`` because a sync folded the log starts the join over."""
+    args: dict[str, object] = {"variable": options.variable}
+    ops: list[Data] = []
+    for _ in range(HISTORY_PAGES_MAX):
+        page = client.call("history", args)
+        if page.get("restarted"):
+            ops = []
+        ops.extend(page["ops"])
+        if page.get("next") is None:
+            return {"variable": page["variable"], "before": page["before"], "ops": ops}
+        args["after"] = page["next"]
+    raise ControlError(
+        ErrorCode.TIMEOUT, f"history: the log kept being folded for {HISTORY_PAGES_MAX} pages"
+    )
 
 
 def run_before(client: Client, options: argparse.Namespace) -> Data:
@@ -353,12 +372,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_INTERRUPTED
 
 
+def default_timeout_s(command: str, options: argparse.Namespace) -> float:
+    """How long to wait for an answer when ``--timeout`` is not given."""
+    if command == "populate":
+        return POPULATE_TIMEOUT_S + options.count * POPULATE_OP_S
+    return SLOW_TIMEOUT_S.get(command, TIMEOUT_S)
+
+
 def execute(
     client: Client, options: argparse.Namespace, *, json_mode: bool, timeout_s: float | None
 ) -> int:
     """Run one parsed command, print its outcome, return its exit code."""
     command = options.command
-    client.timeout_s = timeout_s or SLOW_TIMEOUT_S.get(command, TIMEOUT_S)
+    client.timeout_s = timeout_s or default_timeout_s(command, options)
     try:
         data = RUNNERS[command](client, options)
     except ControlError as error:

@@ -44,7 +44,11 @@ from typing import Any
 VERSION = 1
 REQUEST_BYTES_MAX = 64 * 1024
 RESPONSE_BYTES_MAX = 256 * 1024 * 1024
-"""History of a variable after a large ``populate`` is the biggest answer: ~80 B an op."""
+"""Far above any answer: ``history`` comes in pages of `HISTORY_PAGE_OPS` (~80 B an op),
+and the biggest, ``verify`` and ``variables``, grow with ``limits.variables_max``."""
+HISTORY_PAGE_OPS = 5000
+"""Ops in one ``history`` answer: a page is built in one short owner-task step."""
+CURSOR_CHARS_MAX = 128
 
 NAME_CHARS_MAX = 64
 REQUEST_ID_CHARS_MAX = 64
@@ -55,6 +59,7 @@ INT64_MAX = 2**63 - 1
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
 _SIGNED_INTEGER = re.compile(r"[+-]?[0-9]+\Z")
+_CURSOR = re.compile(r"[0-9]{1,20}:[0-9]{1,20}:[0-9]{1,20}:[A-Za-z0-9_.-]{1,64}\Z")
 _FIELDS = frozenset({"v", "id", "cmd", "args"})
 
 RequestId = int | str
@@ -198,6 +203,17 @@ def check_request_id(value: object) -> str:
     return value
 
 
+def check_cursor(value: object) -> str:
+    """A ``history`` page's ``next``, handed back unchanged to get the page after it."""
+    if not isinstance(value, str):
+        raise InvalidArgument(f"after: expected a string, got {_describe(value)}")
+    if len(value) > CURSOR_CHARS_MAX or not _CURSOR.match(value):
+        raise InvalidArgument(
+            f"after: expected the next of an earlier history answer, got {value[:40]!r}"
+        )
+    return value
+
+
 def check_timeout(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidArgument(f"timeout: expected a number of seconds, got {_describe(value)}")
@@ -223,7 +239,7 @@ COMMANDS: Mapping[str, Mapping[str, tuple[_Check, bool]]] = {
     "create": {"variable": (check_variable, _REQUIRED)},
     "variables": {},
     "get": {"variable": (check_variable, _REQUIRED)},
-    "history": {"variable": (check_variable, _REQUIRED)},
+    "history": {"variable": (check_variable, _REQUIRED), "after": (check_cursor, _OPTIONAL)},
     "before": {"variable": (check_variable, _REQUIRED)},
     "add": {
         "variable": (check_variable, _REQUIRED),

@@ -1,9 +1,14 @@
 """The asyncio shell around `crdtd.control.protocol`: crdtd's Unix-socket control server.
 
 Rules:
-- one task per connection reads requests and starts each at once (up to
-  ``PIPELINE_MAX`` in flight); answers are written strictly in request order, so a
-  client may pipeline, and a slow request (``sync``) delays only its own connection;
+- one task per connection reads requests; answers are written strictly in request
+  order, so a client may pipeline, and a slow request (``sync``) delays only its own
+  connection. A request whose answer is small and cheap (`STARTED_AT_ONCE`: ``add``,
+  ``get``...) starts as soon as it is read, so pipelined adds share a disk commit;
+  any other starts only when its turn to be written comes, after the answers before
+  it went out. So a connection holds at most one big answer (``history``, ``verify``,
+  ``stats``...) and ``PIPELINE_MAX`` small ones; while they wait unsent, reading stops:
+  a client that pipelines without reading costs bounded memory and no work;
 - the handler sees only validated `Request` objects; bad lines are answered here and the
   connection stays usable, except a line over the size limit: answered, then closed;
 - ``ping`` is answered here with ``{}``; ``watch`` turns the connection into a stream
@@ -56,8 +61,15 @@ from crdtd.control.protocol import (
 
 SOCKET_MODE = 0o660
 READ_BYTES = 64 * 1024
-PIPELINE_MAX = 256  # requests of one connection in flight at once
+PIPELINE_MAX = 256  # requests of one connection read and not yet answered
+STARTED_AT_ONCE = frozenset({"add", "create", "get", "before", "ping"})
+"""Commands started as soon as they are read: their answers are a few hundred bytes."""
 PROBE_TIMEOUT_S = 1.0
+
+
+_Pending = asyncio.Future[bytes] | Request | None
+"""What waits in a connection's answer queue: an answer being computed, a request not
+started yet, or None for the end of input."""
 
 
 class Handler(Protocol):
@@ -204,7 +216,7 @@ class ControlServer:
         Starting a request before the previous one is answered is what lets a pipelining
         client's adds share one disk commit instead of paying one fsync each.
         """
-        answers: asyncio.Queue[asyncio.Future[bytes] | None] = asyncio.Queue(PIPELINE_MAX)
+        answers: asyncio.Queue[_Pending] = asyncio.Queue(PIPELINE_MAX)
         sender = asyncio.ensure_future(self._send_in_order(answers, writer))
         try:
             await self._read_requests(reader, writer, answers)
@@ -217,23 +229,29 @@ class ControlServer:
                     await sender
 
     async def _send_in_order(
-        self, answers: asyncio.Queue[asyncio.Future[bytes] | None], writer: asyncio.StreamWriter
+        self, answers: asyncio.Queue[_Pending], writer: asyncio.StreamWriter
     ) -> None:
+        """Write each answer in turn; a `Request` queued unstarted is answered now, once
+        everything before it is written (the transport's buffer is drained)."""
         try:
             while (answer := await answers.get()) is not None:
-                await self._send(writer, await answer)
+                if isinstance(answer, Request):
+                    line = await self._answer(answer)
+                else:
+                    line = await answer
+                await self._send(writer, line)
                 answers.task_done()
         finally:
             while not answers.empty():
                 pending = answers.get_nowait()
-                if pending is not None:
+                if isinstance(pending, asyncio.Future):
                     pending.cancel()
 
     async def _read_requests(
         self,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        answers: asyncio.Queue[asyncio.Future[bytes] | None],
+        answers: asyncio.Queue[_Pending],
     ) -> None:
         lines = LineBuffer(REQUEST_BYTES_MAX)
         while True:
@@ -263,7 +281,10 @@ class ControlServer:
                 await answers.join()  # earlier answers go out before the stream starts
                 await self._stream(request, reader, writer)
                 return
-            await answers.put(asyncio.ensure_future(self._answer(request)))
+            if request.cmd in STARTED_AT_ONCE:
+                await answers.put(asyncio.ensure_future(self._answer(request)))
+            else:
+                await answers.put(request)  # started by the sender on its turn
 
     async def _answer(self, request: Request) -> bytes:
         if request.cmd == "ping":

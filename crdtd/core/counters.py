@@ -17,6 +17,7 @@ Invariants (checked by the simulator after every step):
 from __future__ import annotations
 
 import enum
+import heapq
 from collections.abc import Iterator
 
 from crdtd.core.ids import Origin
@@ -31,7 +32,7 @@ class Applied(enum.Enum):
 class Counter:
     """The state of one variable on one node."""
 
-    __slots__ = ("bases", "before", "log_len", "logs", "name", "value", "watermarks")
+    __slots__ = ("bases", "before", "log_len", "logs", "name", "value", "version", "watermarks")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -41,6 +42,7 @@ class Counter:
         self.value = 0
         self.before = 0
         self.log_len = 0
+        self.version = 0  # grows with every change of the log or the bases
 
     def watermark(self, origin: Origin) -> int:
         return self.watermarks.get(origin, 0)
@@ -62,6 +64,7 @@ class Counter:
         log[nonce] = delta
         self.value += delta
         self.log_len += 1
+        self.version += 1
         mark = self.watermarks.get(origin, 0)
         if nonce == mark + 1:
             mark = nonce
@@ -82,6 +85,7 @@ class Counter:
             dropped_sum += log.pop(nonce)
         self.log_len -= len(dropped)
         self.bases[origin] = (upto, total)
+        self.version += 1
         self.before += total - old_total
         self.value += total - old_total - dropped_sum
         mark = max(self.watermarks.get(origin, 0), upto)
@@ -120,6 +124,28 @@ class Counter:
 
     def origins(self) -> list[Origin]:
         return sorted(self.watermarks)
+
+    def page(self, after: tuple[Origin, int] | None, limit: int) -> list[tuple[Origin, int, int]]:
+        """Up to *limit* logged ops that follow *after* ``(origin, nonce)`` in `history`
+        order. Every nonce between an origin's base and its watermark is logged, so that
+        part is read by index: a page costs its own size, not the log's; only ops above a
+        hole (waiting for a repair) take a scan of the origin's log."""
+        ops: list[tuple[Origin, int, int]] = []
+        for origin in sorted(self.logs):
+            if after is not None and origin < after[0]:
+                continue
+            log = self.logs[origin]
+            first = after[1] + 1 if after is not None and origin == after[0] else 1
+            first = max(first, self.base_upto(origin) + 1)
+            dense_last = min(self.watermark(origin), first + limit - len(ops) - 1)
+            ops.extend((origin, nonce, log[nonce]) for nonce in range(first, dense_last + 1))
+            if len(ops) < limit:
+                floor = max(first - 1, self.watermark(origin))
+                above = heapq.nsmallest(limit - len(ops), (n for n in log if n > floor))
+                ops.extend((origin, nonce, log[nonce]) for nonce in above)
+            if len(ops) >= limit:
+                break
+        return ops
 
     def history(self) -> list[tuple[Origin, int, int]]:
         """The op log, ordered by origin then nonce."""

@@ -5,6 +5,11 @@ and never races the protocol. Adds and syncs then wait for the event carrying th
 ticket: an add is answered once its op is on disk, a sync once its barrier ended, a
 verify once every live peer answered or ``verify_timeout_s`` passed.
 
+No function handed to the owner task may take long (the watchdog and every other
+client wait for it): ``history`` answers one page of `HISTORY_PAGE_OPS` ops at a time
+(``next`` names the page after), and ``populate`` applies its ops in steps of
+`POPULATE_STEP_OPS`, each durable before the next is handed over.
+
 ``net-test`` and ``stats`` also read the kernel's view of our sockets (/proc/net/igmp,
 /proc/net/udp); those reads happen outside the owner task, after it answered.
 """
@@ -21,15 +26,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from crdtd.control.protocol import ControlError, ErrorCode, Request
+from crdtd.control.protocol import HISTORY_PAGE_OPS, ControlError, ErrorCode, Request
+from crdtd.core.counters import Counter
 from crdtd.core.events import AddApplied, SyncFinished, VerifyFinished
-from crdtd.core.ids import InvalidInput
+from crdtd.core.ids import InvalidInput, Origin
 from crdtd.core.node import Node
 from crdtd.daemon.verify import summarize
 from crdtd.net.driver import Driver
 
 REQUEST_IDS_MAX = 4096
 POPULATE_DELTA_MAX = 10
+POPULATE_STEP_OPS = 5000  # ops of a populate applied in one step: ~30 ms, one commit
 PROC_NET = Path("/proc/net")
 SYS_NET = Path("/sys/class/net")
 _IFF_UP = 0x1
@@ -102,9 +109,25 @@ class Handler:
 
         return await self._driver.call(read)
 
-    async def _cmd_history(self, variable: str) -> dict[str, Any]:
+    async def _cmd_history(self, variable: str, after: str | None = None) -> dict[str, Any]:
+        """One page of the log, from the start or from the cursor *after* (a page's
+        ``next``; None on the last page). A cursor made before a sync folded the log
+        would skip ops the fold took: the first page is answered instead, with
+        ``restarted`` true, so a client that joins the pages starts over."""
+
         def read(node: Node, now: float) -> dict[str, Any]:
             _value(node, variable)
+            counter = node.counters[variable]
+            folded = _folded(counter)
+            start: tuple[Origin, int] | None = None
+            restarted = False
+            if after is not None:
+                fold, incarnation, nonce, node_id = after.split(":", 3)
+                if int(fold) == folded:
+                    start = (Origin(node_id, int(incarnation)), int(nonce))
+                else:
+                    restarted = True
+            page = counter.page(start, HISTORY_PAGE_OPS)
             ops = [
                 {
                     "node_id": origin.node_id,
@@ -112,9 +135,19 @@ class Handler:
                     "nonce": nonce,
                     "delta": delta,
                 }
-                for origin, nonce, delta in node.history(variable) or []
+                for origin, nonce, delta in page
             ]
-            return {"variable": variable, "before": node.before(variable), "ops": ops}
+            cursor = None
+            if len(page) == HISTORY_PAGE_OPS:
+                origin, nonce, _ = page[-1]
+                cursor = f"{folded}:{origin.incarnation}:{nonce}:{origin.node_id}"
+            return {
+                "variable": variable,
+                "before": counter.before,
+                "ops": ops,
+                "next": cursor,
+                "restarted": restarted,
+            }
 
         return await self._driver.call(read)
 
@@ -186,27 +219,38 @@ class Handler:
             raise
 
     async def _cmd_populate(self, variable: str, count: int) -> dict[str, Any]:
-        deltas = [self._rng.randint(-POPULATE_DELTA_MAX, POPULATE_DELTA_MAX) for _ in range(count)]
-        result = await self._add(variable, deltas)
+        """*count* random ops, `POPULATE_STEP_OPS` per step: each step's ops are durable
+        before the next are drawn, so other requests, datagrams and the watchdog get
+        their turn in between, and memory holds one step's ops, not *count*."""
+        result: dict[str, Any] = {}
+        for done in range(0, count, POPULATE_STEP_OPS):
+            step = min(POPULATE_STEP_OPS, count - done)
+            deltas = [
+                self._rng.randint(-POPULATE_DELTA_MAX, POPULATE_DELTA_MAX) for _ in range(step)
+            ]
+            result = await self._add(variable, deltas)
         return {"variable": variable, "count": count, "value": result["value"]}
 
     async def _add(
         self, variable: str, deltas: list[int], request_id: str | None = None
     ) -> dict[str, Any]:
-        """Apply *deltas* in one step (one commit) and wait until the last is durable;
+        """Apply *deltas* in one step (one commit) and wait until the last is durable
+        (the step's records are written in one transaction, so the others are too);
         *request_id* names a single add."""
         driver = self._driver
 
-        def apply(node: Node, now: float) -> list[asyncio.Future[Any]]:
-            return [driver.waiter(node.add(variable, d, now, request_id)) for d in deltas]
+        def apply(node: Node, now: float) -> asyncio.Future[Any]:
+            *first, last = deltas
+            for delta in first:
+                node.add(variable, delta, now, request_id)
+            return driver.waiter(node.add(variable, last, now, request_id))
 
-        waiters = await driver.call(apply)
+        waiter = await driver.call(apply)
         try:
             async with asyncio.timeout(self._add_timeout_s):
-                events: list[AddApplied] = list(await asyncio.gather(*waiters))
+                last: AddApplied = await waiter
         except TimeoutError:
             raise ControlError(ErrorCode.TIMEOUT, "the add was not applied in time") from None
-        last = events[-1]
         return {
             "variable": last.variable,
             "node_id": last.origin.node_id,
@@ -352,6 +396,7 @@ def collect_stats(node: Node, driver: Driver) -> dict[str, Any]:
             )
         },
         "barriers": {"started": counters.get("barriers_started", 0), **driver.barriers.snapshot()},
+        "owner": driver.steps.snapshot(),
         "log_length": node.ops_in_log(),
         "variables": len(node.counters),
         "peers": {"live": live, "suspected": len(node.peers) - live},
@@ -572,6 +617,12 @@ def udp_drops(inodes: Iterable[int], proc_net: Path = PROC_NET) -> dict[int, int
         if len(fields) >= 13 and fields[9].isdecimal() and int(fields[9]) in wanted:
             drops[int(fields[9])] = int(fields[12])
     return drops
+
+
+def _folded(counter: Counter) -> int:
+    """Grows with every fold into *counter*'s bases (a base's ``upto`` only rises):
+    a history cursor made under another value may point into folded ops."""
+    return sum(upto for upto, _ in counter.bases.values())
 
 
 def _value(node: Node, variable: str) -> int:

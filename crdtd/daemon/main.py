@@ -40,7 +40,6 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from crdtd import __version__
 from crdtd.control.server import ControlServer, SocketPathError
@@ -52,7 +51,7 @@ from crdtd.daemon.config import Config, ConfigError, default_config_path, load_c
 from crdtd.daemon.handler import Handler, NetInfo
 from crdtd.daemon.keys import describe_keys, load_keys, write_new_key_file
 from crdtd.daemon.logs import configure_logging, get_logger, set_level
-from crdtd.daemon.metrics import SCRAPE_TIMEOUT_S, MetricsServer
+from crdtd.daemon.metrics import MetricsServer
 from crdtd.daemon.systemd import ListenFdsError, Notifier, listen_fds
 from crdtd.net.driver import Driver
 from crdtd.net.sockets import (
@@ -298,10 +297,12 @@ async def _run(
     connections_max = config.limits.control_connections_max
     servers = [ControlServer(socket_path, handler, connections_max=connections_max)]
     servers += _read_only_servers(inherited, handler, connections_max)
-    metrics = _start_metrics(config, handler, loop)  # a daemon thread: dies with us
+    metrics = _metrics_server(config, handler)
     try:
         for server in servers:
             await server.start()
+        if metrics is not None:
+            await _start_metrics(metrics)
     except BaseException:
         for server in servers:
             await server.close()  # those that started; the others have nothing to close
@@ -336,7 +337,7 @@ async def _run(
         for server in servers:
             await server.close()
         if metrics is not None:
-            await asyncio.to_thread(metrics.close)
+            await metrics.close()
         log.info("stopped")
 
 
@@ -357,21 +358,18 @@ def _read_only_servers(
     ]
 
 
-def _start_metrics(
-    config: Config, handler: Handler, loop: asyncio.AbstractEventLoop
-) -> MetricsServer | None:
+def _metrics_server(config: Config, handler: Handler) -> MetricsServer | None:
     """The Prometheus endpoint of ``metrics.listen``, or None when it is off."""
     if config.metrics.listen is None:
         return None
     host, port = config.metrics.listen
+    return MetricsServer(host, port, handler.stats)
 
-    def read() -> dict[str, Any]:
-        # Called in the HTTP thread: the stats are read in the owner task.
-        future = asyncio.run_coroutine_threadsafe(handler.stats(), loop)
-        return future.result(timeout=SCRAPE_TIMEOUT_S)
 
+async def _start_metrics(metrics: MetricsServer) -> None:
+    host, port = metrics.address
     try:
-        return MetricsServer(host, port, read)
+        await metrics.start()
     except OSError as error:
         raise StartupError(
             f"metrics.listen {host}:{port}: cannot listen: {error.strerror}; "

@@ -3,35 +3,46 @@
 Rules:
 - off unless configured; the server binds exactly the configured address (keep it on
   loopback unless the scraper is elsewhere: there is no authentication);
-- a scrape reads the stats inside the owner task (`Driver.call`, through the event
-  loop), never the node's dicts from the HTTP thread, so it sees a consistent step;
+- a scrape reads the stats inside the owner task (`Driver.call`), so it sees a
+  consistent step;
 - every metric is named ``crdtd_...``; counters end in ``_total``; the list is in
-  docs/operations.md.
+  docs/operations.md;
+- served on the event loop, not in threads: at most `CONNECTIONS_MAX` connections (one
+  more is answered 503 and closed), a request's line and headers must arrive within
+  `HEADER_TIMEOUT_S` and fit `HEADER_BYTES_MAX`, one request per connection, and an
+  answer the client does not read within `WRITE_TIMEOUT_S` is dropped. So idle or slow
+  connections cost a bounded number of fds and no thread, and never starve the control
+  sockets (a thread per connection did, at about a thousand).
 
-Theory of operation: a `StatsCollector` registered in a private registry turns one
-stats snapshot (`crdtd.daemon.handler.collect_stats`) into metric families at scrape
-time; a small threaded WSGI server (the standard library's, with prometheus_client's
-WSGI app) answers in a daemon thread, stopped by `MetricsServer.close`.
+Theory of operation: each scrape awaits one stats snapshot
+(`crdtd.daemon.handler.Handler.stats`), turns it into metric families with a
+`StatsCollector` in a private registry, and encodes them with prometheus_client's
+encoder for the scraper's ``Accept`` header.
 """
 
 from __future__ import annotations
 
-import socketserver
-import threading
-from collections.abc import Callable, Iterator
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 SCRAPE_TIMEOUT_S = 5.0
+CONNECTIONS_MAX = 16
+HEADER_TIMEOUT_S = 5.0
+HEADER_BYTES_MAX = 8192
+WRITE_TIMEOUT_S = 5.0
+PATHS = ("/metrics", "/")
 
 _COUNTERS = (
     # (metric, where in the stats, help)
@@ -91,6 +102,20 @@ class StatsCollector(Collector):
             gauge = GaugeMetricFamily(f"crdtd_{name}", text)
             gauge.add_metric([], value)
             yield gauge
+        owner = stats["owner"]
+        steps = [(f"{bound:g}", count) for bound, count in owner["histogram_s"]]
+        steps.append(("+Inf", owner["steps"]))
+        yield HistogramMetricFamily(
+            "crdtd_owner_step_seconds",
+            "How long each step of the owner task ran without yielding.",
+            buckets=steps,
+            sum_value=owner["sum_s"],
+        )
+        longest = GaugeMetricFamily(
+            "crdtd_owner_step_max_seconds", "The longest step of the owner task since start."
+        )
+        longest.add_metric([], owner["max_ms"] / 1000)
+        yield longest
         peers = GaugeMetricFamily("crdtd_peers", "Peers known, by state.", labels=["state"])
         peers.add_metric(["live"], stats["peers"]["live"])
         peers.add_metric(["suspected"], stats["peers"]["suspected"])
@@ -105,35 +130,99 @@ class StatsCollector(Collector):
         yield raw
 
 
-class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # scrapes are not log events
-
-
 class MetricsServer:
-    """``GET /metrics`` at *host*:*port* in a daemon thread; `close` stops it."""
+    """``GET /metrics`` at *host*:*port* on the running event loop, from the stats that
+    *read* returns; `start`, then `close`."""
 
-    def __init__(self, host: str, port: int, read: Callable[[], dict[str, Any]]) -> None:
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(StatsCollector(read))
-        self._server = make_server(
-            host,
-            port,
-            make_wsgi_app(registry),
-            server_class=_ThreadingServer,
-            handler_class=_QuietHandler,
-        )
-        self.address = (host, int(self._server.server_address[1]))
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="crdtd-metrics", daemon=True
-        )
-        self._thread.start()
+    def __init__(self, host: str, port: int, read: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+        self._host = host
+        self._port = port
+        self._read = read
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[Any]] = set()
+        self.address = (host, port)
 
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=SCRAPE_TIMEOUT_S)
+    async def start(self) -> None:
+        """Listen; raise ``OSError`` if the address cannot be bound."""
+        self._server = await asyncio.start_server(
+            self._accept, self._host, self._port, limit=HEADER_BYTES_MAX
+        )
+        self.address = (self._host, int(self._server.sockets[0].getsockname()[1]))
+
+    async def close(self) -> None:
+        """Stop listening and end every connection."""
+        if self._server is None:
+            return
+        server, self._server = self._server, None
+        server.close()
+        for task in self._connections:
+            task.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
+        await server.wait_closed()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self._connections) >= CONNECTIONS_MAX:
+            writer.write(_response(503, b"too many connections\n"))
+            writer.close()  # the transport flushes the answer before closing
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        try:
+            await self._serve(reader, writer)
+        except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
+            pass  # the scraper went away, was too slow, or sent half a request
+        except asyncio.LimitOverrunError:
+            with contextlib.suppress(ConnectionError):
+                writer.write(_response(431, b"request headers too large\n"))
+        finally:
+            self._connections.discard(task)
+            writer.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async with asyncio.timeout(HEADER_TIMEOUT_S):
+            head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        request = lines[0].split()
+        if len(request) != 3 or not request[2].startswith("HTTP/"):
+            reply = _response(400, b"bad request line\n")
+        elif request[0] != "GET":
+            reply = _response(405, b"only GET\n")
+        elif request[1].split("?", 1)[0] not in PATHS:
+            reply = _response(404, b"try /metrics\n")
+        else:
+            headers = dict(_header(line) for line in lines[1:] if ":" in line)
+            encoder, content_type = choose_encoder(headers.get("accept", ""))
+            async with asyncio.timeout(SCRAPE_TIMEOUT_S):
+                stats = await self._read()
+            registry = CollectorRegistry(auto_describe=False)
+            registry.register(StatsCollector(lambda: stats))
+            reply = _response(200, encoder(registry), content_type)
+        writer.write(reply)
+        async with asyncio.timeout(WRITE_TIMEOUT_S):
+            await writer.drain()
+
+
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    431: "Request Header Fields Too Large",
+    503: "Service Unavailable",
+}
+
+
+def _header(line: str) -> tuple[str, str]:
+    name, _, value = line.partition(":")
+    return name.strip().lower(), value.strip()
+
+
+def _response(status: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> bytes:
+    head = (
+        f"HTTP/1.1 {status} {_REASONS[status]}\r\n"
+        f"Content-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    return head.encode("latin-1") + body

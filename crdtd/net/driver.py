@@ -13,9 +13,15 @@ Rules:
 - reading a socket only enqueues, up to `RECV_BURST` datagrams per wakeup (one loop turn
   per datagram would spend a flood's CPU on the event loop). The inbox is bounded;
   datagrams over 1400 bytes and overflow are dropped and counted before any parsing;
-- a step takes the control requests first and at most `STEP_DATAGRAMS_MAX` datagrams,
-  and the task yields after every step, so a flood of datagrams delays a request by
-  one short step, not by the whole inbox;
+- a step takes the control requests first, until `STEP_CALLS_S` has passed (the rest
+  wait for the next step), and at most `STEP_DATAGRAMS_MAX` datagrams, and the task
+  yields after every step, so a flood of datagrams or requests delays a request by one
+  short step, not by the whole queue. Each request's function must itself be short:
+  big answers and big writes are asked for in slices (`crdtd.daemon.handler`);
+- every stretch the owner task runs without yielding (the step, then the flush after
+  the disk write) is timed (`StepStats`): its longest is ``owner_step_max_us`` in
+  ``stats``, so a step that holds the loop too long shows in numbers, not in a
+  watchdog abort;
 - while a transaction is being written, datagrams and requests keep queueing; the next
   step takes them all at once, which is what batches ops into few commits and datagrams;
 - rejected datagrams are logged at most once per reason per `REJECT_LOG_EVERY_S`, and a
@@ -29,6 +35,7 @@ import asyncio
 import collections
 import contextlib
 import socket
+import time
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
@@ -58,6 +65,7 @@ T = TypeVar("T")
 
 INBOX_MAX = 8192
 STEP_DATAGRAMS_MAX = 256  # keep one step short so timers and requests stay timely
+STEP_CALLS_S = 0.02  # requests taken by one step, in time: each request is short itself
 RECV_BURST = 64
 OUTBOX_MAX = 4096
 WATCH_QUEUE_MAX = 1024
@@ -151,6 +159,40 @@ class RejectLog:
         return fields
 
 
+STEP_BUCKETS_S = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
+"""Upper bounds of the owner-step duration histogram (`StepStats`), seconds."""
+
+
+class StepStats:
+    """How long the owner task ran without yielding, per stretch: count, sum, max and
+    a cumulative histogram. The watchdog is fed between steps, so the longest step is
+    how close the daemon came to being killed by it (habit 18 of docs/STYLE.md)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.sum_s = 0.0
+        self.max_s = 0.0
+        self.buckets = [0] * len(STEP_BUCKETS_S)  # cumulative: count <= bound
+
+    def record(self, duration_s: float) -> None:
+        self.count += 1
+        self.sum_s += duration_s
+        self.max_s = max(self.max_s, duration_s)
+        for index, bound in enumerate(STEP_BUCKETS_S):
+            if duration_s <= bound:
+                self.buckets[index] += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "steps": self.count,
+            "max_ms": round(self.max_s * 1000, 3),
+            "sum_s": self.sum_s,
+            "histogram_s": [
+                [bound, count] for bound, count in zip(STEP_BUCKETS_S, self.buckets, strict=True)
+            ],
+        }
+
+
 class Store(Protocol):
     def append(self, records: list[Record]) -> None: ...
 
@@ -192,6 +234,7 @@ class Driver:
         self._reject_log = RejectLog()
         self._status = ""
         self.barriers = BarrierStats()
+        self.steps = StepStats()
 
     # --- wiring -------------------------------------------------------------------
 
@@ -288,8 +331,9 @@ class Driver:
             if interval is not None and now >= next_watchdog:
                 self._notifier.notify(WATCHDOG="1")
                 next_watchdog = now + interval
+            started = time.perf_counter()
             self._step(now)
-            await self._flush()
+            await self._flush(started)
             await asyncio.sleep(0)  # let requests and the sockets' readers in
         self._notifier.notify(STOPPING="1")
         self.node.checkpoint()
@@ -306,6 +350,7 @@ class Driver:
 
     def _step(self, now: float) -> None:
         node = self.node
+        calls_until = time.perf_counter() + STEP_CALLS_S
         while self._calls:
             function, future = self._calls.popleft()
             if future.cancelled():
@@ -314,18 +359,26 @@ class Driver:
                 self._answers.append((future, function(node, now), None))
             except Exception as error:  # handed back to the caller, who reports it
                 self._answers.append((future, None, error))
+            if time.perf_counter() >= calls_until:
+                break  # at least one per step; the rest wait for the next
         for _ in range(min(len(self._inbox), STEP_DATAGRAMS_MAX)):
             data, address, multicast = self._inbox.popleft()
             node.receive_datagram(data, address, now, multicast)
         if node.get_timer() <= now:
             node.handle_timer(now)
 
-    async def _flush(self) -> None:
+    async def _flush(self, started: float | None = None) -> None:
+        """Persist, answer, send, report. *started*: when the step before began (by
+        `time.perf_counter`), to time the stretches that hold the loop."""
         records = self.node.records_to_persist()
         if records:
+            if started is not None:
+                self._timed(started)
+                started = None
             # A failure here propagates and stops the daemon: nothing of this step was
             # sent or acknowledged, so nothing acknowledged is lost.
             await asyncio.to_thread(self._store.append, records)
+            started = time.perf_counter()
         answers, self._answers = self._answers, []
         for future, result, error in answers:
             if future.cancelled():
@@ -339,6 +392,12 @@ class Driver:
         for event in self.node.events():
             self._report(event)
         self._update_status()
+        if started is not None:
+            self._timed(started)
+
+    def _timed(self, started: float) -> None:
+        self.steps.record(time.perf_counter() - started)
+        self.stats["owner_step_max_us"] = int(self.steps.max_s * 1_000_000)
 
     def _send(self, payload: bytes, destination: Address) -> None:
         if not self._outbox:

@@ -437,3 +437,54 @@ def test_limits_are_checked() -> None:
         ControlServer(Path("x"), FakeHandler(), connections_max=0)
     with pytest.raises(ValueError, match="idle_timeout_s"):
         ControlServer(Path("x"), FakeHandler(), idle_timeout_s=0)
+
+
+def test_big_answers_pipelined_by_a_client_that_never_reads_are_not_all_made(
+    tmp_path: Path,
+) -> None:
+    """A client pipelines 256 history requests of ~300 KB answers and reads nothing: the
+    server makes the answers one at a time as the previous ones are written, so it stops
+    at what the socket buffers hold; another connection is served meanwhile, and the
+    greedy one gets every answer, in order, once it reads."""
+
+    async def scenario(server: ControlServer, handler: FakeHandler) -> None:
+        other = await Connection.open(server.path)
+        await other.call("create", variable="big")
+        handler.ops["big"] = [
+            {"node_id": "n1", "incarnation": 1, "nonce": n, "delta": 1} for n in range(1, 5001)
+        ]
+        greedy = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        greedy.connect(str(server.path))
+        lines = [json.dumps(request(i, "history", variable="big")).encode() for i in range(256)]
+        greedy.sendall(b"\n".join(lines) + b"\n")
+        assert (await other.call("add", 2, variable="big", delta=1))["ok"]
+        assert (await other.call("status", 3))["ok"]
+        made = sum(r.cmd == "history" for r in handler.requests)
+        assert made < 16, f"{made} big answers made for a client that reads nothing"
+        reader, writer = await asyncio.open_unix_connection(sock=greedy, limit=2**22)
+        ids = [json.loads(await reader.readline())["id"] for _ in range(256)]
+        assert ids == list(range(256))
+        writer.close()
+        await other.close()
+
+    with_server(tmp_path / "c.sock", scenario)
+
+
+def test_adds_pipelined_behind_a_big_answer_start_at_once(tmp_path: Path) -> None:
+    """Small requests start when read, so pipelined adds still share a commit; their
+    answers still come out in request order."""
+
+    async def scenario(server: ControlServer, handler: FakeHandler) -> None:
+        client = await Connection.open(server.path)
+        await client.call("create", 0, variable="x")
+        handler.sync_hangs = True
+        await client.send(
+            request(1, "sync"), *(request(i, "add", variable="x", delta=1) for i in range(2, 6))
+        )
+        await handler.sync_started.wait()
+        while sum(r.cmd == "add" for r in handler.requests) < 4:
+            await asyncio.sleep(0.01)
+        assert handler.values["x"] == 4  # applied while the sync before them hangs
+        await client.close()
+
+    with_server(tmp_path / "c.sock", scenario)

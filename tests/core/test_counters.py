@@ -439,3 +439,45 @@ def test_history_orders_by_origin_then_nonce() -> None:
         counter.apply(origin, nonce, nonce)
     assert counter.history() == [(a, 1, 1), (a, 3, 3), (b, 1, 1), (b, 2, 2)]
     assert counter.origins() == [a, b]
+
+
+@given(op_sets, st.data(), st.integers(min_value=1, max_value=7))
+@settings(max_examples=200, deadline=None)
+def test_pages_joined_are_the_history_whatever_the_holes_and_bases(
+    ops: list[Op], data: st.DataObject, limit: int
+) -> None:
+    counter = Counter("x")
+    for origin, nonce, delta in ops:
+        counter.apply(origin, nonce, delta)
+    for origin in data.draw(st.lists(st.sampled_from(ORIGINS), max_size=3)):
+        if counter.watermark(origin):
+            upto = data.draw(st.integers(min_value=1, max_value=counter.watermark(origin)))
+            counter.adopt_base(origin, upto, counter.prefix_total(origin, upto))
+    joined: list[Op] = []
+    after = None
+    while True:
+        page = counter.page(after, limit)
+        assert len(page) <= limit
+        joined += page
+        if len(page) < limit:
+            break
+        after = page[-1][:2]
+    assert joined == counter.history()
+
+
+def test_version_changes_with_every_new_op_and_fold_and_only_then() -> None:
+    counter = Counter("x")
+    origin = ORIGINS[0]
+    seen = [counter.version]
+    counter.apply(origin, 1, 5)
+    seen.append(counter.version)
+    counter.apply(origin, 1, 5)  # a duplicate changes nothing
+    counter.apply(origin, 1, 6)  # nor does a conflict
+    seen.append(counter.version)
+    counter.apply(origin, 2, 1)
+    seen.append(counter.version)
+    counter.adopt_base(origin, 1, 5)
+    seen.append(counter.version)
+    counter.adopt_base(origin, 1, 5)  # already covered
+    seen.append(counter.version)
+    assert seen == [0, 1, 1, 2, 3, 3]

@@ -190,3 +190,49 @@ def test_each_reason_has_its_own_allowance() -> None:
     assert log.line(DatagramRejected("unauthenticated", SENDER), 0.0) is not None
     assert log.line(DatagramRejected("unexpected_mac", SENDER, "k1"), 0.0) is not None
     assert log.line(DatagramRejected("unauthenticated", SENDER), 1.0) is None
+
+
+def test_each_step_is_timed_and_the_longest_is_in_the_stats(store: Store) -> None:
+    group = udp_socket()
+
+    async def scenario() -> None:
+        driver = make_driver(store, group.getsockname())
+        await driver.attach(udp_socket(), udp_socket())
+        running = asyncio.create_task(driver.run())
+        await driver.call(lambda node, now: node.create("x", now))
+        assert driver.steps.count >= 1
+        assert driver.stats["owner_step_max_us"] == int(driver.steps.max_s * 1_000_000)
+        snapshot = driver.steps.snapshot()
+        assert snapshot["histogram_s"][-1][1] <= snapshot["steps"] == driver.steps.count
+        driver.stop()
+        await asyncio.wait_for(running, WAIT_S)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        group.close()
+
+
+def test_requests_over_a_steps_time_budget_wait_for_the_next_step(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no time to spare, each step takes one request: a long queue of requests is
+    spread over steps, with timers and datagrams between, never run in one go."""
+    monkeypatch.setattr("crdtd.net.driver.STEP_CALLS_S", 0.0)
+    group = udp_socket()
+
+    async def scenario() -> None:
+        driver = make_driver(store, group.getsockname())
+        await driver.attach(udp_socket(), udp_socket())
+        running = asyncio.create_task(driver.run())
+        steps = await asyncio.gather(
+            *(driver.call(lambda node, now: driver.steps.count) for _ in range(5))
+        )
+        assert steps == sorted(set(steps)), "two requests ran in one step"
+        driver.stop()
+        await asyncio.wait_for(running, WAIT_S)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        group.close()

@@ -876,6 +876,10 @@ class Node:
             )
             want.due = now + backoff * self._rng.uniform(1.0, 1.5)
             if holder is None:
+                # Nobody live can fill it (an invented origin, or its holders went
+                # quiet): forget it; a live peer's announce will reveal it again.
+                del self._wants[(variable, origin)]
+                self._count("wants_unanswerable")
                 continue
             missing = counter.missing(origin, want.high, self.settings.nack_ranges_max)
             by_holder.setdefault(holder, []).extend(

@@ -177,3 +177,18 @@ def test_incarnations_only_grow_for_one_state_whatever_the_clock_says() -> None:
         Origin("a", hour_back), Settings(), random.Random("t"), START, [IncarnationStarted(now)]
     )
     assert node.origin.incarnation > now
+
+
+def test_a_want_that_no_live_peer_can_fill_is_dropped_not_retried_forever() -> None:
+    node = keyed()
+    invented = Origin("nobody", 1)
+    [announce] = liar().announce("work", 0, None, [VariableDigest("x", ((invented, 9),))])
+    node.receive_datagram(announce, LIAR, START)
+    node.handle_timer(START + 0.1)
+    assert node.stats["nacks_sent"] == 1  # the announcer claimed it: ask it first
+    node.handle_timer(START + 3.5)  # the announcer fell silent (suspected)
+    node.handle_timer(START + 4.0)
+    assert node.stats["wants_unanswerable"] == 1
+    nacks = node.stats["nacks_sent"]
+    node.handle_timer(START + 9.0)
+    assert node.stats["nacks_sent"] == nacks

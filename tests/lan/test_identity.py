@@ -1,6 +1,7 @@
 """Identity on a real LAN (docs/protocol.md, "Identity"): every boot is a new
 incarnation, so copies of one node's state - a clone running beside it, an older copy
-booted again - never lose or double-count an acknowledged add.
+booted again - never lose or double-count an acknowledged add; and claims about a
+node's own current origin are refused, whoever signs them.
 
 The ledger rule is the one of test_faults.py: every node must read the acked sum.
 These tests pause a node's writer around each stop, so nothing is ever *maybe* and the
@@ -9,6 +10,7 @@ sums are exact.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import random
@@ -22,7 +24,10 @@ from typing import Any
 import pytest
 
 from crdtd.core.ids import Origin
+from crdtd.daemon.keys import load_keys
 from crdtd.lab import Lab, Node, Outcome, Workload, await_convergence, await_folded
+from crdtd.lab.attacker import own_origin_claims
+from crdtd.lab.hostile import UNICAST_PORT
 from crdtd.lab.scenarios import PEER_TIMEOUT_S, SyncLoop
 
 pytestmark = pytest.mark.lan
@@ -32,8 +37,20 @@ MANUAL_SYNC = {"sync": {"interval_s": 0}}
 RATE_PER_S = 20.0
 WRITE_S = 5.0
 CONVERGE_S = 30.0
+EVENT_S = 15.0
 CTL_TIMEOUT_S = 60.0
+OWN = "own"  # written only by the forged-claims test's own adds, never by the writers
 EXIT_NOT_AGREED = 4
+
+SEND = """\
+import base64, json, sys
+from crdtd.lab.attacker import send_once
+for target, payloads in json.load(sys.stdin).items():
+    host, port = target.rsplit(":", 1)
+    kinds = {"claims": [base64.b64decode(payload) for payload in payloads]}
+    print(json.dumps(send_once(kinds, [(host, int(port))])))
+"""
+"""Run in the attacker's namespace: each target's datagrams, once each, paced."""
 
 
 def ctl_json(node: Node, *args: str) -> tuple[int, dict[str, Any]]:
@@ -149,3 +166,71 @@ def test_two_clones_and_a_rewound_node_keep_every_acknowledged_add(
     assert code == 0 and report["agree"] is True, report
     assert await_convergence(lab, work.ledger, timeout_s=CONVERGE_S) == values
     await_folded(lab, work.ledger, timeout_s=CONVERGE_S)
+
+
+def claims_refused(node: Node) -> int:
+    return int(node.status()["stats"].get("claims_refused", 0))
+
+
+def await_claims_refused(node: Node, count: int) -> None:
+    """Wait until *node* has refused *count* claims in all (UDP takes its time)."""
+    deadline = time.monotonic() + EVENT_S
+    while (refused := claims_refused(node)) < count:
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"{node.name}: claims_refused {refused}, expected {count}\n{node.tail()}"
+            )
+        time.sleep(0.1)
+
+
+def test_a_forged_own_origin_base_from_a_key_holder_changes_nothing(
+    make_lab: MakeLab, lab_rng: random.Random
+) -> None:
+    """An attacker holding the cluster key sends each node a ``Bases`` for the node's
+    own current origin up to 2^63 - 1 with a made-up total, and ops of that origin from
+    the nonce its next add would take up (and one at 2^63 - 1), while writers add. Each
+    node must refuse every one of them (``claims_refused``), keep its values equal to
+    the ledger, not restart, and take its next local add at the very next nonce. (Before
+    the fix such a base pushed the node's watermark to 2^63 - 1 and every later add
+    failed with "expected an unsigned 64-bit integer".)"""
+    lab = make_lab(3, config=MANUAL_SYNC)
+    mallory = lab.add_host("mallory")
+    keys = load_keys(lab.key_file)
+    pids = {node.name: node.pid for node in lab.nodes}
+    with Workload(lab, rate_per_s=RATE_PER_S, seed=lab_rng.random()) as work:
+        time.sleep(WRITE_S)
+        payloads: dict[str, list[str]] = {}
+        expected: dict[str, int] = {}
+        nonces: dict[str, int] = {}
+        for node in lab.nodes:
+            nonces[node.name] = node.call("add", {"variable": OWN, "delta": 1})["nonce"]
+            work.ledger.record(node.name, OWN, 1, Outcome.ACKED)
+            # The writers' variables: nonces far above anything they reach here.
+            claimed = {OWN: nonces[node.name] + 1, **dict.fromkeys(work.variables, 2**32)}
+            origin = Origin(node.node_id, incarnation(node))
+            datagrams = own_origin_claims(origin, claimed, keys, lab_rng)
+            payloads[f"{node.address}:{UNICAST_PORT}"] = [
+                base64.b64encode(datagram).decode() for datagram in datagrams
+            ]
+            expected[node.name] = claims_refused(node) + 5 * len(claimed)  # a base, 4 ops
+        out = mallory.python(SEND, input_text=json.dumps(payloads))
+        sent = [json.loads(line) for line in out.splitlines()]
+        assert not any(report["send_errors"] for report in sent), sent
+        for node in lab.nodes:
+            await_claims_refused(node, expected[node.name])
+        time.sleep(1.0)  # adds keep flowing after the claims
+
+    assert work.ledger.total(Outcome.MAYBE) == 0, work.ledger.summary()
+    values = await_convergence(lab, work.ledger, timeout_s=CONVERGE_S)
+    for node in lab.nodes:
+        assert (node.pid, node.starts) == (pids[node.name], 1), f"{node.name} restarted"
+        assert claims_refused(node) == expected[node.name], node.name
+        refused = node.events("claim_refused")
+        assert refused, f"{node.name} logged no claim_refused"
+        kinds = sorted({(event["kind"], event["peer"]) for event in refused})
+        print(f"{node.name}: claims_refused {claims_refused(node)}; claim_refused {kinds}")
+        answer = node.call("add", {"variable": OWN, "delta": 1})
+        assert answer["nonce"] == nonces[node.name] + 1, (node.name, answer)
+        work.ledger.record(node.name, OWN, 1, Outcome.ACKED)
+    after = await_convergence(lab, work.ledger, timeout_s=CONVERGE_S)
+    assert after == {**values, OWN: values[OWN] + len(lab.nodes)}, (values, after)

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from crdtd.core import wire
 from crdtd.core.ids import NONCE_MAX, Origin
-from crdtd.core.messages import BaseEntry, OpGroup
+from crdtd.core.messages import BaseEntry, OpGroup, VariableDigest
 from crdtd.core.settings import Key
 
 Address = tuple[str, int]
@@ -94,9 +94,10 @@ def own_origin_claims(
     """What a key holder could send *victim* to take over its own counters, signed with
     *keys*: per variable, a base of the victim's current origin up to `NONCE_MAX` with a
     made-up total, and ops of that origin from *next_nonces[variable]* (the nonce the
-    victim's next local add would take) up, plus one at `NONCE_MAX`. A node that
-    believed the base or the ops could never add again (its next nonce would be taken,
-    or past 2^63 - 1). They come from a made-up sender, a peer like any other."""
+    victim's next local add would take) up, plus one at `NONCE_MAX`; then an announce
+    that holds the victim's origin up to `NONCE_MAX` in every variable. A node that
+    believed any of it could never add again (its next nonce would be taken, or past
+    2^63 - 1). They come from a made-up sender, a peer like any other."""
     sender = Origin("mallory", rng.randrange(1, 2**63))
     encoder = wire.Encoder(sender, keys, seq_start=rng.randrange(1, 2**62))
     payloads = []
@@ -105,7 +106,8 @@ def own_origin_claims(
         payloads += encoder.bases([BaseEntry(variable, victim, NONCE_MAX, total)])
         ops = tuple((first + i, rng.randrange(1, 10**6)) for i in range(3))
         payloads += encoder.op_batch([OpGroup(variable, victim, (*ops, (NONCE_MAX, 1)))])
-    return payloads
+    marks = [VariableDigest(variable, ((victim, NONCE_MAX),)) for variable in next_nonces]
+    return payloads + encoder.announce("work", 0, None, marks)
 
 
 def tampered(captured: Sequence[bytes], rng: random.Random) -> list[bytes]:

@@ -194,8 +194,9 @@ def test_a_forged_own_origin_base_from_a_key_holder_changes_nothing(
     make_lab: MakeLab, lab_rng: random.Random
 ) -> None:
     """An attacker holding the cluster key sends each node a ``Bases`` for the node's
-    own current origin up to 2^63 - 1 with a made-up total, and ops of that origin from
-    the nonce its next add would take up (and one at 2^63 - 1), while writers add. Each
+    own current origin up to 2^63 - 1 with a made-up total, ops of that origin from
+    the nonce its next add would take up (and one at 2^63 - 1), and an announce that
+    holds that origin up to 2^63 - 1, while writers add. Each
     node must refuse every one of them (``claims_refused``), keep its values equal to
     the ledger, not restart, and take its next local add at the very next nonce. (Before
     the fix such a base pushed the node's watermark to 2^63 - 1 and every later add
@@ -219,7 +220,8 @@ def test_a_forged_own_origin_base_from_a_key_holder_changes_nothing(
             payloads[f"{node.address}:{UNICAST_PORT}"] = [
                 base64.b64encode(datagram).decode() for datagram in datagrams
             ]
-            expected[node.name] = claims_refused(node) + 5 * len(claimed)  # a base, 4 ops
+            # Per variable: a base, four ops and a watermark.
+            expected[node.name] = claims_refused(node) + 6 * len(claimed)
         out = mallory.python(SEND, input_text=json.dumps(payloads))
         sent = [json.loads(line) for line in out.splitlines()]
         assert not any(report["send_errors"] for report in sent), sent

@@ -15,7 +15,8 @@ Payloads are made up front, so the loop only sends. It prints one JSON line: wha
 captured and, per kind, how many it sent. ``--captured FILE`` keeps the capture in FILE,
 or replays the one already there (to replay it after a node restarted); ``--kinds``
 chooses what to send; ``--once`` sends each payload once to each unicast target, so a
-test can count exactly what should be refused. Usage::
+test can count exactly what should be refused. (`own_origin_claims` is for an attacker
+that *holds* the key: tests/lan/test_identity.py sends them itself.) Usage::
 
     python -m crdtd.lab.attacker --group 239.255.77.77:7777 --interface-address 10.77.0.9 \\
         --targets 10.77.0.1:7778,10.77.0.2:7778 --key-id k2026a --member n01 \\
@@ -32,12 +33,12 @@ import os
 import random
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from crdtd.core import wire
-from crdtd.core.ids import Origin
-from crdtd.core.messages import OpGroup
+from crdtd.core.ids import NONCE_MAX, Origin
+from crdtd.core.messages import BaseEntry, OpGroup, VariableDigest
 from crdtd.core.settings import Key
 
 Address = tuple[str, int]
@@ -85,6 +86,28 @@ def forged_ops(sender: Origin, keys: Sequence[Key], rng: random.Random) -> list[
         ops = tuple(sorted((rng.randrange(1, 2**40), rng.randrange(1, 10**6)) for _ in range(8)))
         payloads += encoder.op_batch([OpGroup(rng.choice("abcxyz"), sender, ops)])
     return payloads
+
+
+def own_origin_claims(
+    victim: Origin, next_nonces: Mapping[str, int], keys: Sequence[Key], rng: random.Random
+) -> list[bytes]:
+    """What a key holder could send *victim* to take over its own counters, signed with
+    *keys*: per variable, a base of the victim's current origin up to `NONCE_MAX` with a
+    made-up total, and ops of that origin from *next_nonces[variable]* (the nonce the
+    victim's next local add would take) up, plus one at `NONCE_MAX`; then an announce
+    that holds the victim's origin up to `NONCE_MAX` in every variable. A node that
+    believed any of it could never add again (its next nonce would be taken, or past
+    2^63 - 1). They come from a made-up sender, a peer like any other."""
+    sender = Origin("mallory", rng.randrange(1, 2**63))
+    encoder = wire.Encoder(sender, keys, seq_start=rng.randrange(1, 2**62))
+    payloads = []
+    for variable, first in next_nonces.items():
+        total = rng.randrange(-(2**70), 2**70)
+        payloads += encoder.bases([BaseEntry(variable, victim, NONCE_MAX, total)])
+        ops = tuple((first + i, rng.randrange(1, 10**6)) for i in range(3))
+        payloads += encoder.op_batch([OpGroup(variable, victim, (*ops, (NONCE_MAX, 1)))])
+    marks = [VariableDigest(variable, ((victim, NONCE_MAX),)) for variable in next_nonces]
+    return payloads + encoder.announce("work", 0, None, marks)
 
 
 def tampered(captured: Sequence[bytes], rng: random.Random) -> list[bytes]:

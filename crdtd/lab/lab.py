@@ -33,7 +33,9 @@ Rules:
 - a daemon that exits without the lab killing or stopping it has *crashed*
   (`Node.crashed`): the checks report it, with its log;
 - node names are ``n01``, ``n02``, ... and are also the daemons' ``node.id``, so a node
-  keeps its id across restarts and a wipe (a wipe gives it a new incarnation).
+  keeps its id across restarts and a wipe (a wipe gives it a new incarnation); a clone
+  (`Lab.add_clone`) runs with ``node.id: auto`` on a copy of another node's state, so
+  its `Node.node_id` is that node's.
 """
 
 from __future__ import annotations
@@ -191,15 +193,12 @@ class Node(Host):
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self.wanted = False  # started and not killed or stopped since: it should be up
-
-    @property
-    def node_id(self) -> str:
-        return self.name
+        self.node_id = name  # the daemon's id: its name, or a clone's source's (add_clone)
 
     def config(self) -> dict[str, Any]:
         """The daemon's config: the lab's base, the lab's overrides, this node's."""
         base = {
-            "node": {"id": self.name, "state_dir": str(self.state_dir)},
+            "node": {"id": self.node_id, "state_dir": str(self.state_dir)},
             "network": {"interface": self.interface, "ttl": 1},
             "control": {"socket": str(self.socket)},
             "security": {"key_file": str(self.lab.key_file)},
@@ -303,6 +302,20 @@ class Node(Host):
         if self.running:
             raise LabError(f"{self.name}: stop it before wiping its state")
         shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    def save_state(self, destination: Path) -> Path:
+        """Copy the state directory (the node must be down) to *destination*, which must
+        not exist yet: a snapshot to `restore_state` later, or a clone's state."""
+        if self.running:
+            raise LabError(f"{self.name}: stop it before copying its state")
+        shutil.copytree(self.state_dir, destination, symlinks=True)
+        return destination
+
+    def restore_state(self, saved: Path) -> None:
+        """Replace the state directory with a copy of *saved* (the node must be down):
+        the node boots on an older state, as after a VM snapshot is reverted."""
+        self.wipe()
+        shutil.copytree(saved, self.state_dir, symlinks=True)
 
     # --- talking to it ------------------------------------------------------------
 
@@ -507,6 +520,17 @@ class Lab:
             node.start(wait=wait)
         return node
 
+    def add_clone(self, source: Node, name: str | None = None, *, start: bool = True) -> Node:
+        """A new node on a copy of *source*'s state directory (*source* must be down),
+        configured ``node.id: auto``: it takes the id the copy holds, *source*'s, as a
+        cloned VM image would. Started (and waited for) with *start*."""
+        node = self.add_node(name, config={"node": {"id": "auto"}}, start=False)
+        node.node_id = source.node_id
+        source.save_state(node.state_dir)
+        if start:
+            node.start(wait=True)
+        return node
+
     def _register(self, host: Host) -> None:
         self._check_open()
         self._created.append(host.netns)
@@ -599,7 +623,8 @@ class Lab:
                 statuses[node.name] = node.status()
             except (DaemonUnreachable, ControlError) as error:
                 missing[node.name] = [f"(no status: {error})"]
-        incarnations = {name: status["incarnation"] for name, status in statuses.items()}
+        # By origin, not by name: a clone runs under another node's id.
+        origins = {name: (s["node_id"], s["incarnation"]) for name, s in statuses.items()}
         for name, status in statuses.items():
             seen = {
                 (peer["node_id"], peer["incarnation"])
@@ -607,9 +632,7 @@ class Lab:
                 if not peer["suspected"]
             }
             gap = [
-                other
-                for other, incarnation in incarnations.items()
-                if other != name and (other, incarnation) not in seen
+                other for other, origin in origins.items() if other != name and origin not in seen
             ]
             if gap:
                 missing[name] = gap

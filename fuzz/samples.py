@@ -52,7 +52,7 @@ def _kinds(e: wire.Encoder, suffix: str) -> Iterator[tuple[str, bytes]]:
         e.op_batch([OpGroup("x", B, ((3, 1),)), OpGroup("y.total", A, ((1, INT64_MIN),))]),
     )
     yield one("ops-empty-group", e.op_batch([OpGroup("fresh", A, ())]))
-    yield one("bases", e.bases([BaseEntry("x", A, 12, 2**200), BaseEntry("y", B, 1, -7)]))
+    yield one("bases", e.bases([BaseEntry("x", A, 12, 12 * 2**63), BaseEntry("y", B, 1, -7)]))
     yield one("nack", e.nack([NackRange("x", B, 1, 4), NackRange("x", A, 9, 9)]))
     digests = [VariableDigest("x", ((A, 9), (B, 3))), VariableDigest("y", ())]
     yield one("announce", e.announce("work", 0, None, digests))

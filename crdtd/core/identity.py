@@ -16,7 +16,10 @@ How an incarnation is chosen (`choose_incarnation`):
   booting in the same millisecond still differ in the salt;
 - the node takes the proposal unless its records show it started that one or a larger
   one before (the clock went back), and then takes the last one plus one plus a fresh
-  salt. So incarnations of one state only grow, whatever the wall clock does;
+  salt. So incarnations of one state only grow, whatever the wall clock does. Only the
+  node's own `IncarnationStarted` records count: an op of its node id with some other
+  incarnation came from a copy of it, or from a liar, and must not steer its identity
+  (one forged op with incarnation 2**64 - 1 would otherwise leave no room to boot);
 - the choice is written down (`IncarnationStarted`) in the node's first flush, before
   its first datagram.
 
@@ -43,12 +46,16 @@ def propose_incarnation(clock_ms: int, salt: int) -> int:
     return (max(clock_ms, 1) << SALT_BITS) | (salt & SALT_MASK)
 
 
+INCARNATION_MAX = 2**64 - 1
+"""Incarnations travel as u64; ``propose_incarnation`` stays below 2**63 until 2248."""
+
+
 def choose_incarnation(proposal: int, used: int, salt: int) -> int:
     """The incarnation to start: *proposal*, unless this state already started *used*
     >= proposal; then one above it with a fresh *salt* (never 0)."""
-    if proposal > used:
-        return proposal
-    return used + 1 + (salt & SALT_MASK)
+    chosen = proposal if proposal > used else used + 1 + (salt & SALT_MASK)
+    assert chosen <= INCARNATION_MAX, "only the node's own records raise *used*"
+    return chosen
 
 
 def overlapping(first_a: float, last_a: float, first_b: float, last_b: float) -> bool:

@@ -106,6 +106,9 @@ DIGEST_MIN_INTERVAL_S = 0.25  # crdtctl verify --wait asks every 0.5 s at most
 WELCOMES_PER_S = 32
 """Unicast announces to newcomers and probes of gossiped addresses, in total: each one
 answers a datagram anybody can send, so they are a bucket, not a reflex."""
+ORIGINS_PER_ID_MAX = 4
+"""Origins of one node id kept as peers: a restart's old self, a clone or two; a sender
+inventing more of one id pushes out its own least recently heard, not other nodes."""
 VARIABLES_HARD_FACTOR = 2
 """Peers may bring a node to this many times ``variables_max`` (see `Node.create`)."""
 _HASH_SLICE_OPS = 4096
@@ -442,9 +445,6 @@ class Node:
             self._used_incarnation = max(self._used_incarnation, record.incarnation)
         else:
             self.epoch = max(self.epoch, record.epoch)
-        if isinstance(record, OpRecorded | BaseFolded) and record.origin.node_id == self.node_id:
-            # Ops of ours outlive the record of their boot (a state copied in parts).
-            self._used_incarnation = max(self._used_incarnation, record.origin.incarnation)
         self._events.clear()
 
     def _ensure(self, variable: str, local: bool) -> Counter:
@@ -528,7 +528,7 @@ class Node:
         """
         peer = self.peers.get(sender)
         if peer is None:
-            if len(self.peers) >= self.settings.peers_max:
+            if not self._room_for(sender, now):
                 self._reject("peers_max_reached", address)
                 return None
             peer = Peer(sender.node_id, sender.incarnation, address, now, first_seen=now)
@@ -539,8 +539,10 @@ class Node:
             self.peers[sender] = peer
             self._events.append(PeerJoined(sender.node_id, sender.incarnation, address))
             # Tell the newcomer what we hold right away, by unicast: it may be joining.
+            # One datagram of it: the rest comes with the next multicast announce, and
+            # a spoofed newcomer gets no more out of us than it sent.
             if self._may_welcome(address, now):
-                self.announce(now, destination=address, reschedule=False)
+                self._welcome(address)
             self._sync.pull_in(peer, now)
         peer.last_seen = now
         peer.address = address
@@ -548,6 +550,34 @@ class Node:
         if sender.node_id == self.node_id or len(self._holders[sender.node_id]) > 1:
             self._check_identity(peer, address, now)
         return peer
+
+    def _room_for(self, sender: Origin, now: float) -> bool:
+        """Make room for a new peer *sender* if that is fair: at ``peers_max`` a
+        superseded origin (a restart's old self) goes first; an id at
+        `ORIGINS_PER_ID_MAX` loses its least recently heard origin."""
+        same = self._holders.get(sender.node_id, [])
+        if len(same) >= ORIGINS_PER_ID_MAX:
+            self._forget_peer(min(same, key=lambda o: self.peers[o].last_seen), now)
+        if len(self.peers) < self.settings.peers_max:
+            return True
+        superseded = [o for o, p in self.peers.items() if self._superseded(p)]
+        if not superseded:
+            return False
+        self._forget_peer(min(superseded, key=lambda o: self.peers[o].last_seen), now)
+        return True
+
+    def _forget_peer(self, origin: Origin, now: float) -> None:
+        """Remove a peer (expired, or pushed out to make room) and what hangs on it."""
+        peer = self.peers.pop(origin)
+        holders = self._holders[origin.node_id]
+        holders.remove(origin)
+        if not holders:
+            del self._holders[origin.node_id]
+        self._digests_served.pop(origin, None)
+        if not any(p.address == peer.address for p in self.peers.values()):
+            self._repair_budget.pop(peer.address, None)
+        self._events.append(PeerLost(origin.node_id, now - peer.last_seen))
+        self._sync.drop_member(origin)
 
     def _same_id(self, node_id: str, now: float) -> list[tuple[Origin, float, float]]:
         """Every origin of *node_id* we know: ``(origin, first heard, last heard)``."""
@@ -595,6 +625,10 @@ class Node:
         self._reported[key] = now
         return True
 
+    def _welcome(self, address: Address) -> None:
+        """The first datagram of our announce, by unicast to *address*."""
+        self._unicast(self.announce(0.0, reschedule=False, send=False)[:1], address)
+
     def _may_welcome(self, address: Address, now: float) -> bool:
         """Whether a unicast announce to *address* fits: once per announce interval per
         address, and `WELCOMES_PER_S` in all (a spoofed newcomer must not make us a
@@ -638,18 +672,13 @@ class Node:
         # never leave a deadline due but unhandled (a timer spin).
         for origin, peer in list(self.peers.items()):
             if now >= peer.last_seen + self.settings.peer_timeout_s:
-                del self.peers[origin]
-                holders = self._holders[origin.node_id]
-                holders.remove(origin)
-                if not holders:
-                    del self._holders[origin.node_id]
-                self._digests_served.pop(origin, None)
-                if not any(p.address == peer.address for p in self.peers.values()):
-                    self._repair_budget.pop(peer.address, None)
-                self._events.append(PeerLost(origin.node_id, now - peer.last_seen))
-                self._sync.drop_member(origin)
+                self._forget_peer(origin, now)
             elif now >= peer.last_seen + self.settings.peer_suspect_s:
                 peer.suspected = True
+        if len(self._reported) > self.settings.peers_max:  # ids that came and went
+            self._reported = {
+                key: at for key, at in self._reported.items() if now < at + REPORT_INTERVAL_S
+            }
 
     def live_peers(self) -> list[Peer]:
         return [peer for _, peer in sorted(self.peers.items()) if not peer.suspected]
@@ -908,9 +937,14 @@ class Node:
         return self._rng.choice(candidates) if candidates else None
 
     def announce(
-        self, now: float, destination: Address | None = None, reschedule: bool = True
+        self,
+        now: float,
+        destination: Address | None = None,
+        reschedule: bool = True,
+        send: bool = True,
     ) -> list[bytes]:
-        """Send our digest (multicast, or to *destination*); return its datagrams."""
+        """Send our digest (multicast, or to *destination*, or nowhere when not *send*);
+        return its datagrams."""
         digests = [
             VariableDigest(
                 name,
@@ -920,8 +954,9 @@ class Node:
         ]
         barrier = self._sync.barrier
         payloads = self._encoder.announce(self.mode.value, self.epoch, barrier, digests)
-        self._out.extend(Datagram(payload, destination) for payload in payloads)
-        self._count("announces_sent")
+        if send:
+            self._out.extend(Datagram(payload, destination) for payload in payloads)
+            self._count("announces_sent")
         if reschedule:
             interval = self.settings.announce_interval_s
             if self.mode is not Mode.WORK:
@@ -986,7 +1021,7 @@ class Node:
                 return
             self._candidates[address] = now + self.settings.peer_timeout_s
             if self._may_welcome(address, now):  # a probe, so a joining node hears us soon
-                self.announce(now, destination=address, reschedule=False)
+                self._welcome(address)
 
     def _reports(self) -> list[VariableReport]:
         """Every variable's report; one is made again only when its counter changed
@@ -1018,7 +1053,11 @@ class Node:
 
     def _on_digest_request(self, message: DigestRequest, peer: Peer, now: float) -> None:
         """Answer with our reports, at most once per `DIGEST_MIN_INTERVAL_S` per peer:
-        a report walks every op, so a peer asking in a loop must not stall us."""
+        a report walks every op, so a peer asking in a loop must not stall us; and only
+        to a peer that announced itself, since a reply is many times a request."""
+        if peer.announced_at is None:
+            self._count("verify_requests_from_strangers")
+            return
         if now - self._digests_served.get(peer.origin, -DIGEST_MIN_INTERVAL_S) < (
             DIGEST_MIN_INTERVAL_S
         ):

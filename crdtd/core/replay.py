@@ -1,10 +1,10 @@
 """Replay protection: a sliding window over each sender's datagram sequence numbers.
 
-Every datagram carries its sender's sequence number, which only grows: it starts each
-boot above anything sent before (the driver seeds it from the wall clock in
-microseconds; the node lifts it above its own saved floor, see `SEQ_RESTART_GAP`, in
-case the clock went back), so a datagram captured and replayed later, also after the
-sender restarted, is either at or below the window or already marked in it. The window
+Every datagram carries its sender's sequence number, which only grows within one boot
+(the driver seeds it from the wall clock in microseconds); every boot is a new origin
+(`crdtd.core.identity`) with its own window at each receiver, so a datagram captured and
+replayed later, also after the sender restarted, is either at or below its origin's
+window or already marked in it. The window
 tolerates reordering of up to ``WINDOW`` datagrams, as IPsec's anti-replay window does.
 It is enforced only with a cluster key: without authentication anyone can forge a fresh
 datagram anyway.
@@ -22,10 +22,6 @@ from __future__ import annotations
 
 WINDOW = 1024
 FLOOR_SAVE_INTERVAL_S = 30.0
-SEQ_RESTART_GAP = 2**32
-"""A restarted node numbers its datagrams at least this far above the last number it
-wrote down (its own `ReplayFloor`): more than it can send between two saves. So its
-peers' windows take it even if its clock was stepped back while it was down."""
 _ALL_SEEN = (1 << WINDOW) - 1
 
 

@@ -61,6 +61,8 @@ FLAG_MAC = 0x01
 MAC_BYTES = 32
 DIGEST_BYTES = 16
 BIGINT_BYTES_MAX = 32
+TOTAL_PER_OP_MAX = 2**63
+"""A base's total is at most this much per op it folds, in either direction."""
 MODES = ("work", "sync", "ready")
 
 T_ANNOUNCE, T_OPS, T_BASES, T_NACK = 1, 2, 3, 4
@@ -369,6 +371,10 @@ def _decode_bases(r: _Reader) -> Bases:
     entries = []
     for _ in range(r.count(20)):
         variable, origin, upto, total = r.name(), r.origin(), r.nonce(), r.bigint()
+        if abs(total) > upto * TOTAL_PER_OP_MAX:
+            # More than *upto* int64 deltas can sum to: sums of such claims would
+            # outgrow what a digest or a repair can carry.
+            raise MalformedDatagram("malformed", "total beyond its ops")
         entries.append(BaseEntry(variable, origin, upto, total))
     return Bases(tuple(entries))
 

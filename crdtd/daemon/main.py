@@ -16,9 +16,10 @@ Signals: SIGTERM and SIGINT stop cleanly. SIGHUP re-reads the config (and applie
 level) and the key file named by ``security.key_file`` at startup, then hands the keys to
 the node through the driver; a bad file is logged and the running settings stay.
 
-Replay protection survives restarts because each boot numbers its datagrams from the
-wall clock in microseconds (``seq_start``), and the node lifts that above its own saved
-floor (see `crdtd.core.replay`).
+Every boot proposes a new incarnation from the wall clock (`new_incarnation`), which the
+node raises above any its state started (`crdtd.core.identity`), and numbers its
+datagrams from the wall clock in microseconds (``seq_start``): barrier ids are built
+from those numbers (see `crdtd.core.replay`).
 
 Sockets systemd passes (socket activation) are served as read-only control sockets:
 ``crdtd.socket`` names its socket ``readonly`` and gives it a group of its own.

@@ -373,6 +373,7 @@ def test_an_add_sent_again_with_its_request_id_is_answered_with_the_first_op() -
 def test_a_node_rebuilt_from_compacted_records_continues_above_its_base() -> None:
     me = Origin("a", 1)
     records: list[Record] = [
+        IncarnationStarted(1),
         VariableCreated("x"),
         BaseFolded("x", me, 3, 30),
         OpRecorded("x", me, 4, 4),
@@ -381,7 +382,7 @@ def test_a_node_rebuilt_from_compacted_records_continues_above_its_base() -> Non
     ]
     node = Node(me, Settings(), random.Random("t/a"), START, records=records)
     assert (node.value("x"), node.before("x"), node.epoch) == (134, 30, 2)
-    assert node.origin.incarnation > me.incarnation  # its ops show it started 1 before
+    assert node.origin.incarnation > me.incarnation  # it started 1 before
     node.add("x", 1, START)
     [applied] = [e for e in node.events() if isinstance(e, AddApplied)]
     assert (applied.origin, applied.nonce, applied.value) == (node.origin, 1, 135)
@@ -1067,6 +1068,8 @@ def test_digest_requests_from_one_peer_are_answered_at_most_every_quarter_second
     node = Node(Origin("a", 1), Settings(), random.Random("t/a"), START)
     node.add("x", 1, START)
     asker = wire.Encoder(Origin("b", 1), (), seq_start=1)
+    [hello] = asker.announce("work", 0, None, [])
+    node.receive_datagram(hello, address_of("b"), START)  # only peers that announced
 
     def ask(at: float) -> int:
         node.datagrams_to_send()

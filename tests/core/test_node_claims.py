@@ -192,3 +192,26 @@ def test_a_want_that_no_live_peer_can_fill_is_dropped_not_retried_forever() -> N
     nacks = node.stats["nacks_sent"]
     node.handle_timer(START + 9.0)
     assert node.stats["nacks_sent"] == nacks
+
+
+def test_an_op_of_our_id_with_a_huge_incarnation_never_steers_our_own() -> None:
+    """Only our own IncarnationStarted records count: one forged op (relayed to us and
+    stored like any origin's) must not leave no room for our next boot."""
+    forged = OpRecorded("x", Origin("a", 2**64 - 1), 1, 5)
+    node = Node(
+        Origin("a", 10), Settings(), random.Random("t"), START, [IncarnationStarted(3), forged]
+    )
+    assert node.origin.incarnation == 10
+    assert node.value("x") == 5
+
+
+def test_an_id_keeps_at_most_a_few_origins_and_a_full_table_makes_room_for_restarts() -> None:
+    node = keyed(peers_max=3)
+    for incarnation in range(1, 9):  # one sender inventing origins of one id
+        [hello] = liar(Origin("b", incarnation)).announce("work", 0, None, [])
+        node.receive_datagram(hello, LIAR, START + incarnation * 0.01)
+    assert len([o for o in node.peers if o.node_id == "b"]) <= 3
+    for name in ("c", "d"):
+        [hello] = liar(Origin(name, 1)).announce("work", 0, None, [])
+        node.receive_datagram(hello, ("127.0.0.3", 7000), START + 1)
+    assert {o.node_id for o in node.peers} >= {"c", "d"}  # b's superseded selves went first

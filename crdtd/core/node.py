@@ -196,7 +196,9 @@ class Node:
         self._wants: dict[tuple[str, Origin], Want] = {}
         self._tickets = 0
         self._held: list[tuple[int, str, int, str | None]] = []  # while frozen:
-        # (ticket, variable, delta, request_id)
+        # (ticket, variable, delta, request_id); indexed below, so each add is O(1)
+        self._held_new: dict[str, None] = {}  # held adds' names that have no counter yet
+        self._held_requests: dict[str, tuple[str, int]] = {}  # request id -> (var, delta)
         self._named: collections.OrderedDict[str, AddNamed] = collections.OrderedDict()
         self._sync = Syncer(self, now)
         self._next_announce = now
@@ -298,13 +300,17 @@ class Node:
                 self._answer_named(self._tickets, named)
                 self._count("adds_repeated")
                 return self._tickets
-        if variable not in self.counters and variable not in (h[1] for h in self._held):
+        if variable not in self.counters and variable not in self._held_new:
             self._check_room(variable)
         self._tickets += 1
         if self.mode is Mode.WORK:
             self._apply_local(self._tickets, variable, delta, request_id)
         else:
             self._held.append((self._tickets, variable, delta, request_id))
+            if variable not in self.counters:
+                self._held_new[variable] = None
+            if request_id is not None:
+                self._held_requests[request_id] = (variable, delta)
         return self._tickets
 
     def start_verify(self, now: float) -> int:
@@ -451,6 +457,7 @@ class Node:
         counter = self.counters.get(variable)
         if counter is None:
             counter = self.counters[variable] = Counter(variable)
+            self._held_new.pop(variable, None)  # a held add's name now counts as a counter
             self._records.append(VariableCreated(variable))
             self._events.append(VariableAdded(variable))
             if local:
@@ -485,7 +492,8 @@ class Node:
         """A request id names one add: reused for another, it is an error, not a retry."""
         named = self._named.get(request_id)
         earlier = [] if named is None else [(named.variable, named.delta)]
-        earlier += [(held[1], held[2]) for held in self._held if held[3] == request_id]
+        held = self._held_requests.get(request_id)  # every held add of an id is the same
+        earlier += [] if held is None else [held]
         if any(add != (variable, delta) for add in earlier):
             raise InvalidInput(f"request_id {request_id!r} was already used for another add")
 
@@ -496,9 +504,10 @@ class Node:
         self._events.append(AddApplied(ticket, named.variable, origin, named.nonce, named.value))
 
     def _check_room(self, variable: str) -> None:
-        """Refuse a new local name at ``variables_max`` (held adds' new names count)."""
-        held = {name for _, name, _, _ in self._held if name not in self.counters}
-        if len(self.counters) + len(held) >= self.settings.variables_max:
+        """Refuse a new local name at ``variables_max`` (held adds' new names count).
+
+        O(1): a barrier may hold many adds, and scanning them on each add was O(n^2)."""
+        if len(self.counters) + len(self._held_new) >= self.settings.variables_max:
             raise InvalidInput(f"variables_max ({self.settings.variables_max}) reached")
 
     def _remote_variable(self, variable: str) -> Counter | None:
@@ -1078,6 +1087,8 @@ class Node:
     def thaw(self) -> None:
         """Apply the writes held during a barrier, in the order they were made."""
         held, self._held = self._held, []
+        self._held_new.clear()
+        self._held_requests.clear()
         for ticket, variable, delta, request_id in held:
             named = None if request_id is None else self._named.get(request_id)
             if named is not None:  # sent twice while held: the first one is applied

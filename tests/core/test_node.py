@@ -579,6 +579,37 @@ def test_adds_held_during_a_barrier_respect_variables_max() -> None:
     assert lan.values("y") == {"a": 2, "b": 2}
 
 
+def test_a_held_name_that_a_peer_brings_during_the_barrier_counts_once() -> None:
+    """Held adds' new names are indexed (O(1) per add): a name a peer creates while the
+    add is held stops counting as new, so it is not counted twice against the limit."""
+    lan = lan_of("a", "b", settings=Settings(variables_max=4))
+    lan["a"].add("x", 1, lan.now)
+    lan.settle()
+    lan.cut.add(("b", "a"))  # keep a in its barrier, and y away from a for now
+    lan["b"].add("y", 1, lan.now)
+    lan.disk["b"].extend(lan["b"].records_to_persist())
+    y_from_b = [datagram.payload for datagram in lan["b"].datagrams_to_send()]
+    lan["a"].start_sync(lan.now)
+    assert lan["a"].mode is Mode.SYNC
+    lan["a"].add("y", 1, lan.now)  # held; y is new here
+    for payload in y_from_b:
+        lan["a"].receive_datagram(payload, address_of("b"), lan.now)
+    lan.flush("a")
+    assert lan["a"].variables() == ["x", "y"]
+    lan["a"].add("z", 1, lan.now)
+    lan["a"].add("w", 1, lan.now)  # x, y, z, w: y counted once
+    with pytest.raises(InvalidInput, match="variables_max"):
+        lan["a"].add("v", 1, lan.now)
+    with pytest.raises(InvalidInput, match="request_id"):
+        lan["a"].add("z", 1, lan.now, request_id="r")
+        lan["a"].add("z", 2, lan.now, request_id="r")  # held with another delta
+    lan.heal()
+    lan.run_for(1.0)
+    assert lan["a"].variables() == lan["b"].variables() == ["w", "x", "y", "z"]
+    assert lan.values("y") == {"a": 2, "b": 2}
+    assert lan.values("z") == {"a": 2, "b": 2}
+
+
 # --- peer garbage and loops -----------------------------------------------------------
 
 

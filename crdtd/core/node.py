@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import hashlib
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -96,6 +95,7 @@ from crdtd.core.records import (
     VariableCreated,
 )
 from crdtd.core.replay import FLOOR_SAVE_INTERVAL_S, ReplayWindow
+from crdtd.core.reports import Reporter
 from crdtd.core.settings import Key, Settings
 from crdtd.core.sync import Syncer
 
@@ -108,7 +108,6 @@ WELCOMES_PER_S = 32
 answers a datagram anybody can send, so they are a bucket, not a reflex."""
 VARIABLES_HARD_FACTOR = 2
 """Peers may bring a node to this many times ``variables_max`` (see `Node.create`)."""
-_HASH_SLICE_OPS = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +184,10 @@ class Node:
         self._holders: dict[str, list[Origin]] = {}  # node id -> its origins in peers
         self._reported: dict[tuple[str, str], float] = {}  # (what, node id) -> when
         self._over_limit = False
-        self._reports_made: dict[str, tuple[int, VariableReport]] = {}  # by Counter.version
+        self._reporter = Reporter()  # verify reports, a bounded slice per step
+        self._report_waiters: list[tuple[int, Address | None]] = []  # served by its job
+        self._report_waiters_next: list[tuple[int, Address | None]] = []  # by the next job
+        self._report_due = now  # while a job runs: when handle_timer must continue it
         self._windows: dict[Origin, ReplayWindow] = {}  # outlive peers; bounded, LRU
         self._floors_saved: dict[Origin, int] = {}
         self._next_floor_save = now + FLOOR_SAVE_INTERVAL_S
@@ -250,6 +252,7 @@ class Node:
         self._expire_peers(now)
         self._send_nacks(now)
         self._sync.handle_timer(now)
+        self._advance_reports(now)
         self._finish_verifies(now)
         if now >= self._next_floor_save:
             self._save_floors()
@@ -318,12 +321,13 @@ class Node:
         self._tickets += 1
         ticket = self._tickets
         verify = Verify(now + self.settings.verify_timeout_s, {})
-        verify.reports[self.origin] = {r.variable: r for r in self._reports()}
         request = self._encoder.digest_request(ticket)
         for peer in self.live_peers():
             verify.waiting[peer.origin] = None
             self._out.append(Datagram(request, peer.address))
         self._verifies[ticket] = verify
+        self._report_waiters_next.append((ticket, None))  # our own reports, when made
+        self._advance_reports(now)
         self._finish_verifies(now)
         return ticket
 
@@ -385,6 +389,8 @@ class Node:
             deadlines.append(peer.last_seen + limit)
         deadlines.extend(self._sync.deadlines())
         deadlines.extend(verify.deadline for verify in self._verifies.values())
+        if self._reporter.busy:
+            deadlines.append(self._report_due)  # due at once: the job goes on next step
         return min(deadlines)
 
     # --- queries ------------------------------------------------------------------
@@ -993,44 +999,42 @@ class Node:
             if self._may_welcome(address, now):  # a probe, so a joining node hears us soon
                 self.announce(now, destination=address, reschedule=False)
 
-    def _reports(self) -> list[VariableReport]:
-        """Every variable's report; one is made again only when its counter changed
-        since (`Counter.version`), so a verify loop does not hash the whole log each time."""
-        reports = []
-        for name, counter in sorted(self.counters.items()):
-            made = self._reports_made.get(name)
-            if made is not None and made[0] == counter.version:
-                reports.append(made[1])
-                continue
-            digest = hashlib.blake2b(digest_size=8)
-            for origin in sorted(counter.bases):
-                upto, total = counter.bases[origin]
-                digest.update(f"b {origin} {upto} {total}\n".encode())
-            for origin in sorted(counter.logs):
-                # The bytes of "o {origin} {nonce} {delta}\n" per op in history order,
-                # hashed a slice at a time: one update per op cost 4x as much.
-                log = counter.logs[origin]
-                prefix = f"o {origin} ".encode()
-                nonces = sorted(log)
-                for start in range(0, len(nonces), _HASH_SLICE_OPS):
-                    chunk = nonces[start : start + _HASH_SLICE_OPS]
-                    digest.update(b"".join([b"%b%d %d\n" % (prefix, n, log[n]) for n in chunk]))
-            marks = tuple((origin, counter.watermark(origin)) for origin in counter.origins())
-            report = VariableReport(name, counter.value, digest.digest(), marks)
-            self._reports_made[name] = (counter.version, report)
-            reports.append(report)
-        return reports
+    def _advance_reports(self, now: float) -> None:
+        """Make the reports a bounded slice further (`crdtd.core.reports`); once made,
+        hand them to whoever waits: our own verifies, and peers' digest requests.
+        Requests that came while a job ran wait for the next one, so a report never
+        predates its request by more than the op that was being hashed."""
+        if not self._reporter.busy:
+            if not self._report_waiters_next:
+                return
+            self._report_waiters, self._report_waiters_next = self._report_waiters_next, []
+            self._reporter.start(self.counters)
+        reports = self._reporter.advance(self.counters)
+        self._report_due = now
+        if reports is None:
+            return
+        waiters, self._report_waiters = self._report_waiters, []
+        for token, address in waiters:
+            if address is not None:
+                self._unicast(self._encoder.digest_reply(token, reports), address)
+            elif (verify := self._verifies.get(token)) is not None:
+                verify.reports[self.origin] = {r.variable: r for r in reports}
+        if self._report_waiters_next:  # begun now, worked on from the next step
+            self._report_waiters, self._report_waiters_next = self._report_waiters_next, []
+            self._reporter.start(self.counters)
 
     def _on_digest_request(self, message: DigestRequest, peer: Peer, now: float) -> None:
         """Answer with our reports, at most once per `DIGEST_MIN_INTERVAL_S` per peer:
-        a report walks every op, so a peer asking in a loop must not stall us."""
+        a report walks every op changed since the last, so a peer asking in a loop must
+        not keep us hashing. The answer goes out once the reports are made."""
         if now - self._digests_served.get(peer.origin, -DIGEST_MIN_INTERVAL_S) < (
             DIGEST_MIN_INTERVAL_S
         ):
             self._count("verify_requests_limited")
             return
         self._digests_served[peer.origin] = now
-        self._unicast(self._encoder.digest_reply(message.token, self._reports()), peer.address)
+        self._report_waiters_next.append((message.token, peer.address))
+        self._advance_reports(now)
         self._count("verify_requests_served")
 
     def _on_digest_reply(self, message: DigestReply, peer: Peer, now: float) -> None:
@@ -1054,8 +1058,8 @@ class Node:
                 for origin, pages in verify.waiting.items()
                 if pages is None or len(verify.pages.get(origin, ())) < pages
             ]
-            if silent and now < verify.deadline:
-                continue
+            if self.origin not in verify.reports or (silent and now < verify.deadline):
+                continue  # our own reports come first, within a few steps
             del self._verifies[ticket]
             for origin in silent:
                 verify.reports.pop(origin, None)

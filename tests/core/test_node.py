@@ -22,7 +22,7 @@ from typing import TypeVar
 
 import pytest
 
-from crdtd.core import wire
+from crdtd.core import reports, wire
 from crdtd.core.barrier import Mode
 from crdtd.core.events import (
     AddApplied,
@@ -1133,6 +1133,72 @@ def test_a_verify_makes_again_only_the_reports_of_variables_that_changed() -> No
         Origin("a", 1), Settings(), random.Random("t/a"), START, records=node.records_to_persist()
     )
     assert own_reports(restored) == second
+
+
+def report_records() -> list[Record]:
+    """Two variables; x with ops of two peers' origins, a base, and a hole above it."""
+    b, c = Origin("b", 1), Origin("c", 1)
+    records: list[Record] = [VariableCreated("x"), VariableCreated("y")]
+    records += [OpRecorded("x", b, nonce, nonce * 10) for nonce in (1, 2, 3, 4, 5, 7, 9)]
+    records += [BaseFolded("x", c, 3, 10)]
+    records += [OpRecorded("x", c, nonce, -nonce) for nonce in (4, 5, 6)]
+    records += [OpRecorded("y", b, nonce, 1) for nonce in range(1, 8)]
+    return records
+
+
+def verify_in_steps(node: Node, now: float) -> tuple[VerifyFinished, int]:
+    """Start a verify with no peers and call handle_timer while its timer is due."""
+    node.events()
+    node.start_verify(now)
+    steps = 0
+    while not (finished := [e for e in node.events() if isinstance(e, VerifyFinished)]):
+        assert node.get_timer() <= now, "work remains, so the timer must be due"
+        node.handle_timer(now)
+        steps += 1
+    return finished[0], steps
+
+
+def test_reports_made_a_few_ops_per_step_are_those_made_in_one_go(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    whole = own_reports(
+        Node(Origin("a", 1), Settings(), random.Random("t/a"), START, records=report_records())
+    )
+    monkeypatch.setattr(reports, "REPORT_STEP_OPS", 2)
+    node = Node(Origin("a", 1), Settings(), random.Random("t/a"), START, records=report_records())
+    finished, steps = verify_in_steps(node, START)
+    assert steps >= 6  # 17 ops and a base in two variables, two at a time
+    assert finished.reports["a"] == whole
+    assert whole["x"].value == sum(n * 10 for n in (1, 2, 3, 4, 5, 7, 9)) + 10 - 4 - 5 - 6
+    assert dict(whole["x"].marks) == {Origin("b", 1): 5, Origin("c", 1): 6}
+
+
+def test_a_fold_or_new_ops_while_reports_are_made_leave_no_stale_report(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A fold mid-report makes that variable's report again; an op that arrives
+    mid-report is in it or not, with its value, and the next verify reports it."""
+    monkeypatch.setattr(reports, "REPORT_STEP_OPS", 2)
+    node = Node(Origin("a", 1), Settings(), random.Random("t/a"), START, records=report_records())
+    node.events()
+    node.start_verify(START)
+    node.handle_timer(START)
+    node.fold({("x", Origin("b", 1)): (5, 150)}, epoch=1)
+    node.add("x", 1000, START)
+    node.add("y", 1, START)
+    disk = report_records() + node.records_to_persist()
+    while not (finished := [e for e in node.events() if isinstance(e, VerifyFinished)]):
+        node.handle_timer(START)
+    made = finished[0].reports["a"]
+    assert made["x"].value in (node.value("x"), node.value("x") - 1000)
+    assert made["y"].value in (node.value("y"), node.value("y") - 1)
+    monkeypatch.setattr(reports, "REPORT_STEP_OPS", 1_000_000)
+    restored = Node(Origin("a", 1), Settings(), random.Random("t/a"), START, records=disk)
+    assert own_reports(node) == own_reports(restored)
+    assert {name: r.value for name, r in own_reports(node).items()} == {
+        "x": node.value("x"),
+        "y": node.value("y"),
+    }
 
 
 def test_a_report_hashes_the_bases_and_each_op_as_lines_of_text() -> None:

@@ -43,7 +43,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from crdtd.core import wire
@@ -314,6 +314,43 @@ class Node:
                 self._held_new[variable] = None
             if request_id is not None:
                 self._held_requests[request_id] = (variable, delta)
+        return self._tickets
+
+    def add_many(self, variable: str, deltas: Sequence[int], now: float) -> int:
+        """Add each of *deltas* to *variable*, in order, as ops of their own; one ticket,
+        whose `AddApplied` carries the last op (the others are durable with it).
+
+        For bulk loads (``populate``): the name is checked once and one `AddApplied`
+        and one `ValueChanged` stand for the whole batch, so a step of thousands of ops
+        costs about a third of as many `add` calls. During a barrier each op is held
+        like any `add`.
+        """
+        if not deltas:
+            raise InvalidInput("add_many: expected at least one delta")
+        check_name(variable)
+        for delta in deltas:
+            check_delta(delta)
+        if self.mode is not Mode.WORK:
+            *first, last = deltas
+            for delta in first:
+                self.add(variable, delta, now)
+            return self.add(variable, last, now)
+        if variable not in self.counters:
+            self._check_room(variable)
+        self._tickets += 1
+        counter = self._ensure(variable, local=True)
+        origin = self.origin
+        nonce = counter.watermark(origin)
+        fresh = self._fresh.setdefault(variable, [])
+        for delta in deltas:
+            nonce += 1
+            counter.apply(origin, nonce, delta)
+            self._records.append(OpRecorded(variable, origin, nonce, delta))
+            fresh.append((nonce, delta))
+        self._sync.note_change()
+        self._count("ops_local", len(deltas))
+        self._events.append(AddApplied(self._tickets, variable, origin, nonce, counter.value))
+        self._events.append(ValueChanged(variable, counter.value))
         return self._tickets
 
     def start_verify(self, now: float) -> int:

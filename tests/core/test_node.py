@@ -552,6 +552,41 @@ def test_a_bad_delta_raises_invalid_input_and_changes_nothing(delta: object) -> 
     assert (node.records_to_persist(), node.datagrams_to_send(), node.events()) == ([], [], [])
 
 
+def test_add_many_makes_consecutive_ops_answered_by_one_ticket() -> None:
+    """A populate step: every delta is an op of its own, on disk before it is sent;
+    one AddApplied (the last op) and one ValueChanged stand for the batch."""
+    lan = lan_of("a", "b")
+    lan["a"].add("x", 100, lan.now)
+    lan.settle()
+    lan.events["a"].clear()
+    ticket = lan["a"].add_many("x", [1, -2, 3], lan.now)
+    lan.settle()
+    (applied,) = lan.of_type("a", AddApplied)
+    assert (applied.ticket, applied.nonce, applied.value) == (ticket, 4, 102)
+    assert [e.value for e in lan.of_type("a", ValueChanged)] == [102]
+    assert [op[1:] for op in lan["b"].history("x") or []] == [(1, 100), (2, 1), (3, -2), (4, 3)]
+    with pytest.raises(InvalidInput):
+        lan["a"].add_many("x", [], lan.now)
+    with pytest.raises(InvalidInput):
+        lan["a"].add_many("x", [1, 2**63], lan.now)
+    assert lan["a"].value("x") == 102  # a bad delta anywhere refuses the whole batch
+
+
+def test_add_many_during_a_barrier_holds_every_op() -> None:
+    lan = lan_of("a", "b")
+    lan["a"].add("x", 1, lan.now)
+    lan.settle()
+    lan.cut.add(("b", "a"))  # keep a in its barrier for a moment
+    lan["a"].start_sync(lan.now)
+    assert lan["a"].mode is Mode.SYNC
+    ticket = lan["a"].add_many("x", [2, 3], lan.now)
+    assert lan["a"].value("x") == 1
+    lan.heal()
+    lan.run_for(1.0)
+    assert lan.values("x") == {"a": 6, "b": 6}
+    assert any(e.ticket == ticket and e.value == 6 for e in lan.of_type("a", AddApplied))
+
+
 def test_adding_beyond_variables_max_raises_invalid_input() -> None:
     node = Node(Origin("a", 1), Settings(variables_max=2), random.Random("t/a"), START)
     node.add("x", 1, START)

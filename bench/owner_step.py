@@ -1,7 +1,7 @@
 """How long one step can hold crdtd's owner task under the worst inputs; a table and JSON.
 
     .venv/bin/python bench/owner_step.py [--hold-s 15] [--populate-count 1000000]
-        [--verify-ops 200000] [--only SCENARIO...] [--out FILE.json]
+        [--verify-ops 200000] [--sync-ops 1000000] [--only SCENARIO...] [--out FILE.json]
 
 Each scenario runs on a fresh 2-node loopback cluster (tests/daemon/loopback.py: one
 multicast group on 127.0.0.1, TTL 0; nothing leaves the host), loaded first and then
@@ -12,7 +12,8 @@ restarted, so what it measures is the scenario and not the loading:
 - ``populate``: one ``populate`` of ``--populate-count`` ops (the documented limit);
 - ``verify``: ``verify`` every 0.5 s (as ``crdtctl verify --wait``) on a ``--verify-ops``
   log for ``--hold-s``;
-- ``flood``: random datagrams (1..1400 bytes) at full speed to the node's unicast port.
+- ``flood``: random datagrams (1..1400 bytes) at full speed to the node's unicast port;
+- ``sync``: a full sync (``crdtctl sync``) that folds a ``--sync-ops`` log on both nodes.
 
 Step time is measured two ways: from outside, the longest wait of a probe that sends
 ``status`` every ~10 ms on its own connection (an answer still missing when the scenario
@@ -258,13 +259,43 @@ def flood(root: Path, hold_s: float) -> dict[str, Any]:
         cluster.stop()
 
 
+def sync(root: Path, ops: int, hold_s: float) -> dict[str, Any]:
+    cluster = Cluster.start(root, 2, extra_config=CONFIG, log_level="info")
+    try:
+        target, peer = cluster.daemons
+        with Client(target.socket, timeout_s=600) as client:
+            value = client.call("populate", {"variable": "s", "count": ops})["value"]
+        cluster.wait_agree("s", value, timeout_s=300)
+        restart(peer)
+        restart(target)
+        probe = Probe(target.socket).start()
+        peer_probe = Probe(peer.socket).start()
+        start = time.perf_counter()
+        with Client(target.socket, timeout_s=max(hold_s, 60.0)) as client:
+            result = client.call("sync")
+            answered_s = time.perf_counter() - start
+            before = client.call("before", {"variable": "s"})["before"]
+        time.sleep(1.0)  # what the fold left to do after the answer, if anything
+        peer_probe.stop()
+        detail = (
+            f"sync {result['result']} in {answered_s:.2f} s, folded {before == value}; peer: "
+            f"probe max {peer_probe.max_s * 1000:.1f} ms, step max {step_max_ms(peer)} ms"
+        )
+        return finish("sync", target, probe, detail)
+    finally:
+        cluster.stop()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--hold-s", type=float, default=15.0)
     parser.add_argument("--populate-count", type=int, default=1_000_000)
     parser.add_argument("--populate-s", type=float, default=150.0)
     parser.add_argument("--verify-ops", type=int, default=200_000)
-    parser.add_argument("--only", nargs="+", choices=("history", "populate", "verify", "flood"))
+    parser.add_argument("--sync-ops", type=int, default=1_000_000)
+    parser.add_argument(
+        "--only", nargs="+", choices=("history", "populate", "verify", "flood", "sync")
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "owner_step.json")
     options = parser.parse_args()
     rows = []
@@ -274,6 +305,7 @@ def main() -> int:
             "populate": lambda root: populate(root, options.populate_count, options.populate_s),
             "verify": lambda root: verify(root, options.verify_ops, options.hold_s),
             "flood": lambda root: flood(root, options.hold_s),
+            "sync": lambda root: sync(root, options.sync_ops, options.hold_s),
         }
         for name, scenario in scenarios.items():
             if options.only and name not in options.only:
@@ -290,6 +322,7 @@ def main() -> int:
         hold_s=options.hold_s,
         populate_count=options.populate_count,
         verify_ops=options.verify_ops,
+        sync_ops=options.sync_ops,
         commit=subprocess.run(
             ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
             capture_output=True,

@@ -11,7 +11,10 @@ Invariants (checked by the simulator after every step):
 - ``value == before + sum(every logged delta)``;
 - ``before == sum(total for each base)``;
 - no logged nonce is at or below its origin's base;
-- ``watermark(origin)`` is the highest n such that every nonce 1..n is in the base or log.
+- ``watermark(origin)`` is the highest n such that every nonce 1..n is in the base or log;
+- ``dense_totals[origin]`` is the sum of the ops 1..watermark (base total plus the logged
+  ops up to the watermark), kept as ops arrive, so that a barrier's cut and its fold
+  cost O(1) per origin, not a walk of a log that may hold a million ops.
 """
 
 from __future__ import annotations
@@ -32,13 +35,24 @@ class Applied(enum.Enum):
 class Counter:
     """The state of one variable on one node."""
 
-    __slots__ = ("bases", "before", "log_len", "logs", "name", "value", "version", "watermarks")
+    __slots__ = (
+        "bases",
+        "before",
+        "dense_totals",
+        "log_len",
+        "logs",
+        "name",
+        "value",
+        "version",
+        "watermarks",
+    )
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.bases: dict[Origin, tuple[int, int]] = {}
         self.logs: dict[Origin, dict[int, int]] = {}
         self.watermarks: dict[Origin, int] = {}
+        self.dense_totals: dict[Origin, int] = {}  # sum of ops 1..watermark, per origin
         self.value = 0
         self.before = 0
         self.log_len = 0
@@ -67,9 +81,12 @@ class Counter:
         self.version += 1
         mark = self.watermarks.get(origin, 0)
         if nonce == mark + 1:
+            dense = self.dense_totals.get(origin, 0) + delta
             mark = nonce
             while mark + 1 in log:
                 mark += 1
+                dense += log[mark]
+            self.dense_totals[origin] = dense
         self.watermarks[origin] = mark
         return Applied.NEW
 
@@ -79,27 +96,50 @@ class Counter:
         if upto <= old_upto:
             return False
         log = self.logs.get(origin, {})
-        dropped = [nonce for nonce in log if nonce <= upto]
-        dropped_sum = 0
-        for nonce in dropped:
-            dropped_sum += log.pop(nonce)
-        self.log_len -= len(dropped)
+        old_mark = self.watermarks.get(origin, 0)
+        dense = self.dense_totals.get(origin, 0)
+        if upto <= old_mark:
+            # Every nonce old_upto+1..old_mark is logged (below the watermark), so no
+            # scan: a fold (a barrier's cut) keeps the few ops that came since instead
+            # of popping the many it folds, and their sum follows from `dense_totals`.
+            dropped = upto - old_upto
+            if old_mark - upto < dropped:
+                kept = {nonce: log[nonce] for nonce in range(upto + 1, old_mark + 1)}
+                dropped_sum = dense - old_total - sum(kept.values())
+                if len(log) > old_mark - old_upto:  # ops above a hole stay too (rare)
+                    kept.update((nonce, d) for nonce, d in log.items() if nonce > old_mark)
+                log.clear()  # the same dict: the node may hold it
+                log.update(kept)
+            else:
+                dropped_sum = sum(map(log.pop, range(old_upto + 1, upto + 1)))
+            dense += total - old_total - dropped_sum
+            mark = old_mark
+        else:  # beyond our watermark: ops above a hole may go too
+            folded = [nonce for nonce in log if nonce <= upto]
+            dropped = len(folded)
+            dropped_sum = sum(map(log.pop, folded))
+            mark, dense = upto, total
+            while mark + 1 in log:
+                mark += 1
+                dense += log[mark]
+        self.log_len -= dropped
         self.bases[origin] = (upto, total)
         self.version += 1
         self.before += total - old_total
         self.value += total - old_total - dropped_sum
-        mark = max(self.watermarks.get(origin, 0), upto)
-        while mark + 1 in log:
-            mark += 1
         self.watermarks[origin] = mark
+        self.dense_totals[origin] = dense
         return True
 
     def prefix_total(self, origin: Origin, upto: int) -> int:
-        """Sum of the ops 1..upto of *origin*; the caller guarantees they are all held."""
+        """Sum of the ops 1..upto of *origin*; the caller guarantees they are all held.
+        At the watermark (what a cut takes) it is kept, O(1); below, it walks the log."""
         base_upto, total = self.bases.get(origin, (0, 0))
         assert base_upto <= upto <= self.watermark(origin), (origin, upto)
+        if upto == self.watermark(origin):
+            return self.dense_totals.get(origin, 0)
         log = self.logs.get(origin, {})
-        return total + sum(log[n] for n in range(base_upto + 1, upto + 1))
+        return total + sum(map(log.__getitem__, range(base_upto + 1, upto + 1)))
 
     def missing(self, origin: Origin, high: int, ranges_max: int) -> list[tuple[int, int]]:
         """The nonce ranges in (watermark, high] not held, at most *ranges_max* of them."""

@@ -36,7 +36,7 @@ from crdtd.net.driver import Driver
 
 REQUEST_IDS_MAX = 4096
 POPULATE_DELTA_MAX = 10
-POPULATE_STEP_OPS = 5000  # ops of a populate applied in one step: ~30 ms, one commit
+POPULATE_STEP_OPS = 5000  # ops of a populate applied in one step: ~10 ms, one commit
 PROC_NET = Path("/proc/net")
 SYS_NET = Path("/sys/class/net")
 _IFF_UP = 0x1
@@ -240,10 +240,9 @@ class Handler:
         driver = self._driver
 
         def apply(node: Node, now: float) -> asyncio.Future[Any]:
-            *first, last = deltas
-            for delta in first:
-                node.add(variable, delta, now, request_id)
-            return driver.waiter(node.add(variable, last, now, request_id))
+            if len(deltas) == 1:
+                return driver.waiter(node.add(variable, deltas[0], now, request_id))
+            return driver.waiter(node.add_many(variable, deltas, now))
 
         waiter = await driver.call(apply)
         try:

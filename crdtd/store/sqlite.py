@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import os
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
@@ -301,8 +302,15 @@ class Store:
         if not records:
             return
         with _translated(self._db_path, "writing records"), _transaction(self._connection):
-            for record in records:
-                self._apply(record)
+            # Runs of ops (a populate step, a repair) go in one executemany: the loop and
+            # the binding run in C, with the GIL released while SQLite works, so the
+            # owner task keeps its turn while a big step is written.
+            for is_op, run in itertools.groupby(records, key=_is_op):
+                if is_op:
+                    self._connection.executemany(_INSERT_OP, map(_op_row, run))
+                else:
+                    for record in run:
+                        self._apply(record)
             if any(isinstance(record, AddNamed) for record in records):
                 self._connection.execute(_FORGET_OLD_NAMES, (REQUESTS_KEPT,))
             if any(isinstance(record, ReplayFloor) for record in records):
@@ -326,11 +334,6 @@ class Store:
         match record:
             case VariableCreated(variable):
                 execute(_INSERT_VARIABLE, (variable,))
-            case OpRecorded(variable, origin, nonce, delta):
-                execute(
-                    _INSERT_OP,
-                    {**_origin_key(variable, origin), "nonce": _to_u64(nonce), "delta": delta},
-                )
             case BaseFolded(variable, origin, upto, total):
                 key = {**_origin_key(variable, origin), "upto": _to_u64(upto)}
                 execute(_RAISE_BASE, {**key, "total": str(total)})
@@ -565,6 +568,20 @@ def _fsync_directory(path: Path) -> None:
 def _scalar(connection: sqlite3.Connection, sql: str) -> Any:
     ((value,),) = connection.execute(sql).fetchall()
     return value
+
+
+def _is_op(record: Record) -> bool:
+    return isinstance(record, OpRecorded)
+
+
+def _op_row(record: Record) -> dict[str, object]:
+    """The parameters of `_INSERT_OP` for an `OpRecorded`."""
+    assert isinstance(record, OpRecorded), record
+    return {
+        **_origin_key(record.variable, record.origin),
+        "nonce": _to_u64(record.nonce),
+        "delta": record.delta,
+    }
 
 
 def _origin_key(variable: str, origin: Origin) -> dict[str, object]:

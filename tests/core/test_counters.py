@@ -64,6 +64,10 @@ def check_invariants(counter: Counter) -> None:
     for origin in set(counter.logs) | set(counter.bases):
         expected = contiguous_mark(counter.logs.get(origin, {}), counter.base_upto(origin))
         assert counter.watermark(origin) == expected
+        log = counter.logs.get(origin, {})
+        dense = sum(log[nonce] for nonce in range(counter.base_upto(origin) + 1, expected + 1))
+        base_total = counter.bases.get(origin, (0, 0))[1]
+        assert counter.prefix_total(origin, expected) == base_total + dense
 
 
 def state(counter: Counter) -> tuple[object, ...]:

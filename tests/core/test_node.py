@@ -22,7 +22,7 @@ from typing import TypeVar
 
 import pytest
 
-from crdtd.core import wire
+from crdtd.core import reports, wire
 from crdtd.core.barrier import Mode
 from crdtd.core.events import (
     AddApplied,
@@ -553,6 +553,41 @@ def test_a_bad_delta_raises_invalid_input_and_changes_nothing(delta: object) -> 
     assert (node.records_to_persist(), node.datagrams_to_send(), node.events()) == ([], [], [])
 
 
+def test_add_many_makes_consecutive_ops_answered_by_one_ticket() -> None:
+    """A populate step: every delta is an op of its own, on disk before it is sent;
+    one AddApplied (the last op) and one ValueChanged stand for the batch."""
+    lan = lan_of("a", "b")
+    lan["a"].add("x", 100, lan.now)
+    lan.settle()
+    lan.events["a"].clear()
+    ticket = lan["a"].add_many("x", [1, -2, 3], lan.now)
+    lan.settle()
+    (applied,) = lan.of_type("a", AddApplied)
+    assert (applied.ticket, applied.nonce, applied.value) == (ticket, 4, 102)
+    assert [e.value for e in lan.of_type("a", ValueChanged)] == [102]
+    assert [op[1:] for op in lan["b"].history("x") or []] == [(1, 100), (2, 1), (3, -2), (4, 3)]
+    with pytest.raises(InvalidInput):
+        lan["a"].add_many("x", [], lan.now)
+    with pytest.raises(InvalidInput):
+        lan["a"].add_many("x", [1, 2**63], lan.now)
+    assert lan["a"].value("x") == 102  # a bad delta anywhere refuses the whole batch
+
+
+def test_add_many_during_a_barrier_holds_every_op() -> None:
+    lan = lan_of("a", "b")
+    lan["a"].add("x", 1, lan.now)
+    lan.settle()
+    lan.cut.add(("b", "a"))  # keep a in its barrier for a moment
+    lan["a"].start_sync(lan.now)
+    assert lan["a"].mode is Mode.SYNC
+    ticket = lan["a"].add_many("x", [2, 3], lan.now)
+    assert lan["a"].value("x") == 1
+    lan.heal()
+    lan.run_for(1.0)
+    assert lan.values("x") == {"a": 6, "b": 6}
+    assert any(e.ticket == ticket and e.value == 6 for e in lan.of_type("a", AddApplied))
+
+
 def test_adding_beyond_variables_max_raises_invalid_input() -> None:
     node = Node(Origin("a", 1), Settings(variables_max=2), random.Random("t/a"), START)
     node.add("x", 1, START)
@@ -578,6 +613,37 @@ def test_adds_held_during_a_barrier_respect_variables_max() -> None:
     lan.run_for(1.0)
     assert lan["a"].variables() == lan["b"].variables() == ["x", "y"]
     assert lan.values("y") == {"a": 2, "b": 2}
+
+
+def test_a_held_name_that_a_peer_brings_during_the_barrier_counts_once() -> None:
+    """Held adds' new names are indexed (O(1) per add): a name a peer creates while the
+    add is held stops counting as new, so it is not counted twice against the limit."""
+    lan = lan_of("a", "b", settings=Settings(variables_max=4))
+    lan["a"].add("x", 1, lan.now)
+    lan.settle()
+    lan.cut.add(("b", "a"))  # keep a in its barrier, and y away from a for now
+    lan["b"].add("y", 1, lan.now)
+    lan.disk["b"].extend(lan["b"].records_to_persist())
+    y_from_b = [datagram.payload for datagram in lan["b"].datagrams_to_send()]
+    lan["a"].start_sync(lan.now)
+    assert lan["a"].mode is Mode.SYNC
+    lan["a"].add("y", 1, lan.now)  # held; y is new here
+    for payload in y_from_b:
+        lan["a"].receive_datagram(payload, address_of("b"), lan.now)
+    lan.flush("a")
+    assert lan["a"].variables() == ["x", "y"]
+    lan["a"].add("z", 1, lan.now)
+    lan["a"].add("w", 1, lan.now)  # x, y, z, w: y counted once
+    with pytest.raises(InvalidInput, match="variables_max"):
+        lan["a"].add("v", 1, lan.now)
+    with pytest.raises(InvalidInput, match="request_id"):
+        lan["a"].add("z", 1, lan.now, request_id="r")
+        lan["a"].add("z", 2, lan.now, request_id="r")  # held with another delta
+    lan.heal()
+    lan.run_for(1.0)
+    assert lan["a"].variables() == lan["b"].variables() == ["w", "x", "y", "z"]
+    assert lan.values("y") == {"a": 2, "b": 2}
+    assert lan.values("z") == {"a": 2, "b": 2}
 
 
 # --- peer garbage and loops -----------------------------------------------------------
@@ -1105,6 +1171,72 @@ def test_a_verify_makes_again_only_the_reports_of_variables_that_changed() -> No
         Origin("a", 1), Settings(), random.Random("t/a"), START, records=node.records_to_persist()
     )
     assert own_reports(restored) == second
+
+
+def report_records() -> list[Record]:
+    """Two variables; x with ops of two peers' origins, a base, and a hole above it."""
+    b, c = Origin("b", 1), Origin("c", 1)
+    records: list[Record] = [VariableCreated("x"), VariableCreated("y")]
+    records += [OpRecorded("x", b, nonce, nonce * 10) for nonce in (1, 2, 3, 4, 5, 7, 9)]
+    records += [BaseFolded("x", c, 3, 10)]
+    records += [OpRecorded("x", c, nonce, -nonce) for nonce in (4, 5, 6)]
+    records += [OpRecorded("y", b, nonce, 1) for nonce in range(1, 8)]
+    return records
+
+
+def verify_in_steps(node: Node, now: float) -> tuple[VerifyFinished, int]:
+    """Start a verify with no peers and call handle_timer while its timer is due."""
+    node.events()
+    node.start_verify(now)
+    steps = 0
+    while not (finished := [e for e in node.events() if isinstance(e, VerifyFinished)]):
+        assert node.get_timer() <= now, "work remains, so the timer must be due"
+        node.handle_timer(now)
+        steps += 1
+    return finished[0], steps
+
+
+def test_reports_made_a_few_ops_per_step_are_those_made_in_one_go(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    whole = own_reports(
+        Node(Origin("a", 1), Settings(), random.Random("t/a"), START, records=report_records())
+    )
+    monkeypatch.setattr(reports, "REPORT_STEP_OPS", 2)
+    node = Node(Origin("a", 1), Settings(), random.Random("t/a"), START, records=report_records())
+    finished, steps = verify_in_steps(node, START)
+    assert steps >= 6  # 17 ops and a base in two variables, two at a time
+    assert finished.reports["a"] == whole
+    assert whole["x"].value == sum(n * 10 for n in (1, 2, 3, 4, 5, 7, 9)) + 10 - 4 - 5 - 6
+    assert dict(whole["x"].marks) == {Origin("b", 1): 5, Origin("c", 1): 6}
+
+
+def test_a_fold_or_new_ops_while_reports_are_made_leave_no_stale_report(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A fold mid-report makes that variable's report again; an op that arrives
+    mid-report is in it or not, with its value, and the next verify reports it."""
+    monkeypatch.setattr(reports, "REPORT_STEP_OPS", 2)
+    node = Node(Origin("a", 1), Settings(), random.Random("t/a"), START, records=report_records())
+    node.events()
+    node.start_verify(START)
+    node.handle_timer(START)
+    node.fold({("x", Origin("b", 1)): (5, 150)}, epoch=1)
+    node.add("x", 1000, START)
+    node.add("y", 1, START)
+    disk = report_records() + node.records_to_persist()
+    while not (finished := [e for e in node.events() if isinstance(e, VerifyFinished)]):
+        node.handle_timer(START)
+    made = finished[0].reports["a"]
+    assert made["x"].value in (node.value("x"), node.value("x") - 1000)
+    assert made["y"].value in (node.value("y"), node.value("y") - 1)
+    monkeypatch.setattr(reports, "REPORT_STEP_OPS", 1_000_000)
+    restored = Node(Origin("a", 1), Settings(), random.Random("t/a"), START, records=disk)
+    assert own_reports(node) == own_reports(restored)
+    assert {name: r.value for name, r in own_reports(node).items()} == {
+        "x": node.value("x"),
+        "y": node.value("y"),
+    }
 
 
 def test_a_report_hashes_the_bases_and_each_op_as_lines_of_text() -> None:

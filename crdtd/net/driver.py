@@ -196,6 +196,11 @@ class StepStats:
 class Store(Protocol):
     def append(self, records: list[Record]) -> None: ...
 
+    @property
+    def unpruned(self) -> bool: ...
+
+    def prune(self) -> bool: ...
+
 
 class Notifier(Protocol):
     def notify(self, **fields: str) -> None: ...
@@ -324,7 +329,11 @@ class Driver:
             if not self._inbox and not self._calls:
                 self._wakeup.clear()
                 timeout = deadline - loop.time()
-                if timeout > 0:
+                if self._store.unpruned:
+                    # Idle work: one slice of the ops the last fold covered, so that a
+                    # big fold never holds a request for the whole delete.
+                    await asyncio.to_thread(self._store.prune)
+                elif timeout > 0:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wakeup.wait(), timeout)
             now = loop.time()

@@ -4,8 +4,10 @@ step's records are on disk, and a datagram the kernel cannot take yet waits its 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import socket
+import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +19,7 @@ import structlog
 from crdtd.core.events import DatagramRejected
 from crdtd.core.ids import Origin
 from crdtd.core.node import Node
-from crdtd.core.records import Record, VariableCreated
+from crdtd.core.records import BaseFolded, OpRecorded, Record, VariableCreated
 from crdtd.core.settings import Settings
 from crdtd.net.driver import (
     KEY_MISMATCH_HINTS,
@@ -43,6 +45,13 @@ class GatedStore:
         self.entered.set()
         assert self.gate.wait(WAIT_S), "the test never released the store"
         self.store.append(records)
+
+    @property
+    def unpruned(self) -> bool:
+        return self.store.unpruned
+
+    def prune(self) -> bool:
+        return self.store.prune()
 
 
 class NoSystemd:
@@ -236,3 +245,42 @@ def test_requests_over_a_steps_time_budget_wait_for_the_next_step(
         asyncio.run(scenario())
     finally:
         group.close()
+
+
+def test_an_idle_driver_deletes_folded_ops_a_slice_at_a_time_and_answers_between(
+    tmp_path: Path,
+) -> None:
+    state_dir = tmp_path / "state"
+    store = Store.open(state_dir, "n1", lambda: "n1")
+    other = Origin("n2", 5)
+    store.append([OpRecorded("x", other, nonce, 1) for nonce in range(1, 60_001)])
+    store.append([BaseFolded("x", other, 60_000, 60_000)])
+    slices: list[bool] = []
+    prune = store.prune
+
+    def counted_prune() -> bool:
+        slices.append(prune())
+        return slices[-1]
+
+    store.prune = counted_prune  # type: ignore[method-assign]
+    group = udp_socket()
+
+    async def scenario() -> None:
+        driver = make_driver(store, group.getsockname())
+        await driver.attach(udp_socket(), udp_socket())
+        running = asyncio.create_task(driver.run())
+        assert await driver.call(lambda node, now: node.create("y", now)) is True
+        deadline = asyncio.get_running_loop().time() + WAIT_S
+        while store.unpruned and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        driver.stop()
+        await asyncio.wait_for(running, WAIT_S)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        group.close()
+        store.close()
+    assert len(slices) >= 3 and slices[-1] is False  # 60,000 ops, 20,000 a slice
+    with contextlib.closing(sqlite3.connect(state_dir / "crdtd.sqlite3")) as connection:
+        assert connection.execute("SELECT count(*) FROM ops").fetchone() == (0,)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import signal
@@ -154,6 +155,36 @@ def test_a_base_deletes_the_ops_it_covers_and_only_those(store: Store) -> None:
         OpRecorded("x", B, 1, 1),
         OpRecorded("y", A, 1, 1),
     ]
+
+
+def ops_on_disk(state_dir: Path) -> int:
+    with contextlib.closing(sqlite3.connect(state_dir / DB_NAME)) as connection:
+        return int(connection.execute("SELECT count(*) FROM ops").fetchone()[0])
+
+
+def test_folded_ops_are_deleted_a_slice_at_a_time_and_hidden_until_then(
+    state_dir: Path,
+) -> None:
+    store = open_store(state_dir)
+    store.append([OpRecorded("x", A, nonce, 1) for nonce in range(1, 11)])
+    store.append([BaseFolded("x", A, 7, 7), BaseFolded("y", B, 1, 0)])
+    assert store.unpruned
+    assert store.prune(limit=3)
+    assert ops_on_disk(state_dir) == 7
+    assert store.load() == [
+        BaseFolded("x", A, 7, 7),
+        BaseFolded("y", B, 1, 0),
+        *(OpRecorded("x", A, nonce, 1) for nonce in range(8, 11)),
+    ]
+    store.close()
+    store = open_store(state_dir)  # the work left is found again
+    assert store.unpruned
+    while store.prune(limit=3):
+        pass
+    assert not store.unpruned
+    assert ops_on_disk(state_dir) == 3
+    assert store.load()[2:] == [OpRecorded("x", A, nonce, 1) for nonce in range(8, 11)]
+    store.close()
 
 
 def test_an_old_op_at_or_below_the_base_is_ignored(store: Store) -> None:

@@ -195,8 +195,8 @@ _LIVE_OPS = """
     ORDER BY o.variable, o.node_id, o.incarnation, o.nonce
 """
 PRUNE_SLICE = 20_000
-"""Folded ops deleted by one `Store.prune`: 6 ms of SQLite's time on average, 15 ms at
-most, measured on a 1M-op fold (a single DELETE of all of them: 335 ms)."""
+"""Folded ops deleted by one `Store.prune`: 6 to 12 ms of SQLite's time here, where one
+DELETE of a 1M-op fold took 335 ms (`bench/store_fold.py`)."""
 _ADVANCE_EPOCH = "UPDATE node SET epoch = max(epoch, ?)"
 _NAME_ADD = """
     INSERT INTO named_adds (request_id, variable, delta, nonce, value, incarnation)

@@ -1,7 +1,9 @@
 """The full sync (barrier): Work -> Sync -> Ready -> Work, then fold the log into the base.
 
-This module holds the rules and the state of one barrier; `crdtd.core.sync` runs them
-for a node.
+This module holds the vocabulary and the state of one barrier: the modes and inputs of
+a participant, the phases and inputs of an initiator, what a cut is. `crdtd.core.sync`
+holds the two transition tables, whose actions are its methods, and runs them for a
+node.
 
 Theory of operation. One node, the *initiator*, coordinates a barrier ``BarrierId(epoch,
 initiator, serial)``; every node it knows is a *participant*, itself included.
@@ -54,6 +56,8 @@ class Mode(enum.Enum):
 
 
 class Input(enum.Enum):
+    """What moves a participant; `crdtd.core.sync.PARTICIPANT` says where to."""
+
     START = "start"  # SyncStart for a barrier better than ours (or any, in Work)
     START_WORSE = "start_worse"  # SyncStart for a barrier that loses to ours
     COMPLETE = "complete"  # we hold everything every participant holds
@@ -63,34 +67,24 @@ class Input(enum.Enum):
     DEADLINE = "deadline"  # freeze_max_s passed
 
 
-class Action(enum.Enum):
-    ENTER = "enter"  # freeze, join, announce
-    REFUSE = "refuse"  # answer SyncAbort to the loser's initiator
-    REPORT = "report"  # take a cut, send SyncReady
-    FOLD = "fold"  # fold the cut the commit names, ack, thaw
-    LEAVE = "leave"  # no fold, ack, thaw
+class Phase(enum.Enum):
+    """The initiator side of a node: coordinating a barrier of its own, or not."""
+
+    IDLE = "idle"
+    COORDINATING = "coordinating"
 
 
-TRANSITIONS: dict[tuple[Mode, Input], tuple[Action, Mode]] = {
-    (Mode.WORK, Input.START): (Action.ENTER, Mode.SYNC),
-    (Mode.SYNC, Input.START): (Action.ENTER, Mode.SYNC),
-    (Mode.SYNC, Input.START_WORSE): (Action.REFUSE, Mode.SYNC),
-    (Mode.SYNC, Input.COMPLETE): (Action.REPORT, Mode.READY),
-    (Mode.SYNC, Input.COMMIT): (Action.FOLD, Mode.WORK),
-    (Mode.SYNC, Input.ABORT): (Action.LEAVE, Mode.WORK),
-    (Mode.SYNC, Input.DEADLINE): (Action.LEAVE, Mode.WORK),
-    (Mode.READY, Input.START): (Action.ENTER, Mode.SYNC),
-    (Mode.READY, Input.START_WORSE): (Action.REFUSE, Mode.READY),
-    (Mode.READY, Input.CHANGED): (Action.REPORT, Mode.READY),
-    (Mode.READY, Input.COMMIT): (Action.FOLD, Mode.WORK),
-    (Mode.READY, Input.ABORT): (Action.LEAVE, Mode.WORK),
-    (Mode.READY, Input.DEADLINE): (Action.LEAVE, Mode.WORK),
-}
-"""Inputs about the barrier this node is in. The new mode is set before the action runs,
-so an action may itself complete the barrier (an initiator alone commits at once).
-Anything not in the table is counted and ignored. Messages about *another* barrier never
-reach the table: a commit for one we already left is acknowledged, and folded if we
-still hold the cut it names; an abort for one is only acknowledged."""
+class Call(enum.Enum):
+    """What moves the initiator side; `crdtd.core.sync.INITIATOR` says where to."""
+
+    INITIATE = "initiate"  # start_sync, or our turn in the schedule
+    JOIN = "join"  # a member's SyncJoin
+    READY = "ready"  # a member's SyncReady (our own participant's too)
+    RETRY = "retry"  # sync_retry_s passed: invite again, drop the long-silent
+    AGREED = "agreed"  # every member reported the same digest
+    REFUSED = "refused"  # a member answered SyncAbort: it is in an earlier barrier
+    LOST = "lost"  # our own participant switched to an earlier barrier
+    DEADLINE = "deadline"  # freeze_max_s passed
 
 
 Cut = dict[tuple[str, Origin], tuple[int, int]]

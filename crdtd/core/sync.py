@@ -20,11 +20,13 @@ deterministic.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from crdtd.core import wire
 from crdtd.core.barrier import (
-    TRANSITIONS,
+    Call,
     Closing,
     Coordination,
     Cut,
@@ -32,6 +34,7 @@ from crdtd.core.barrier import (
     Member,
     Mode,
     Participation,
+    Phase,
     Status,
     take_cut,
 )
@@ -51,7 +54,7 @@ from crdtd.core.messages import (
 from crdtd.core.peers import Peer
 from crdtd.core.settings import Settings
 
-__all__ = ["Host", "Syncer"]
+__all__ = ["INITIATOR", "PARTICIPANT", "Host", "Inbound", "Syncer"]
 
 
 class Host(Protocol):
@@ -98,12 +101,34 @@ class Host(Protocol):
     def emit(self, event: Event) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """What came with an input: whom to answer, the digest it names, why a barrier is
+    left, and which member sent it (None: nobody, or our own participant)."""
+
+    address: Address | None = None
+    digest: bytes = b""
+    reason: str = ""
+    sender: Origin | None = None
+
+
+NOTHING = Inbound()
+
+
 class Syncer:
-    """The barriers of one node. Only `mode` is for reading from outside."""
+    """The barriers of one node. Only `mode` and `phase` are for reading from outside.
+
+    Both sides are driven by a table (`PARTICIPANT`, `INITIATOR`, below the class):
+    ``_step`` and ``_coordinate`` set the next mode or phase, then run the actions in
+    order. Nothing else sets either. An action may feed the other side an input (our
+    participant reports to our own initiator, which may commit at once), so the new
+    mode or phase is set before the actions run.
+    """
 
     def __init__(self, node: Host, now: float) -> None:
         self._node = node
         self.mode = Mode.WORK
+        self.phase = Phase.IDLE
         self._part: Participation | None = None
         self._coord: Coordination | None = None
         self._closing: dict[BarrierId, Closing] = {}
@@ -130,7 +155,7 @@ class Syncer:
         if isinstance(message, SyncStart):
             self._on_sync_start(message.barrier, peer, now)
         elif isinstance(message, SyncJoin):
-            self._on_sync_join(message.barrier, peer)
+            self._on_sync_join(message.barrier, peer, now)
         elif isinstance(message, SyncReady):
             self._on_sync_ready(message, peer, now)
         elif isinstance(message, SyncReadyAck):
@@ -138,7 +163,7 @@ class Syncer:
             if part is not None and part.barrier == message.barrier:
                 part.acked = part.reported == message.digest
         elif isinstance(message, SyncCommit):
-            self._on_sync_end(message.barrier, message.digest, peer, now)
+            self._on_sync_commit(message.barrier, message.digest, peer, now)
         elif isinstance(message, SyncAbort):
             self._on_sync_abort(message.barrier, peer, now)
         else:
@@ -192,16 +217,33 @@ class Syncer:
             deadlines.append(self._last_barrier_at + self._sync_gap())
         return deadlines
 
-    # --- participant --------------------------------------------------------------
+    # --- the two tables' engines --------------------------------------------------
 
-    def _step(self, event: Input, barrier: BarrierId, now: float, **context: object) -> None:
-        """Apply the barrier transition table; inputs not in it are counted and ignored."""
-        entry = TRANSITIONS.get((self.mode, event))
+    def _step(
+        self, event: Input, barrier: BarrierId, now: float, inbound: Inbound = NOTHING
+    ) -> None:
+        """Apply `PARTICIPANT`; inputs not in it are counted and ignored."""
+        entry = PARTICIPANT.get((self.mode, event))
         if entry is None:
             self._count(f"barrier_ignored_{event.value}")
             return
-        action, self.mode = entry
-        getattr(self, f"_do_{action.value}")(barrier, now, **context)
+        actions, self.mode = entry
+        for action in actions:
+            action(self, barrier, now, inbound)
+
+    def _coordinate(
+        self, event: Call, barrier: BarrierId, now: float, inbound: Inbound = NOTHING
+    ) -> None:
+        """Apply `INITIATOR`; inputs not in it are counted and ignored."""
+        entry = INITIATOR.get((self.phase, event))
+        if entry is None:
+            self._count(f"coordinator_ignored_{event.value}")
+            return
+        actions, self.phase = entry
+        for action in actions:
+            action(self, barrier, now, inbound)
+
+    # --- participant: inputs ------------------------------------------------------
 
     def _on_sync_start(self, barrier: BarrierId, peer: Peer, now: float) -> None:
         current = self.barrier
@@ -210,28 +252,57 @@ class Syncer:
             return
         if barrier in self._late_cuts or barrier in self._closing:
             return  # a retransmit of a barrier we already left
-        if current is not None and current < barrier:
-            self._step(Input.START_WORSE, barrier, now, address=peer.address)
-            return
-        self._step(Input.START, barrier, now, address=peer.address)
+        event = Input.START_WORSE if current is not None and current < barrier else Input.START
+        self._step(event, barrier, now, Inbound(peer.address))
 
-    def _do_enter(self, barrier: BarrierId, now: float, address: Address | None = None) -> None:
+    def _on_sync_commit(self, barrier: BarrierId, digest: bytes, peer: Peer, now: float) -> None:
+        if self._part is not None and self._part.barrier == barrier:
+            self._step(Input.COMMIT, barrier, now, Inbound(peer.address, digest))
+            return
+        self._node.send_sync(SyncDone(barrier), peer.address)
+        late = self._late_cuts.pop(barrier, None)
+        if late is not None and self._fold(barrier, late.cuts.get(digest)):
+            self._count("late_folds")
+
+    def _on_sync_abort(self, barrier: BarrierId, peer: Peer, now: float) -> None:
+        coord = self._coord
+        if coord is not None and coord.barrier == barrier and peer.origin in coord.members:
+            # A member refused our barrier: it is in an earlier one, which will pull us in.
+            self._coordinate(
+                Call.REFUSED, barrier, now, Inbound(reason=f"refused by {peer.node_id}")
+            )
+            return
+        if self._part is None or self._part.barrier != barrier:
+            self._node.send_sync(SyncDone(barrier), peer.address)
+            return
+        self._step(Input.ABORT, barrier, now, Inbound(peer.address, reason="aborted by initiator"))
+
+    # --- participant: actions -----------------------------------------------------
+
+    def _abandon(self, barrier: BarrierId, now: float, inbound: Inbound) -> None:
+        """Before entering *barrier*: stop coordinating another one, and leave the one
+        we are in (its held writes are applied; the new barrier freezes them again)."""
         if self._coord is not None and self._coord.barrier != barrier:
-            self._finish_coordination(now, digest=None)
+            self._coordinate(Call.LOST, self._coord.barrier, now)
         if self._part is not None:
             self._leave(now, "aborted", "lost to an earlier barrier")
+
+    def _enter(self, barrier: BarrierId, now: float, inbound: Inbound) -> None:
+        """Freeze, join, and announce at once so that every participant learns what we
+        hold."""
         freeze_max_s = self._node.settings.sync_freeze_max_s
-        self._part = Participation(barrier, address, now, now + freeze_max_s)
-        if address is not None:
-            self._node.send_sync(SyncJoin(barrier), address)
+        self._part = Participation(barrier, inbound.address, now, now + freeze_max_s)
+        if inbound.address is not None:
+            self._node.send_sync(SyncJoin(barrier), inbound.address)
         self._node.emit(SyncStarted(barrier.epoch, barrier.initiator))
-        self.mode = Mode.SYNC
         self._node.announce(now)
 
-    def _do_refuse(self, barrier: BarrierId, now: float, address: Address) -> None:
-        self._node.send_sync(SyncAbort(barrier), address)
+    def _refuse(self, barrier: BarrierId, now: float, inbound: Inbound) -> None:
+        assert inbound.address is not None
+        self._node.send_sync(SyncAbort(barrier), inbound.address)
 
-    def _do_report(self, barrier: BarrierId, now: float) -> None:
+    def _report(self, barrier: BarrierId, now: float, inbound: Inbound) -> None:
+        """Take a cut of what we hold and send SyncReady with its digest."""
         part = self._part
         assert part is not None
         digest, cut = take_cut(self._node.counters)
@@ -241,17 +312,22 @@ class Syncer:
         part.next_send = now
         self._send_ready(now)
 
-    def _do_fold(
-        self, barrier: BarrierId, now: float, digest: bytes, address: Address | None
-    ) -> None:
-        if address is not None:
-            self._node.send_sync(SyncDone(barrier), address)
+    def _acknowledge(self, barrier: BarrierId, now: float, inbound: Inbound) -> None:
+        if inbound.address is not None:
+            self._node.send_sync(SyncDone(barrier), inbound.address)
+
+    def _fold_named_cut(self, barrier: BarrierId, now: float, inbound: Inbound) -> None:
         part = self._part
         assert part is not None
-        if self._fold(barrier, part.cuts.get(digest)):
+        if self._fold(barrier, part.cuts.get(inbound.digest)):
             self._leave(now, "completed", "")
         else:
             self._leave(now, "aborted", "commit names a cut we never took")
+
+    def _leave_unfolded(self, barrier: BarrierId, now: float, inbound: Inbound) -> None:
+        self._leave(now, "aborted", inbound.reason)
+
+    # --- participant: helpers -----------------------------------------------------
 
     def _fold(self, barrier: BarrierId, cut: Cut | None) -> bool:
         """Fold *cut*; safe at any time, since a cut is a held prefix."""
@@ -261,21 +337,14 @@ class Syncer:
         self._node.fold(cut, barrier.epoch)
         return True
 
-    def _do_leave(
-        self, barrier: BarrierId, now: float, address: Address | None = None, reason: str = ""
-    ) -> None:
-        if address is not None:
-            self._node.send_sync(SyncDone(barrier), address)
-        self._leave(now, "aborted", reason)
-
     def _leave(self, now: float, result: str, reason: str) -> None:
-        """Back to Work: report the outcome, then apply the writes held meanwhile."""
+        """Out of our barrier: report the outcome, then apply the writes held meanwhile.
+        The table has already set the next mode."""
         part = self._part
         assert part is not None
         if result == "aborted" and part.cuts:
             self._late_cuts = {part.barrier: part}  # a commit may still come; folding then is safe
         self._part = None
-        self.mode = Mode.WORK
         self._last_barrier_at = now
         self._node.emit(self._finished(part, result, now, reason))
         self._node.thaw()
@@ -293,27 +362,6 @@ class Syncer:
             reason,
             tickets,
         )
-
-    def _on_sync_end(self, barrier: BarrierId, digest: bytes, peer: Peer, now: float) -> None:
-        if self._part is not None and self._part.barrier == barrier:
-            self._step(Input.COMMIT, barrier, now, digest=digest, address=peer.address)
-            return
-        self._node.send_sync(SyncDone(barrier), peer.address)
-        late = self._late_cuts.pop(barrier, None)
-        if late is not None and self._fold(barrier, late.cuts.get(digest)):
-            self._count("late_folds")
-
-    def _on_sync_abort(self, barrier: BarrierId, peer: Peer, now: float) -> None:
-        coord = self._coord
-        if coord is not None and coord.barrier == barrier and peer.origin in coord.members:
-            # A member refused our barrier: it is in an earlier one, which will pull us in.
-            self._finish_coordination(now, digest=None)
-            self._step(Input.ABORT, barrier, now, reason=f"refused by {peer.node_id}")
-            return
-        if self._part is None or self._part.barrier != barrier:
-            self._node.send_sync(SyncDone(barrier), peer.address)
-            return
-        self._step(Input.ABORT, barrier, now, address=peer.address, reason="aborted by initiator")
 
     def _send_ready(self, now: float) -> None:
         part = self._part
@@ -343,14 +391,15 @@ class Syncer:
         coord = self._coord
         if coord is not None:
             if now >= coord.deadline:
-                self._finish_coordination(now, digest=None)
-                self._step(Input.ABORT, coord.barrier, now, reason="freeze_max_s passed")
+                self._coordinate(
+                    Call.DEADLINE, coord.barrier, now, Inbound(reason="freeze_max_s passed")
+                )
             elif now >= coord.next_send:
-                self._invite(now)
+                self._coordinate(Call.RETRY, coord.barrier, now)
         part = self._part
         if part is not None:
             if now >= part.deadline:
-                self._step(Input.DEADLINE, part.barrier, now, reason="freeze_max_s passed")
+                self._step(Input.DEADLINE, part.barrier, now, Inbound(reason="freeze_max_s passed"))
             elif part.reported is not None and not part.acked and now >= part.next_send:
                 self._send_ready(now)
         for barrier, closing in list(self._closing.items()):
@@ -359,7 +408,7 @@ class Syncer:
             elif now >= closing.next_send:
                 self._repeat_closing(closing, now)
 
-    # --- initiator ----------------------------------------------------------------
+    # --- initiator: inputs --------------------------------------------------------
 
     def _initiate(self, now: float) -> None:
         # The serial is a datagram sequence number, which grows across restarts, so a
@@ -367,16 +416,51 @@ class Syncer:
         node = self._node
         serial = node.next_serial()
         epoch = max([node.epoch, *(peer.epoch for peer in node.peers.values())]) + 1
-        barrier = BarrierId(epoch, node.node_id, serial)
+        self._coordinate(Call.INITIATE, BarrierId(epoch, node.node_id, serial), now)
+
+    def _on_sync_join(self, barrier: BarrierId, peer: Peer, now: float) -> None:
+        if self._member(barrier, peer.origin) is None:
+            self._turn_away(barrier, peer)
+        else:
+            self._coordinate(Call.JOIN, barrier, now, Inbound(peer.address, sender=peer.origin))
+
+    def _on_sync_ready(self, message: SyncReady, peer: Peer | None, now: float) -> None:
+        """A member's SyncReady; *peer* None: our own participant's."""
+        origin = self._node.origin if peer is None else peer.origin
+        if self._member(message.barrier, origin) is None:
+            if peer is not None:
+                self._turn_away(message.barrier, peer)
+            return
+        inbound = Inbound(None if peer is None else peer.address, message.digest, sender=origin)
+        self._coordinate(Call.READY, message.barrier, now, inbound)
+
+    def _member(self, barrier: BarrierId, origin: Origin) -> Member | None:
+        """The member *origin* of the barrier we coordinate, if *barrier* is that one."""
+        coord = self._coord
+        if coord is None or coord.barrier != barrier:
+            return None
+        return coord.members.get(origin)
+
+    def _on_sync_done(self, barrier: BarrierId, peer: Peer) -> None:
+        closing = self._closing.get(barrier)
+        if closing is not None:
+            closing.pending.pop(peer.origin, None)
+
+    # --- initiator: actions -------------------------------------------------------
+
+    def _open(self, barrier: BarrierId, now: float, inbound: Inbound) -> None:
+        """Coordinate *barrier*: we are a member, joined; every live peer is invited."""
+        node = self._node
         members = {node.origin: Member(None, Status.JOINED, now)}
         for peer in node.live_peers():
             members[peer.origin] = Member(peer.address, Status.INVITED, now)
         self._coord = Coordination(barrier, now, now + node.settings.sync_freeze_max_s, members)
         self._count("barriers_started")
-        self._step(Input.START, barrier, now)
-        self._invite(now)
 
-    def _invite(self, now: float) -> None:
+    def _join_own(self, barrier: BarrierId, now: float, inbound: Inbound) -> None:
+        self._step(Input.START, barrier, now)
+
+    def _invite(self, barrier: BarrierId, now: float, inbound: Inbound) -> None:
         """(Re)send SyncStart to members that have not joined; drop the long-silent."""
         coord = self._coord
         assert coord is not None
@@ -390,56 +474,53 @@ class Syncer:
             elif member.address is not None:
                 self._node.send_sync(SyncStart(coord.barrier), member.address)
         coord.next_send = now + self._node.settings.sync_retry_s
-        self._maybe_commit(now)
 
-    def _on_sync_join(self, barrier: BarrierId, peer: Peer) -> None:
+    def _mark_joined(self, barrier: BarrierId, now: float, inbound: Inbound) -> None:
         coord = self._coord
-        member = coord.members.get(peer.origin) if coord and coord.barrier == barrier else None
-        if member is None:
-            self._turn_away(barrier, peer)
-        elif member.status is Status.INVITED:
+        assert coord is not None
+        assert inbound.sender is not None
+        member = coord.members[inbound.sender]
+        if member.status is Status.INVITED:
             member.status = Status.JOINED
 
-    def _turn_away(self, barrier: BarrierId, peer: Peer) -> None:
-        """A peer took part in a barrier of ours that no longer counts it (it was dropped,
-        or the barrier ended without it, as after a stall): tell it to leave, so it
-        does not sit frozen until its own deadline, refusing every later barrier."""
-        closing = self._closing.get(barrier)
-        if barrier.initiator != self._node.node_id or (closing and peer.origin in closing.pending):
-            return  # not ours, or a member the closing message is still on its way to
-        self._count("barrier_strays_turned_away")
-        self._node.send_sync(SyncAbort(barrier), peer.address)
-
-    def _on_sync_ready(self, message: SyncReady, peer: Peer | None, now: float) -> None:
+    def _record_ready(self, barrier: BarrierId, now: float, inbound: Inbound) -> None:
+        """Note the member's digest and acknowledge it."""
         coord = self._coord
-        if coord is None or coord.barrier != message.barrier:
-            if peer is not None:
-                self._turn_away(message.barrier, peer)
-            return
-        member = coord.members.get(self._node.origin if peer is None else peer.origin)
-        if member is None:
-            if peer is not None:
-                self._turn_away(message.barrier, peer)
-            return
+        assert coord is not None
+        assert inbound.sender is not None
+        own = inbound.sender == self._node.origin
+        member = coord.members[inbound.sender]
         member.status = Status.JOINED
-        member.digest = message.digest
-        if peer is not None:
-            self._node.send_sync(SyncReadyAck(message.barrier, message.digest), peer.address)
-        else:
+        member.digest = inbound.digest
+        if own:
             assert self._part is not None
             self._part.acked = True
-        self._maybe_commit(now)
+        else:
+            assert inbound.address is not None
+            self._node.send_sync(SyncReadyAck(barrier, inbound.digest), inbound.address)
 
-    def _maybe_commit(self, now: float) -> None:
+    def _check_agreement(self, barrier: BarrierId, now: float, inbound: Inbound) -> None:
         coord = self._coord
-        if coord is None:
-            return
+        assert coord is not None
         digest = coord.agreed_digest()
         if digest is not None:
-            self._finish_coordination(now, digest=digest)
-            self._step(Input.COMMIT, coord.barrier, now, digest=digest, address=None)
+            self._coordinate(Call.AGREED, barrier, now, Inbound(digest=digest))
 
-    def _finish_coordination(self, now: float, digest: bytes | None) -> None:
+    def _close_commit(self, barrier: BarrierId, now: float, inbound: Inbound) -> None:
+        self._close(now, inbound.digest)
+
+    def _close_abort(self, barrier: BarrierId, now: float, inbound: Inbound) -> None:
+        self._close(now, None)
+
+    def _commit_own(self, barrier: BarrierId, now: float, inbound: Inbound) -> None:
+        self._step(Input.COMMIT, barrier, now, Inbound(None, inbound.digest))
+
+    def _abort_own(self, barrier: BarrierId, now: float, inbound: Inbound) -> None:
+        self._step(Input.ABORT, barrier, now, Inbound(reason=inbound.reason))
+
+    # --- initiator: helpers -------------------------------------------------------
+
+    def _close(self, now: float, digest: bytes | None) -> None:
         """Stop coordinating: tell every member to commit *digest* (or abort, if None)
         and keep telling them until each acknowledges. Our own part is the caller's."""
         coord = self._coord
@@ -463,10 +544,15 @@ class Syncer:
                 self._node.send_sync(SyncCommit(closing.barrier, closing.digest), address)
         closing.next_send = now + self._node.settings.sync_retry_s
 
-    def _on_sync_done(self, barrier: BarrierId, peer: Peer) -> None:
+    def _turn_away(self, barrier: BarrierId, peer: Peer) -> None:
+        """A peer took part in a barrier of ours that no longer counts it (it was dropped,
+        or the barrier ended without it, as after a stall): tell it to leave, so it
+        does not sit frozen until its own deadline, refusing every later barrier."""
         closing = self._closing.get(barrier)
-        if closing is not None:
-            closing.pending.pop(peer.origin, None)
+        if barrier.initiator != self._node.node_id or (closing and peer.origin in closing.pending):
+            return  # not ours, or a member the closing message is still on its way to
+        self._count("barrier_strays_turned_away")
+        self._node.send_sync(SyncAbort(barrier), peer.address)
 
     # --- scheduling ---------------------------------------------------------------
 
@@ -489,3 +575,67 @@ class Syncer:
     def _count(self, name: str) -> None:
         stats = self._node.stats
         stats[name] = stats.get(name, 0) + 1
+
+
+Action = Callable[[Syncer, BarrierId, float, Inbound], None]
+
+_LEAVE = (Syncer._acknowledge, Syncer._leave_unfolded)
+_FOLD = (Syncer._acknowledge, Syncer._fold_named_cut)
+_ENTER = (Syncer._abandon, Syncer._enter)
+
+PARTICIPANT: dict[tuple[Mode, Input], tuple[tuple[Action, ...], Mode]] = {
+    (Mode.WORK, Input.START): (_ENTER, Mode.SYNC),
+    (Mode.SYNC, Input.START): (_ENTER, Mode.SYNC),
+    (Mode.SYNC, Input.START_WORSE): ((Syncer._refuse,), Mode.SYNC),
+    (Mode.SYNC, Input.COMPLETE): ((Syncer._report,), Mode.READY),
+    (Mode.SYNC, Input.COMMIT): (_FOLD, Mode.WORK),
+    (Mode.SYNC, Input.ABORT): (_LEAVE, Mode.WORK),
+    (Mode.SYNC, Input.DEADLINE): (_LEAVE, Mode.WORK),
+    (Mode.READY, Input.START): (_ENTER, Mode.SYNC),
+    (Mode.READY, Input.START_WORSE): ((Syncer._refuse,), Mode.READY),
+    (Mode.READY, Input.CHANGED): ((Syncer._report,), Mode.READY),
+    (Mode.READY, Input.COMMIT): (_FOLD, Mode.WORK),
+    (Mode.READY, Input.ABORT): (_LEAVE, Mode.WORK),
+    (Mode.READY, Input.DEADLINE): (_LEAVE, Mode.WORK),
+}
+"""A participant: (mode, input) -> (actions, next mode). Anything else is counted
+(``barrier_ignored_<input>``) and ignored. Messages about *another* barrier never reach
+it: a commit for one we already left is acknowledged, and folded if we still hold the
+cut it names; an abort for one is only acknowledged."""
+
+_CLOSE_ABORT = (Syncer._close_abort, Syncer._abort_own)
+
+INITIATOR: dict[tuple[Phase, Call], tuple[tuple[Action, ...], Phase]] = {
+    (Phase.IDLE, Call.INITIATE): (
+        (Syncer._open, Syncer._join_own, Syncer._invite, Syncer._check_agreement),
+        Phase.COORDINATING,
+    ),
+    # Our participant left our barrier early (a stray commit or abort): start afresh.
+    (Phase.COORDINATING, Call.INITIATE): (
+        (
+            Syncer._close_abort,
+            Syncer._open,
+            Syncer._join_own,
+            Syncer._invite,
+            Syncer._check_agreement,
+        ),
+        Phase.COORDINATING,
+    ),
+    (Phase.COORDINATING, Call.JOIN): ((Syncer._mark_joined,), Phase.COORDINATING),
+    (Phase.COORDINATING, Call.READY): (
+        (Syncer._record_ready, Syncer._check_agreement),
+        Phase.COORDINATING,
+    ),
+    (Phase.COORDINATING, Call.RETRY): (
+        (Syncer._invite, Syncer._check_agreement),
+        Phase.COORDINATING,
+    ),
+    (Phase.COORDINATING, Call.AGREED): ((Syncer._close_commit, Syncer._commit_own), Phase.IDLE),
+    (Phase.COORDINATING, Call.REFUSED): (_CLOSE_ABORT, Phase.IDLE),
+    (Phase.COORDINATING, Call.DEADLINE): (_CLOSE_ABORT, Phase.IDLE),
+    (Phase.COORDINATING, Call.LOST): ((Syncer._close_abort,), Phase.IDLE),
+}
+"""The initiator side: (phase, input) -> (actions, next phase); anything else is counted
+(``coordinator_ignored_<input>``) and ignored. A SyncJoin or SyncReady about a barrier
+we do not coordinate, or from a node that is not (or no longer) a member, never reaches
+it: the sender is turned away (`Syncer._turn_away`)."""

@@ -26,8 +26,9 @@ and unicast-only nodes converges.
 
 Full sync. Barriers (``start_sync``, and the scheduled ones) are run by the node's
 `crdtd.core.sync.Syncer`, which owns the node's ``mode``: the node hands it barrier
-messages, its timer and peer changes, and serves it the few things `crdtd.core.sync.Host`
-names. While the node is frozen, local adds are held here and applied on ``thaw``.
+messages, its timer and peer changes; the Syncer reads the node (`crdtd.core.sync.NodeView`)
+and returns effects, which ``_apply_sync`` carries out. While the node is frozen, local
+adds are held here and applied when the Syncer says ``Thaw``.
 
 Rules:
 - peer input never raises out of here: a bad datagram is dropped and counted in
@@ -97,7 +98,17 @@ from crdtd.core.records import (
 from crdtd.core.replay import FLOOR_SAVE_INTERVAL_S, ReplayWindow
 from crdtd.core.reports import Reporter
 from crdtd.core.settings import Key, Settings
-from crdtd.core.sync import Syncer
+from crdtd.core.sync import (
+    AnnounceNow,
+    Count,
+    Fold,
+    Report,
+    Send,
+    Syncer,
+    Thaw,
+    UseSerial,
+)
+from crdtd.core.sync import Effect as SyncEffect
 
 __all__ = ["Datagram", "Mode", "Node", "PeerView"]
 
@@ -248,13 +259,13 @@ class Node:
             peer.unicast_copy_at = now
         self._count("datagrams_received")
         self._dispatch(envelope.message, peer, now)
-        self._sync.progress(now)
+        self._apply_sync(self._sync.progress(now), now)
 
     def handle_timer(self, now: float) -> None:
         """Do whatever is due: announce, ask for repairs, expire peers, drive barriers."""
         self._expire_peers(now)
         self._send_nacks(now)
-        self._sync.handle_timer(now)
+        self._apply_sync(self._sync.handle_timer(now), now)
         self._advance_reports(now)
         self._finish_verifies(now)
         if now >= self._next_floor_save:
@@ -262,7 +273,7 @@ class Node:
             self._next_floor_save = now + FLOOR_SAVE_INTERVAL_S
         if now >= self._next_announce:
             self._plan_fanout(now)
-            payloads = self.announce(now)
+            payloads = self._announce(now)
             if self._fanout or self._candidates:
                 peer_list = self._encoder.peer_list(self._peer_list(now))
                 self._unicast_each(peer_list, self._fanout)
@@ -374,7 +385,7 @@ class Node:
     def start_sync(self, now: float) -> int:
         """Run a full sync now; `SyncFinished` lists the returned ticket."""
         self._tickets += 1
-        self._sync.start(self._tickets, now)
+        self._apply_sync(self._sync.start(self._tickets, now), now)
         return self._tickets
 
     def set_keys(self, keys: tuple[Key, ...]) -> None:
@@ -595,7 +606,7 @@ class Node:
             # a spoofed newcomer gets no more out of us than it sent.
             if self._may_welcome(address, now):
                 self._welcome(address)
-            self._sync.pull_in(peer, now)
+            self._apply_sync(self._sync.pull_in(peer, now), now)
         peer.last_seen = now
         peer.address = address
         peer.suspected = False
@@ -679,7 +690,7 @@ class Node:
 
     def _welcome(self, address: Address) -> None:
         """The first datagram of our announce, by unicast to *address*."""
-        self._unicast(self.announce(0.0, reschedule=False, send=False)[:1], address)
+        self._unicast(self._announce(0.0, reschedule=False, send=False)[:1], address)
 
     def _may_welcome(self, address: Address, now: float) -> bool:
         """Whether a unicast announce to *address* fits: once per announce interval per
@@ -755,7 +766,7 @@ class Node:
         elif isinstance(message, SyncStart) and (peer.announced_at is None or peer.suspected):
             self._count("barrier_start_from_stranger")  # only a live peer may freeze us
         elif isinstance(message, wire.SyncMessage):
-            self._sync.receive(message, peer, now)
+            self._apply_sync(self._sync.receive(message, peer, now), now)
         else:
             self._count("messages_unhandled")  # decodable but not ours to act on
 
@@ -988,7 +999,7 @@ class Node:
         candidates = covering or preferred
         return self._rng.choice(candidates) if candidates else None
 
-    def announce(
+    def _announce(
         self,
         now: float,
         destination: Address | None = None,
@@ -1148,17 +1159,33 @@ class Node:
             event = VerifyFinished(ticket, reports, names, tuple(self.conflicts(now)))
             self._events.append(event)
 
-    # --- for the barriers: what crdtd.core.sync.Host asks of the node ---------------
+    # --- for the barriers: what crdtd.core.sync reads, and its effects ------------
 
-    def next_serial(self) -> int:
-        """The next datagram sequence number: it grows across restarts (*seq_start*)."""
-        self._encoder.seq += 1
+    @property
+    def last_seq(self) -> int:
+        """The latest datagram sequence number: it grows across restarts (*seq_start*)."""
         return self._encoder.seq
 
-    def send_sync(self, message: wire.SyncMessage, address: Address) -> None:
-        self._out.append(Datagram(self._encoder.sync(message), address))
+    def _apply_sync(self, effects: list[SyncEffect], now: float) -> None:
+        """Carry out what the Syncer asked for, in its order."""
+        for effect in effects:
+            match effect:
+                case Send(message, address):
+                    self._out.append(Datagram(self._encoder.sync(message), address))
+                case AnnounceNow():
+                    self._announce(now)
+                case Fold(cut, epoch):
+                    self._fold(cut, epoch)
+                case Thaw():
+                    self._thaw()
+                case Report(event):
+                    self._events.append(event)
+                case Count(name):
+                    self._count(name)
+                case UseSerial(serial):
+                    self._encoder.seq = max(self._encoder.seq, serial)
 
-    def fold(self, cut: Cut, epoch: int) -> None:
+    def _fold(self, cut: Cut, epoch: int) -> None:
         """Fold *cut* into the bases; safe at any time, since a cut is a held prefix."""
         for (variable, origin), (upto, total) in cut.items():
             if self.counters[variable].adopt_base(origin, upto, total):
@@ -1168,7 +1195,7 @@ class Node:
             self.epoch = epoch
             self._records.append(EpochAdvanced(self.epoch))
 
-    def thaw(self) -> None:
+    def _thaw(self) -> None:
         """Apply the writes held during a barrier, in the order they were made."""
         held, self._held = self._held, []
         self._held_new.clear()
@@ -1179,9 +1206,6 @@ class Node:
                 self._answer_named(ticket, named)
             else:
                 self._apply_local(ticket, variable, delta, request_id)
-
-    def emit(self, event: Event) -> None:
-        self._events.append(event)
 
     # --- plumbing -----------------------------------------------------------------
 

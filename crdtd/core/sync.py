@@ -1,21 +1,22 @@
 """Running barriers for one node: its participant side and, when it starts one, its
 initiator side.
 
-`crdtd.core.barrier` holds the rules: the mode table, what a cut is, and the state kept
-per barrier. This module applies them. A `Node` owns one `Syncer` and hands it what
-concerns barriers: every barrier message, its timer, peers appearing and expiring,
-``start_sync``, and a note each time a watermark or base moves (which makes any cut
-taken before stale). The Syncer reaches back only through `Host`, the few things of the
-node a barrier needs: the counters to cut and the peers to ask, and a way to send, to
-announce, to fold a cut, to thaw held writes and to report.
+`crdtd.core.barrier` holds the vocabulary: modes, phases, inputs, what a cut is, and the
+state kept per barrier. This module holds the two transition tables and applies them. A
+`Node` owns one `Syncer` and hands it what concerns barriers: every barrier message, its
+timer, peers appearing and expiring, ``start_sync``, and a note each time a watermark or
+base moves (which makes any cut taken before stale).
 
-Why a separate object: replication and repair (the node) and the barrier (here) share
-no state but these, and each reads on its own. The narrow `Host` says exactly what a
-barrier may touch, so the node's writes to its counters and records stay in the node.
+The Syncer never calls back into the node. It reads the node through `NodeView` (the
+counters to cut, the peers to ask; read only), and every call returns the *effects* the
+node must apply, in order: datagrams to send (`Send`), an announce now
+(`AnnounceNow`), a cut to fold (`Fold`), held writes to apply (`Thaw`), an event
+(`Report`), a counter to bump (`Count`) and a barrier serial taken from the node's
+datagram sequence (`UseSerial`). So what a barrier may do to its node is exactly that
+list, and the node's counters and records change only in the node.
 
 Rules (the node's, too): no clock, no IO, ``now`` comes in; peer input never raises
-(anything the table does not expect is counted and ignored); iteration is
-deterministic.
+(anything the tables do not expect is counted and ignored); iteration is deterministic.
 """
 
 from __future__ import annotations
@@ -54,11 +55,25 @@ from crdtd.core.messages import (
 from crdtd.core.peers import Peer
 from crdtd.core.settings import Settings
 
-__all__ = ["INITIATOR", "PARTICIPANT", "Host", "Inbound", "Syncer"]
+__all__ = [
+    "INITIATOR",
+    "PARTICIPANT",
+    "AnnounceNow",
+    "Count",
+    "Effect",
+    "Fold",
+    "Inbound",
+    "NodeView",
+    "Report",
+    "Send",
+    "Syncer",
+    "Thaw",
+    "UseSerial",
+]
 
 
-class Host(Protocol):
-    """What a `Syncer` needs of the node that owns it."""
+class NodeView(Protocol):
+    """What a `Syncer` reads of the node that owns it; it writes nothing there."""
 
     @property
     def node_id(self) -> str: ...
@@ -73,32 +88,62 @@ class Host(Protocol):
     def epoch(self) -> int: ...
 
     @property
-    def stats(self) -> dict[str, int]: ...
-
-    @property
     def counters(self) -> dict[str, Counter]: ...
 
     @property
     def peers(self) -> dict[Origin, Peer]: ...
 
+    @property
+    def last_seq(self) -> int:
+        """The latest datagram sequence number used; it grows across restarts."""
+
     def live_peers(self) -> list[Peer]:
         """The peers not suspected, by origin: the ones a barrier invites."""
 
-    def next_serial(self) -> int:
-        """A sequence number never used before by this origin, even across restarts."""
 
-    def send_sync(self, message: wire.SyncMessage, address: Address) -> None: ...
+@dataclass(frozen=True, slots=True)
+class Send:
+    message: wire.SyncMessage
+    address: Address
 
-    def announce(self, now: float) -> list[bytes]:
-        """Multicast our digest now, so every participant learns what we hold."""
 
-    def fold(self, cut: Cut, epoch: int) -> None:
-        """Replace the ops *cut* names by their sums, and advance to *epoch*."""
+@dataclass(frozen=True, slots=True)
+class AnnounceNow:
+    """Multicast our digest now, so every participant learns what we hold."""
 
-    def thaw(self) -> None:
-        """Apply the local writes held while this node was frozen."""
 
-    def emit(self, event: Event) -> None: ...
+@dataclass(frozen=True, slots=True)
+class Fold:
+    """Replace the ops *cut* names by their sums, and advance to *epoch*."""
+
+    cut: Cut
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class Thaw:
+    """Apply the local writes held while this node was frozen."""
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    event: Event
+
+
+@dataclass(frozen=True, slots=True)
+class Count:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class UseSerial:
+    """A barrier took *serial* (``last_seq + 1``): the node's next datagram must use a
+    higher sequence number."""
+
+    serial: int
+
+
+Effect = Send | AnnounceNow | Fold | Thaw | Report | Count | UseSerial
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,8 +170,9 @@ class Syncer:
     mode or phase is set before the actions run.
     """
 
-    def __init__(self, node: Host, now: float) -> None:
+    def __init__(self, node: NodeView, now: float) -> None:
         self._node = node
+        self._effects: list[Effect] = []
         self.mode = Mode.WORK
         self.phase = Phase.IDLE
         self._part: Participation | None = None
@@ -145,13 +191,14 @@ class Syncer:
         """The barrier we take part in, announced with our digest; None in Work."""
         return self._part.barrier if self._part is not None else None
 
-    def start(self, ticket: int, now: float) -> None:
+    def start(self, ticket: int, now: float) -> list[Effect]:
         """``start_sync``: initiate a barrier now, unless one is running already."""
         self._tickets.append(ticket)
         if self.mode is Mode.WORK:
             self._initiate(now)
+        return self._drain()
 
-    def receive(self, message: wire.SyncMessage, peer: Peer, now: float) -> None:
+    def receive(self, message: wire.SyncMessage, peer: Peer, now: float) -> list[Effect]:
         if isinstance(message, SyncStart):
             self._on_sync_start(message.barrier, peer, now)
         elif isinstance(message, SyncJoin):
@@ -168,40 +215,36 @@ class Syncer:
             self._on_sync_abort(message.barrier, peer, now)
         else:
             self._on_sync_done(message.barrier, peer)
+        return self._drain()
 
     def note_change(self) -> None:
         """A watermark or base moved: a cut taken before no longer names what we hold."""
         self._changed += 1
 
-    def pull_in(self, peer: Peer, now: float) -> None:
+    def pull_in(self, peer: Peer, now: float) -> list[Effect]:
         """A peer appeared: if we coordinate a barrier, it takes part too."""
         coord = self._coord
         if coord is not None and peer.origin not in coord.members:
             coord.members[peer.origin] = Member(peer.address, Status.INVITED, now)
-            self._node.send_sync(SyncStart(coord.barrier), peer.address)
+            self._send(SyncStart(coord.barrier), peer.address)
+        return self._drain()
 
     def drop_member(self, origin: Origin) -> None:
         """A peer expired: the barrier we coordinate no longer waits for it."""
         if self._coord is not None:
             self._coord.members.pop(origin, None)
 
-    def progress(self, now: float) -> None:
+    def progress(self, now: float) -> list[Effect]:
         """Report a cut once we hold everything, and again whenever it changes."""
-        part = self._part
-        if part is None:
-            return
-        if self.mode is Mode.SYNC and self._holds_everything():
-            self._step(Input.COMPLETE, part.barrier, now)
-            self._reported_at = self._changed
-        elif self.mode is Mode.READY and self._changed != self._reported_at:
-            self._reported_at = self._changed
-            self._step(Input.CHANGED, part.barrier, now)
+        self._progress(now)
+        return self._drain()
 
-    def handle_timer(self, now: float) -> None:
+    def handle_timer(self, now: float) -> list[Effect]:
         """Retries and deadlines, then progress, then perhaps a scheduled barrier."""
         self._timers(now)
-        self.progress(now)
+        self._progress(now)
         self._maybe_schedule(now)
+        return self._drain()
 
     def deadlines(self) -> list[float]:
         """Every time at which ``handle_timer`` has barrier work to do."""
@@ -216,6 +259,17 @@ class Syncer:
         if self._node.settings.sync_interval_s > 0 and self.mode is Mode.WORK:
             deadlines.append(self._last_barrier_at + self._sync_gap())
         return deadlines
+
+    def _progress(self, now: float) -> None:
+        part = self._part
+        if part is None:
+            return
+        if self.mode is Mode.SYNC and self._holds_everything():
+            self._step(Input.COMPLETE, part.barrier, now)
+            self._reported_at = self._changed
+        elif self.mode is Mode.READY and self._changed != self._reported_at:
+            self._reported_at = self._changed
+            self._step(Input.CHANGED, part.barrier, now)
 
     # --- the two tables' engines --------------------------------------------------
 
@@ -248,7 +302,7 @@ class Syncer:
     def _on_sync_start(self, barrier: BarrierId, peer: Peer, now: float) -> None:
         current = self.barrier
         if current == barrier:
-            self._node.send_sync(SyncJoin(barrier), peer.address)  # a retransmit: ack again
+            self._send(SyncJoin(barrier), peer.address)  # a retransmit: ack again
             return
         if barrier in self._late_cuts or barrier in self._closing:
             return  # a retransmit of a barrier we already left
@@ -259,7 +313,7 @@ class Syncer:
         if self._part is not None and self._part.barrier == barrier:
             self._step(Input.COMMIT, barrier, now, Inbound(peer.address, digest))
             return
-        self._node.send_sync(SyncDone(barrier), peer.address)
+        self._send(SyncDone(barrier), peer.address)
         late = self._late_cuts.pop(barrier, None)
         if late is not None and self._fold(barrier, late.cuts.get(digest)):
             self._count("late_folds")
@@ -273,7 +327,7 @@ class Syncer:
             )
             return
         if self._part is None or self._part.barrier != barrier:
-            self._node.send_sync(SyncDone(barrier), peer.address)
+            self._send(SyncDone(barrier), peer.address)
             return
         self._step(Input.ABORT, barrier, now, Inbound(peer.address, reason="aborted by initiator"))
 
@@ -293,13 +347,13 @@ class Syncer:
         freeze_max_s = self._node.settings.sync_freeze_max_s
         self._part = Participation(barrier, inbound.address, now, now + freeze_max_s)
         if inbound.address is not None:
-            self._node.send_sync(SyncJoin(barrier), inbound.address)
-        self._node.emit(SyncStarted(barrier.epoch, barrier.initiator))
-        self._node.announce(now)
+            self._send(SyncJoin(barrier), inbound.address)
+        self._report_event(SyncStarted(barrier.epoch, barrier.initiator))
+        self._effects.append(AnnounceNow())
 
     def _refuse(self, barrier: BarrierId, now: float, inbound: Inbound) -> None:
         assert inbound.address is not None
-        self._node.send_sync(SyncAbort(barrier), inbound.address)
+        self._send(SyncAbort(barrier), inbound.address)
 
     def _report(self, barrier: BarrierId, now: float, inbound: Inbound) -> None:
         """Take a cut of what we hold and send SyncReady with its digest."""
@@ -314,7 +368,7 @@ class Syncer:
 
     def _acknowledge(self, barrier: BarrierId, now: float, inbound: Inbound) -> None:
         if inbound.address is not None:
-            self._node.send_sync(SyncDone(barrier), inbound.address)
+            self._send(SyncDone(barrier), inbound.address)
 
     def _fold_named_cut(self, barrier: BarrierId, now: float, inbound: Inbound) -> None:
         part = self._part
@@ -334,7 +388,7 @@ class Syncer:
         if cut is None:
             self._count("commits_without_cut")
             return False
-        self._node.fold(cut, barrier.epoch)
+        self._effects.append(Fold(cut, barrier.epoch))
         return True
 
     def _leave(self, now: float, result: str, reason: str) -> None:
@@ -346,16 +400,21 @@ class Syncer:
             self._late_cuts = {part.barrier: part}  # a commit may still come; folding then is safe
         self._part = None
         self._last_barrier_at = now
-        self._node.emit(self._finished(part, result, now, reason))
-        self._node.thaw()
+        self._report_event(self._finished(part, result, now, reason))
+        self._effects.append(Thaw())
 
     def _finished(self, part: Participation, result: str, now: float, reason: str) -> SyncFinished:
         tickets = tuple(self._tickets)
         self._tickets.clear()
         self._count(f"barriers_{result}")
+        # A completed barrier's Fold is applied after this call returns: the epoch the
+        # node will be in is the higher of its own and the barrier's.
+        epoch = self._node.epoch
+        if result == "completed":
+            epoch = max(epoch, part.barrier.epoch)
         return SyncFinished(
             result,
-            self._node.epoch,
+            epoch,
             part.barrier.initiator,
             part.barrier.serial,
             now - part.entered_at,
@@ -370,7 +429,7 @@ class Syncer:
         if part.initiator_address is None:
             self._on_sync_ready(message, None, now)
         else:
-            self._node.send_sync(message, part.initiator_address)
+            self._send(message, part.initiator_address)
         part.next_send = now + self._node.settings.sync_retry_s
 
     def _holds_everything(self) -> bool:
@@ -414,7 +473,8 @@ class Syncer:
         # The serial is a datagram sequence number, which grows across restarts, so a
         # restarted initiator never reuses an earlier barrier's id.
         node = self._node
-        serial = node.next_serial()
+        serial = node.last_seq + 1
+        self._effects.append(UseSerial(serial))
         epoch = max([node.epoch, *(peer.epoch for peer in node.peers.values())]) + 1
         self._coordinate(Call.INITIATE, BarrierId(epoch, node.node_id, serial), now)
 
@@ -472,7 +532,7 @@ class Syncer:
                 del coord.members[origin]
                 self._count("barrier_members_dropped")
             elif member.address is not None:
-                self._node.send_sync(SyncStart(coord.barrier), member.address)
+                self._send(SyncStart(coord.barrier), member.address)
         coord.next_send = now + self._node.settings.sync_retry_s
 
     def _mark_joined(self, barrier: BarrierId, now: float, inbound: Inbound) -> None:
@@ -497,7 +557,7 @@ class Syncer:
             self._part.acked = True
         else:
             assert inbound.address is not None
-            self._node.send_sync(SyncReadyAck(barrier, inbound.digest), inbound.address)
+            self._send(SyncReadyAck(barrier, inbound.digest), inbound.address)
 
     def _check_agreement(self, barrier: BarrierId, now: float, inbound: Inbound) -> None:
         coord = self._coord
@@ -539,9 +599,9 @@ class Syncer:
     def _repeat_closing(self, closing: Closing, now: float) -> None:
         for address in closing.pending.values():
             if closing.digest is None:
-                self._node.send_sync(SyncAbort(closing.barrier), address)
+                self._send(SyncAbort(closing.barrier), address)
             else:
-                self._node.send_sync(SyncCommit(closing.barrier, closing.digest), address)
+                self._send(SyncCommit(closing.barrier, closing.digest), address)
         closing.next_send = now + self._node.settings.sync_retry_s
 
     def _turn_away(self, barrier: BarrierId, peer: Peer) -> None:
@@ -552,7 +612,7 @@ class Syncer:
         if barrier.initiator != self._node.node_id or (closing and peer.origin in closing.pending):
             return  # not ours, or a member the closing message is still on its way to
         self._count("barrier_strays_turned_away")
-        self._node.send_sync(SyncAbort(barrier), peer.address)
+        self._send(SyncAbort(barrier), peer.address)
 
     # --- scheduling ---------------------------------------------------------------
 
@@ -572,9 +632,20 @@ class Syncer:
             return
         self._initiate(now)
 
+    # --- effects ------------------------------------------------------------------
+
+    def _send(self, message: wire.SyncMessage, address: Address) -> None:
+        self._effects.append(Send(message, address))
+
+    def _report_event(self, event: Event) -> None:
+        self._effects.append(Report(event))
+
     def _count(self, name: str) -> None:
-        stats = self._node.stats
-        stats[name] = stats.get(name, 0) + 1
+        self._effects.append(Count(name))
+
+    def _drain(self) -> list[Effect]:
+        effects, self._effects = self._effects, []
+        return effects
 
 
 Action = Callable[[Syncer, BarrierId, float, Inbound], None]

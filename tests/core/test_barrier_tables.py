@@ -11,15 +11,13 @@ import itertools
 
 import pytest
 
-from crdtd.core import wire
-from crdtd.core.barrier import Call, Cut, Input, Mode, Phase
+from crdtd.core.barrier import Call, Input, Mode, Phase
 from crdtd.core.counters import Counter
-from crdtd.core.events import Event
-from crdtd.core.ids import Address, Origin
+from crdtd.core.ids import Origin
 from crdtd.core.messages import BarrierId, SyncStart
 from crdtd.core.peers import Peer
 from crdtd.core.settings import Settings
-from crdtd.core.sync import INITIATOR, PARTICIPANT, Inbound, Syncer
+from crdtd.core.sync import INITIATOR, PARTICIPANT, Count, Inbound, Syncer
 
 NOW = 100.0
 ME = Origin("m", 1)
@@ -29,42 +27,20 @@ EARLIER = BarrierId(4, "a", 1)  # wins over OURS
 LATER = BarrierId(6, "z", 1)  # loses to OURS
 
 
-class Host:
-    """A node with one live peer, no counters, and lists for what the Syncer does."""
+class View:
+    """A node with one live peer and no counters, as the Syncer reads it."""
 
     def __init__(self) -> None:
         self.node_id = ME.node_id
         self.origin = ME
         self.settings = Settings(sync_interval_s=0)
         self.epoch = 0
-        self.stats: dict[str, int] = {}
         self.counters: dict[str, Counter] = {}
         self.peers = {PEER.origin: PEER}
-        self.sent: list[tuple[wire.SyncMessage, Address]] = []
-        self.events: list[Event] = []
-        self.serial = 0
+        self.last_seq = 0
 
     def live_peers(self) -> list[Peer]:
         return [PEER]
-
-    def next_serial(self) -> int:
-        self.serial += 1
-        return self.serial
-
-    def send_sync(self, message: wire.SyncMessage, address: Address) -> None:
-        self.sent.append((message, address))
-
-    def announce(self, now: float) -> list[bytes]:
-        return []
-
-    def fold(self, cut: Cut, epoch: int) -> None:
-        self.epoch = max(self.epoch, epoch)
-
-    def thaw(self) -> None:
-        pass
-
-    def emit(self, event: Event) -> None:
-        self.events.append(event)
 
 
 def consistent(syncer: Syncer) -> None:
@@ -74,7 +50,7 @@ def consistent(syncer: Syncer) -> None:
 
 def participant_in(mode: Mode) -> Syncer:
     """A participant of OURS (initiated by PEER) in *mode*, reached by real inputs."""
-    syncer = Syncer(Host(), NOW)
+    syncer = Syncer(View(), NOW)
     if mode is not Mode.WORK:
         syncer.receive(SyncStart(OURS), PEER, NOW)
     if mode is Mode.READY:
@@ -103,7 +79,7 @@ def test_every_participant_pair_ends_where_the_table_says(mode: Mode, event: Inp
     entry = PARTICIPANT.get((mode, event))
     if entry is None:
         assert syncer.mode is mode
-        assert syncer._node.stats[f"barrier_ignored_{event.value}"] == 1
+        assert syncer._drain() == [Count(f"barrier_ignored_{event.value}")]
     else:
         assert syncer.mode is entry[1]
     consistent(syncer)
@@ -111,7 +87,7 @@ def test_every_participant_pair_ends_where_the_table_says(mode: Mode, event: Inp
 
 def initiator_in(phase: Phase) -> tuple[Syncer, BarrierId]:
     """A node coordinating its own barrier (PEER invited), or idle."""
-    syncer = Syncer(Host(), NOW)
+    syncer = Syncer(View(), NOW)
     if phase is Phase.COORDINATING:
         syncer.start(ticket=1, now=NOW)
     assert syncer.phase is phase
@@ -139,7 +115,7 @@ def test_every_initiator_pair_ends_where_the_table_says(phase: Phase, event: Cal
     entry = INITIATOR.get((phase, event))
     if entry is None:
         assert syncer.phase is phase
-        assert syncer._node.stats[f"coordinator_ignored_{event.value}"] == 1
+        assert syncer._drain() == [Count(f"coordinator_ignored_{event.value}")]
     else:
         assert syncer.phase is entry[1]
     consistent(syncer)

@@ -1221,7 +1221,7 @@ def test_a_fold_or_new_ops_while_reports_are_made_leave_no_stale_report(
     node.events()
     node.start_verify(START)
     node.handle_timer(START)
-    node.fold({("x", Origin("b", 1)): (5, 150)}, epoch=1)
+    node._fold({("x", Origin("b", 1)): (5, 150)}, epoch=1)
     node.add("x", 1000, START)
     node.add("y", 1, START)
     disk = report_records() + node.records_to_persist()

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from crdtd.daemon.handler import NetInfo, igmp_groups, net_checks, udp_drops
+import pytest
+
+from crdtd.cli import render
+from crdtd.daemon.handler import (
+    PROC_NET,
+    STATUSES,
+    NetInfo,
+    Unreadable,
+    igmp_groups,
+    net_checks,
+    udp_drops,
+)
 
 NET = NetInfo("eth0", "10.0.0.1", "239.255.77.77", 7777, 7778, 1, socket_inodes=(111, 222))
 
@@ -59,7 +70,8 @@ def test_igmp_groups_of_one_interface(tmp_path: Path) -> None:
     assert igmp_groups("eth0", tmp_path) == ["239.255.77.77", "224.0.0.1"]
     assert igmp_groups("lo", tmp_path) == ["224.0.0.1"]
     assert igmp_groups("eth1", tmp_path) == []
-    assert igmp_groups("eth0", tmp_path / "missing") is None
+    missing = igmp_groups("eth0", tmp_path / "missing")
+    assert missing == Unreadable(tmp_path / "missing" / "igmp", "No such file or directory")
 
 
 def test_udp_drops_of_our_sockets_only(tmp_path: Path) -> None:
@@ -67,9 +79,57 @@ def test_udp_drops_of_our_sockets_only(tmp_path: Path) -> None:
     assert udp_drops((111, 222), tmp_path) == {111: 3, 222: 0}
 
 
-def test_a_healthy_peer_gives_all_ok() -> None:
-    checks = net_checks(NET, view(peer()), ["239.255.77.77"], {111: 0})
+@pytest.fixture
+def sys_net(tmp_path: Path) -> Path:
+    """/sys/class/net with eth0 up and multicast on."""
+    (tmp_path / "sys" / "eth0").mkdir(parents=True)
+    (tmp_path / "sys" / "eth0" / "flags").write_text("0x1003\n")
+    return tmp_path / "sys"
+
+
+def test_a_healthy_peer_gives_all_ok(sys_net: Path) -> None:
+    checks = net_checks(NET, view(peer()), ["239.255.77.77"], {111: 0}, sys_net)
     assert set(statuses(checks).values()) == {"OK"}
+
+
+def test_unreadable_sources_make_their_checks_unknown_never_ok(tmp_path: Path) -> None:
+    """As under a sandbox that hides them: nothing read, so nothing is claimed OK."""
+    proc = tmp_path / "proc"  # no igmp, no udp in it
+    checks = net_checks(
+        NET, view(peer()), igmp_groups("eth0", proc), udp_drops((111,), proc), tmp_path / "sys"
+    )
+    result = statuses(checks)
+    assert result["membership"] == result["receive drops"] == result["interface"] == "UNKNOWN"
+    assert set(result.values()) <= set(STATUSES)
+    details = {check["check"]: check["detail"] for check in checks}
+    assert f"cannot read {proc / 'udp'}: No such file or directory" in details["receive drops"]
+    assert f"cannot read {proc / 'igmp'}" in details["membership"]
+    text = render.text(
+        "net-test",
+        {
+            "ok": False,
+            "interface": "eth0",
+            "address": "10.0.0.1",
+            "group": "239.255.77.77:7777",
+            "unicast_port": 7778,
+            "ttl": 1,
+            "checks": checks,
+        },
+    )
+    assert "\nUNKNOWN  receive drops " in text and "no datagram dropped" not in text
+
+
+def test_unreadable_udp_with_inbox_drops_still_warns(tmp_path: Path) -> None:
+    checks = net_checks(
+        NET, {**view(peer()), "inbox_dropped": 3}, ["239.255.77.77"], udp_drops((111,), tmp_path)
+    )
+    assert statuses(checks)["receive drops"] == "WARN"
+
+
+def test_the_daemon_reads_its_own_network_view() -> None:
+    """/proc/self/net: what ProcSubset=pid leaves visible (it hides /proc/net)."""
+    assert Path("/proc/self/net") == PROC_NET
+    assert not isinstance(udp_drops((1,)), Unreadable), "readable on this host"
 
 
 def test_a_peer_heard_only_by_unicast_fails_with_a_hint() -> None:

@@ -86,7 +86,8 @@ class StartupError(Exception):
     """The daemon cannot start; the message tells the operator what to fix."""
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """crdtd's command line (the docs' commands are checked against it: tests/test_docs.py)."""
     parser = argparse.ArgumentParser(
         prog="crdtd", description="Keep named integer counters in agreement across a LAN."
     )
@@ -105,6 +106,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "random bytes, mode 0600. An existing file is never replaced.",
     )
     keygen.add_argument("path", type=Path, metavar="PATH", help=f"e.g. {KEYGEN_EXAMPLE_PATH}")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "keygen":
         return _keygen(args.path)

@@ -5,6 +5,7 @@ start-up a ``startup_failed`` event in the configured log format."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -137,3 +138,23 @@ def test_the_daemon_process_exits_78_on_a_config_error(tmp_path: Path) -> None:
     assert done.returncode == 78, done.stderr
     assert f"no interface named '{ABSENT}'" in done.stderr
     assert json.loads(done.stdout)["event"] == "startup_failed"
+
+
+def test_a_port_in_use_is_not_a_config_error_and_exits_1(tmp_path: Path) -> None:
+    """It may pass (the other program stops): exit 1, which the unit restarts."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        config = write_config(
+            tmp_path, f"network: {{interface: 127.0.0.1, ttl: 0, unicast_port: {port}}}\n"
+        )
+        assert main(["--config", str(config), "--check-config"]) == 0
+        done = subprocess.run(
+            [sys.executable, "-m", "crdtd.daemon.main", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert done.returncode == 1, done.stderr
+    assert "already in use" in done.stderr
+    assert json.loads(done.stdout.splitlines()[-1])["exit_status"] == 1

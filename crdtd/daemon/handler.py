@@ -12,8 +12,9 @@ client wait for it): ``history`` answers one page of `HISTORY_PAGE_OPS` ops at a
 
 ``net-test`` and ``stats`` also read the kernel's view of our sockets
 (/proc/self/net/igmp, /proc/self/net/udp: the unit's ``ProcSubset=pid`` hides /proc/net,
-but not a process's own view of its network namespace); those reads happen outside the
-owner task, after it answered. A ``net-test`` check whose source cannot be read is
+but not a process's own view of its network namespace) and the interface's flags (by
+SIOCGIFFLAGS, since /sys/class/net need not show our namespace); those reads happen
+outside the owner task, after it answered. A ``net-test`` check whose source cannot be read is
 ``UNKNOWN``, never ``OK``: a check that could not look has seen nothing wrong, but it
 has not seen things right either.
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import fcntl
 import random
 import socket
 import struct
@@ -42,7 +44,8 @@ REQUEST_IDS_MAX = 4096
 POPULATE_DELTA_MAX = 10
 POPULATE_STEP_OPS = 5000  # ops of a populate applied in one step: ~10 ms, one commit
 PROC_NET = Path("/proc/self/net")
-SYS_NET = Path("/sys/class/net")
+_SIOCGIFFLAGS = 0x8913  # linux/sockios.h
+_IFREQ = struct.Struct("16sH22x")  # struct ifreq: the name, then ifr_flags (40 bytes)
 _IFF_UP = 0x1
 _IFF_MULTICAST = 0x1000
 _UNICAST_COPIES_MIN = 2  # unicast announces from a peer before we say it cannot hear us
@@ -57,11 +60,11 @@ be read, so nothing was checked)."""
 class Unreadable:
     """A kernel source that could not be read, and why, for the check's detail."""
 
-    path: Path
+    source: Path | str
     reason: str
 
     def __str__(self) -> str:
-        return f"cannot read {self.path}: {self.reason}"
+        return f"cannot read {self.source}: {self.reason}"
 
 
 def _read(path: Path) -> str | Unreadable:
@@ -378,7 +381,8 @@ class Handler:
         view = await driver.call(read)
         groups = igmp_groups(self._net.interface, self._proc_net)
         drops = udp_drops(self._net.socket_inodes, self._proc_net)
-        checks = net_checks(self._net, view, groups, drops)
+        flags = interface_flags(self._net.interface)
+        checks = net_checks(self._net, view, groups, drops, flags)
         return {
             "ok": all(check["status"] == "OK" for check in checks),
             "interface": self._net.interface,
@@ -448,12 +452,13 @@ def net_checks(
     view: dict[str, Any],
     groups: list[str] | Unreadable,
     drops: dict[int, int] | Unreadable,
-    sys_net: Path = SYS_NET,
+    flags: int | Unreadable,
 ) -> list[dict[str, str]]:
     """The ``net-test`` checklist from what the node saw (*view*, see `_cmd_net_test`),
-    the groups the kernel joined on our interface and our sockets' drops (each
-    `Unreadable` when its source could not be read: that check is UNKNOWN)."""
-    checks = [_interface_check(net, sys_net)]
+    the groups the kernel joined on our interface, our sockets' drops and the
+    interface's flags (each `Unreadable` when its source could not be read: that check
+    is UNKNOWN)."""
+    checks = [_interface_check(net, flags)]
     group = f"{net.group}:{net.port}"
     if isinstance(groups, Unreadable):
         checks.append(
@@ -544,19 +549,13 @@ def net_checks(
     return checks
 
 
-def _interface_check(net: NetInfo, sys_net: Path) -> dict[str, str]:
+def _interface_check(net: NetInfo, flags: int | Unreadable) -> dict[str, str]:
     detail = f"{net.interface} {net.address}"
-    text = _read(sys_net / net.interface / "flags")
-    try:
-        flags = int(text, 16) if isinstance(text, str) else None
-    except ValueError:
-        flags = None
-    if flags is None:
-        why = text if isinstance(text, Unreadable) else f"{sys_net / net.interface}/flags"
+    if isinstance(flags, Unreadable):
         return _check(
             "interface",
             "UNKNOWN",
-            f"{detail}; whether it is up with multicast on is not known: {why}",
+            f"{detail}; whether it is up with multicast on is not known: {flags}",
             f"`ip link show {net.interface}` must say UP and MULTICAST",
         )
     if not flags & _IFF_UP:
@@ -649,6 +648,20 @@ def _peer_checks(
             )
         )
     return checks
+
+
+def interface_flags(interface: str) -> int | Unreadable:
+    """The interface's flags (IFF_UP, IFF_MULTICAST...), asked of the kernel with
+    SIOCGIFFLAGS: /sys/class/net need not show this network namespace's interfaces
+    (under the unit in a container it does not), an ioctl on a socket always does."""
+    request = _IFREQ.pack(interface.encode(), 0)
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            answer = fcntl.ioctl(sock.fileno(), _SIOCGIFFLAGS, request)
+    except OSError as error:
+        return Unreadable(f"the flags of {interface}", error.strerror or type(error).__name__)
+    flags: int = _IFREQ.unpack(answer)[1]
+    return flags
 
 
 def igmp_groups(interface: str, proc_net: Path = PROC_NET) -> list[str] | Unreadable:

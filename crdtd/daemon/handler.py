@@ -88,16 +88,7 @@ class NetInfo:
 
 
 class Handler:
-    def __init__(
-        self,
-        driver: Driver,
-        rng: random.Random,
-        net: NetInfo | None = None,
-        proc_net: Path = PROC_NET,
-    ) -> None:
-        """*proc_net*: where the kernel's view of our sockets is read (tests point it
-        elsewhere)."""
-        self._proc_net = proc_net
+    def __init__(self, driver: Driver, rng: random.Random, net: NetInfo | None = None) -> None:
         self._driver = driver
         self._rng = rng
         self._net = net
@@ -337,7 +328,7 @@ class Handler:
         driver = self._driver
         stats = await driver.call(lambda node, now: collect_stats(node, driver))
         inodes = self._net.socket_inodes if self._net is not None else ()
-        drops = udp_drops(inodes, self._proc_net)
+        drops = udp_drops(inodes)
         kernel = 0 if isinstance(drops, Unreadable) else sum(drops.values())
         if kernel:
             stats["datagrams"]["dropped"]["kernel_receive_buffer"] = kernel
@@ -379,8 +370,8 @@ class Handler:
             }
 
         view = await driver.call(read)
-        groups = igmp_groups(self._net.interface, self._proc_net)
-        drops = udp_drops(self._net.socket_inodes, self._proc_net)
+        groups = igmp_groups(self._net.interface)
+        drops = udp_drops(self._net.socket_inodes)
         flags = interface_flags(self._net.interface)
         checks = net_checks(self._net, view, groups, drops, flags)
         return {

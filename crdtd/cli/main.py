@@ -116,7 +116,7 @@ def run_history(client: Client, options: argparse.Namespace) -> Data:
             return {"variable": page["variable"], "before": page["before"], "ops": ops}
         args["after"] = page["next"]
     raise ControlError(
-        ErrorCode.TIMEOUT, f"history: the log kept being folded for {HISTORY_PAGES_MAX} pages"
+        ErrorCode.TIMEOUT, f"the log kept being folded for {HISTORY_PAGES_MAX} pages"
     )
 
 

@@ -242,10 +242,15 @@ def _net_test(data: Data) -> str:
         f"unicast port {data['unicast_port']}, ttl {data['ttl']}"
     ]
     width = max((len(check["check"]) for check in data["checks"]), default=0)
+    # As wide as the widest status shown: OK, WARN and FAIL fit in 4; UNKNOWN widens it.
+    status_width = max((len(check["status"]) for check in data["checks"]), default=0)
+    status_width = max(status_width, 4)
     for check in data["checks"]:
-        lines.append(f"{check['status']:<4}  {check['check'].ljust(width)}  {check['detail']}")
+        lines.append(
+            f"{check['status']:<{status_width}}  {check['check'].ljust(width)}  {check['detail']}"
+        )
         if check["hint"] and check["status"] != "OK":
-            lines.append(f"{'':<4}  {'':<{width}}  hint: {check['hint']}")
+            lines.append(f"{'':<{status_width}}  {'':<{width}}  hint: {check['hint']}")
     lines.append("all checks OK" if data["ok"] else "some checks are not OK")
     return "\n".join(lines)
 

@@ -272,19 +272,17 @@ is refused there until someone decides it only reads."""
 
 
 def validate_args(cmd: str, args: Mapping[str, object]) -> dict[str, Any]:
-    """Return a checked copy of *args* for *cmd*, or raise `InvalidArgument`."""
+    """Return a checked copy of *args* for *cmd*, or raise `InvalidArgument`. The
+    message does not repeat *cmd*: it answers that request, and crdtctl names it."""
     rules = COMMANDS[cmd]
     if unexpected := sorted(set(args) - set(rules)):
-        raise InvalidArgument(f"{cmd}: unexpected argument(s) {', '.join(unexpected)}")
+        raise InvalidArgument(f"unexpected argument(s) {', '.join(unexpected)}")
     checked: dict[str, Any] = {}
     for name, (check, required) in rules.items():
         if name in args:
-            try:
-                checked[name] = check(args[name])
-            except InvalidArgument as error:
-                raise InvalidArgument(f"{cmd}: {error}") from None
+            checked[name] = check(args[name])
         elif required:
-            raise InvalidArgument(f"{cmd}: missing argument {name}")
+            raise InvalidArgument(f"missing argument {name}")
     return checked
 
 

@@ -291,7 +291,7 @@ class ControlServer:
             return encode_response(request.id, {})
         if self._read_only and request.cmd not in READS:
             message = (
-                f"{request.cmd}: {self.path} is a read-only socket; writes go through the "
+                f"{self.path} is a read-only socket; writes go through the "
                 "daemon's main control socket (control.socket)"
             )
             return encode_error(request.id, ErrorCode.READ_ONLY, message)
@@ -346,10 +346,15 @@ async def serve(
     *,
     connections_max: int = 64,
     idle_timeout_s: float = 60.0,
+    read_only: bool = False,
 ) -> ControlServer:
     """Start a `ControlServer` on *path*; the caller must ``await server.close()``."""
     server = ControlServer(
-        path, handler, connections_max=connections_max, idle_timeout_s=idle_timeout_s
+        path,
+        handler,
+        connections_max=connections_max,
+        idle_timeout_s=idle_timeout_s,
+        read_only=read_only,
     )
     await server.start()
     return server

@@ -10,6 +10,11 @@ Rules:
   a number either; quote a node id that looks like a number;
 - peer timing must be strictly increasing: announce_interval_s < peer_suspect_s <
   peer_timeout_s, whether the file sets one of them or all three;
+- every duration is within sane bounds (`SECONDS_MIN` .. `SECONDS_MAX`; a day for the
+  full-sync cadence), network.port differs from network.unicast_port, and the control
+  socket's path fits a Unix socket address;
+- what needs this host (the interface exists and has an IPv4 address, the key file can
+  be read) is checked by `crdtd.daemon.preflight`, which runs after this;
 - every error is one line ``FILE:LINE: dotted.key: expected WHAT, got FOUND`` (FILE as
   given), where LINE is the line of the offending value (of the key, for an unknown or
   repeated key), so the operator can fix the file without reading this code.
@@ -25,8 +30,8 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import math
 import operator
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -71,17 +76,27 @@ def _integer(low: int, high: int | None = None) -> _Check:
     return _Check(f"an integer {span}", convert)
 
 
-def _seconds(*, zero_means: str | None = None) -> _Check:
+# Sane bounds of a duration: below 10 ms a timer spins the owner task; above an hour
+# (a day for the full-sync cadence) a typo in the unit (ms for s) has slipped through.
+SECONDS_MIN = 0.01
+SECONDS_MAX = 3600.0
+SYNC_SECONDS_MAX = 86400.0
+
+
+def _seconds(*, high: float = SECONDS_MAX, zero_means: str | None = None) -> _Check:
     def convert(value: object) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError
-        if not math.isfinite(value) or value < 0 or (value == 0 and zero_means is None):
+        if value == 0 and zero_means is not None:
+            return 0.0
+        if not SECONDS_MIN <= value <= high:  # also refuses nan
             raise ValueError
         return float(value)
 
+    span = f"a number of seconds {SECONDS_MIN:g}..{high:g}"
     if zero_means is None:
-        return _Check("a number of seconds > 0", convert)
-    return _Check(f"a number of seconds >= 0 (0 = {zero_means})", convert)
+        return _Check(span, convert)
+    return _Check(f"0 ({zero_means}) or {span}", convert)
 
 
 def _choice(*options: str) -> _Check:
@@ -98,6 +113,18 @@ def _to_path(value: object) -> Path:
     if not isinstance(value, str) or not value:
         raise ValueError
     return Path(value)
+
+
+# A Unix socket's path is at most 107 bytes (sun_path is 108, with its NUL): a longer
+# one would pass here and fail only when the daemon binds it.
+SOCKET_PATH_BYTES_MAX = 107
+
+
+def _to_socket_path(value: object) -> Path:
+    path = _to_path(value)
+    if len(os.fsencode(path)) > SOCKET_PATH_BYTES_MAX:
+        raise ValueError
+    return path
 
 
 def _to_optional_path(value: object) -> Path | None:
@@ -160,6 +187,10 @@ def _to_optional_host_port(value: object) -> tuple[str, int] | None:
 _PORT = _integer(1, 65535)
 _COUNT = _integer(1)
 _PATH = _Check("a non-empty path", _to_path)
+_SOCKET_PATH = _Check(
+    f"a non-empty path of at most {SOCKET_PATH_BYTES_MAX} bytes (a Unix socket's limit)",
+    _to_socket_path,
+)
 _OPTIONAL_PATH = _Check("a non-empty path or null", _to_optional_path)
 _BOOL = _Check("true or false", _to_bool)
 _NODE_ID = _Check(f"'auto' or a name of 1-{NAME_MAX} characters [A-Za-z0-9_.-]", _to_node_id)
@@ -200,15 +231,20 @@ class NetworkConfig:
 class ControlConfig:
     """Where crdtctl reaches the daemon."""
 
-    socket: Path = field(default=Path("/run/crdtd/crdtd.sock"), metadata=_rule(_PATH))
+    socket: Path = field(default=Path("/run/crdtd/crdtd.sock"), metadata=_rule(_SOCKET_PATH))
 
 
 @dataclass(frozen=True, slots=True)
 class SyncConfig:
     """Full-state anti-entropy between peers."""
 
-    interval_s: float = field(default=300.0, metadata=_rule(_seconds(zero_means="manual only")))
-    min_gap_s: float = field(default=10.0, metadata=_rule(_seconds(zero_means="no gap")))
+    interval_s: float = field(
+        default=300.0,
+        metadata=_rule(_seconds(high=SYNC_SECONDS_MAX, zero_means="manual only")),
+    )
+    min_gap_s: float = field(
+        default=10.0, metadata=_rule(_seconds(high=SYNC_SECONDS_MAX, zero_means="no gap"))
+    )
     freeze_max_s: float = field(default=2.0, metadata=_rule(_seconds()))
 
 
@@ -308,6 +344,10 @@ _INCREASING = (
     ("network.peer_suspect_s", "network.peer_timeout_s"),
 )
 
+# Each pair must differ: both ports are bound on the same address, and the group's
+# socket would take the unicast datagrams (or the bind fail) if they were one port.
+_DIFFERENT = (("network.port", "network.unicast_port"),)
+
 
 def default_config_path() -> Path | None:
     """The file ``crdtd`` reads without ``--config``: /etc/crdtd/crdtd.yaml if present."""
@@ -325,6 +365,7 @@ def load_config(path: Path | None) -> Config:
     config = loader.build(Config, root, "")
     assert isinstance(config, Config)
     loader.check_increasing(config)
+    loader.check_different(config)
     return config
 
 
@@ -391,3 +432,12 @@ class _Loader(YamlFile):
                 lower,
                 f"a number of seconds less than {higher} ({high:g})",
             )
+
+    def check_different(self, config: Config) -> None:
+        for first, second in _DIFFERENT:
+            value = operator.attrgetter(first)(config)
+            if value != operator.attrgetter(second)(config):
+                continue
+            # Blame the key the file sets; when it sets both, the later one in the pair.
+            blamed, other = (second, first) if second in self.value_nodes else (first, second)
+            self.fail(self.value_nodes[blamed], blamed, f"a value other than {other} ({value})")

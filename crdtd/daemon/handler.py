@@ -10,14 +10,20 @@ client wait for it): ``history`` answers one page of `HISTORY_PAGE_OPS` ops at a
 (``next`` names the page after), and ``populate`` applies its ops in steps of
 `POPULATE_STEP_OPS`, each durable before the next is handed over.
 
-``net-test`` and ``stats`` also read the kernel's view of our sockets (/proc/net/igmp,
-/proc/net/udp); those reads happen outside the owner task, after it answered.
+``net-test`` and ``stats`` also read the kernel's view of our sockets
+(/proc/self/net/igmp, /proc/self/net/udp: the unit's ``ProcSubset=pid`` hides /proc/net,
+but not a process's own view of its network namespace) and the interface's flags (by
+SIOCGIFFLAGS, since /sys/class/net need not show our namespace); those reads happen
+outside the owner task, after it answered. A ``net-test`` check whose source cannot be read is
+``UNKNOWN``, never ``OK``: a check that could not look has seen nothing wrong, but it
+has not seen things right either.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import fcntl
 import random
 import socket
 import struct
@@ -37,11 +43,35 @@ from crdtd.net.driver import Driver
 REQUEST_IDS_MAX = 4096
 POPULATE_DELTA_MAX = 10
 POPULATE_STEP_OPS = 5000  # ops of a populate applied in one step: ~10 ms, one commit
-PROC_NET = Path("/proc/net")
-SYS_NET = Path("/sys/class/net")
+PROC_NET = Path("/proc/self/net")
+_SIOCGIFFLAGS = 0x8913  # linux/sockios.h
+_IFREQ = struct.Struct("16sH22x")  # struct ifreq: the name, then ifr_flags (40 bytes)
 _IFF_UP = 0x1
 _IFF_MULTICAST = 0x1000
 _UNICAST_COPIES_MIN = 2  # unicast announces from a peer before we say it cannot hear us
+
+
+STATUSES = ("OK", "WARN", "FAIL", "UNKNOWN")
+"""A net-test check's status; only OK counts as passed (UNKNOWN: its source could not
+be read, so nothing was checked)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """A kernel source that could not be read, and why, for the check's detail."""
+
+    source: Path | str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"cannot read {self.source}: {self.reason}"
+
+
+def _read(path: Path) -> str | Unreadable:
+    try:
+        return path.read_text()
+    except OSError as error:
+        return Unreadable(path, error.strerror or type(error).__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,7 +328,8 @@ class Handler:
         driver = self._driver
         stats = await driver.call(lambda node, now: collect_stats(node, driver))
         inodes = self._net.socket_inodes if self._net is not None else ()
-        kernel = sum(udp_drops(inodes).values())
+        drops = udp_drops(inodes)
+        kernel = 0 if isinstance(drops, Unreadable) else sum(drops.values())
         if kernel:
             stats["datagrams"]["dropped"]["kernel_receive_buffer"] = kernel
         return stats
@@ -339,7 +370,10 @@ class Handler:
             }
 
         view = await driver.call(read)
-        checks = net_checks(self._net, view, igmp_groups(self._net.interface), self._drops())
+        groups = igmp_groups(self._net.interface)
+        drops = udp_drops(self._net.socket_inodes)
+        flags = interface_flags(self._net.interface)
+        checks = net_checks(self._net, view, groups, drops, flags)
         return {
             "ok": all(check["status"] == "OK" for check in checks),
             "interface": self._net.interface,
@@ -349,9 +383,6 @@ class Handler:
             "ttl": self._net.ttl,
             "checks": checks,
         }
-
-    def _drops(self) -> dict[int, int]:
-        return udp_drops(self._net.socket_inodes) if self._net is not None else {}
 
 
 def collect_stats(node: Node, driver: Driver) -> dict[str, Any]:
@@ -408,14 +439,27 @@ def _check(name: str, status: str, detail: str, hint: str = "") -> dict[str, str
 
 
 def net_checks(
-    net: NetInfo, view: dict[str, Any], groups: list[str] | None, drops: dict[int, int]
+    net: NetInfo,
+    view: dict[str, Any],
+    groups: list[str] | Unreadable,
+    drops: dict[int, int] | Unreadable,
+    flags: int | Unreadable,
 ) -> list[dict[str, str]]:
     """The ``net-test`` checklist from what the node saw (*view*, see `_cmd_net_test`),
-    the groups the kernel joined on our interface (None: unreadable) and socket drops."""
-    checks = [_interface_check(net)]
+    the groups the kernel joined on our interface, our sockets' drops and the
+    interface's flags (each `Unreadable` when its source could not be read: that check
+    is UNKNOWN)."""
+    checks = [_interface_check(net, flags)]
     group = f"{net.group}:{net.port}"
-    if groups is None:
-        checks.append(_check("membership", "WARN", "cannot read /proc/net/igmp", ""))
+    if isinstance(groups, Unreadable):
+        checks.append(
+            _check(
+                "membership",
+                "UNKNOWN",
+                f"{groups}: whether {net.interface} joined {net.group} is not known",
+                f"`ip maddr show dev {net.interface}` must list {net.group}",
+            )
+        )
     elif net.group in groups:
         checks.append(_check("membership", "OK", f"{net.interface} has joined {net.group}"))
     else:
@@ -467,8 +511,19 @@ def net_checks(
                     "it is not firewalled",
                 )
             )
-    kernel = sum(drops.values())
     inbox = view["inbox_dropped"]
+    if isinstance(drops, Unreadable):
+        checks.append(
+            _check(
+                "receive drops",
+                "UNKNOWN" if not inbox else "WARN",
+                f"{drops}: the kernel's drops are not known; {inbox} dropped by crdtd "
+                "(inbox full) since start",
+                "`ss -uamn` shows each socket's drops (d...) in skmem",
+            )
+        )
+        return checks
+    kernel = sum(drops.values())
     if kernel or inbox:
         checks.append(
             _check(
@@ -485,12 +540,15 @@ def net_checks(
     return checks
 
 
-def _interface_check(net: NetInfo) -> dict[str, str]:
+def _interface_check(net: NetInfo, flags: int | Unreadable) -> dict[str, str]:
     detail = f"{net.interface} {net.address}"
-    try:
-        flags = int((SYS_NET / net.interface / "flags").read_text(), 16)
-    except (OSError, ValueError):
-        return _check("interface", "OK", detail, "")
+    if isinstance(flags, Unreadable):
+        return _check(
+            "interface",
+            "UNKNOWN",
+            f"{detail}; whether it is up with multicast on is not known: {flags}",
+            f"`ip link show {net.interface}` must say UP and MULTICAST",
+        )
     if not flags & _IFF_UP:
         return _check(
             "interface",
@@ -583,12 +641,26 @@ def _peer_checks(
     return checks
 
 
-def igmp_groups(interface: str, proc_net: Path = PROC_NET) -> list[str] | None:
-    """The IPv4 groups the kernel has joined on *interface* (/proc/net/igmp), or None."""
+def interface_flags(interface: str) -> int | Unreadable:
+    """The interface's flags (IFF_UP, IFF_MULTICAST...), asked of the kernel with
+    SIOCGIFFLAGS: /sys/class/net need not show this network namespace's interfaces
+    (under the unit in a container it does not), an ioctl on a socket always does."""
+    request = _IFREQ.pack(interface.encode(), 0)
     try:
-        lines = (proc_net / "igmp").read_text().splitlines()
-    except OSError:
-        return None
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            answer = fcntl.ioctl(sock.fileno(), _SIOCGIFFLAGS, request)
+    except OSError as error:
+        return Unreadable(f"the flags of {interface}", error.strerror or type(error).__name__)
+    flags: int = _IFREQ.unpack(answer)[1]
+    return flags
+
+
+def igmp_groups(interface: str, proc_net: Path = PROC_NET) -> list[str] | Unreadable:
+    """The IPv4 groups the kernel has joined on *interface* (``igmp``)."""
+    text = _read(proc_net / "igmp")
+    if isinstance(text, Unreadable):
+        return text
+    lines = text.splitlines()
     groups: list[str] = []
     current = None
     for line in lines[1:]:
@@ -601,17 +673,16 @@ def igmp_groups(interface: str, proc_net: Path = PROC_NET) -> list[str] | None:
     return groups
 
 
-def udp_drops(inodes: Iterable[int], proc_net: Path = PROC_NET) -> dict[int, int]:
-    """The kernel's receive drops of the UDP sockets with *inodes* (/proc/net/udp)."""
+def udp_drops(inodes: Iterable[int], proc_net: Path = PROC_NET) -> dict[int, int] | Unreadable:
+    """The kernel's receive drops of the UDP sockets with *inodes* (``udp``)."""
     wanted = set(inodes)
     drops: dict[int, int] = {}
     if not wanted:
         return drops
-    try:
-        lines = (proc_net / "udp").read_text().splitlines()
-    except OSError:
-        return drops
-    for line in lines[1:]:
+    text = _read(proc_net / "udp")
+    if isinstance(text, Unreadable):
+        return text
+    for line in text.splitlines()[1:]:
         fields = line.split()
         if len(fields) >= 13 and fields[9].isdecimal() and int(fields[9]) in wanted:
             drops[int(fields[9])] = int(fields[12])

@@ -37,6 +37,7 @@ _RANK = {"debug": 10, "info": 20, "warn": 30, "warning": 30, "error": 40, "criti
 _LEADING_KEYS = ("timestamp", "level", "event", "node_id")
 
 _threshold = _RANK["info"]
+_level = "info"
 _node_id: str | None = None
 
 
@@ -78,10 +79,16 @@ def configure_logging(
 
 def set_level(level: str) -> None:
     """Change the threshold for every logger at once (the daemon calls this on SIGHUP)."""
-    global _threshold
+    global _threshold, _level
     if level not in LEVELS:
         raise ValueError(f"log level: expected one of {', '.join(LEVELS)}, got {level!r}")
     _threshold = _RANK[level]
+    _level = level
+
+
+def current_level() -> str:
+    """The level `set_level` (or `configure_logging`) set last."""
+    return _level
 
 
 def get_logger(**initial_values: Any) -> FilteringBoundLogger:

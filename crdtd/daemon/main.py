@@ -1,10 +1,14 @@
 """``crdtd``: the daemon's entry point. Wiring only: config, keys, logs, state, sockets, run.
 
-Exit codes: 0 after a clean stop (SIGTERM/SIGINT), 1 when it cannot start or its disk
-fails (the message says why), 2 for a bad command line, config or key file, 78
-(EX_CONFIG) for a config it refuses to run: no ``security.key_file`` on an interface
-that is not loopback, without ``security.allow_unauthenticated``. The unit does not
-restart on 2 or 78 (``RestartPreventExitStatus=``): starting again cannot fix either.
+Exit codes: 0 after a clean stop (SIGTERM/SIGINT); 78 (EX_CONFIG) for any config it
+cannot run: a file that does not load, a key file it cannot use, an interface that is
+not here, no ``security.key_file`` on an interface that is not loopback (without
+``security.allow_unauthenticated``), or sockets systemd should not have passed
+(`crdtd.daemon.preflight`, run by ``--check-config`` too); 1 when it cannot start for a
+reason that may pass (a port in use, the state directory) or its disk fails; 2 for a bad
+command line. The unit does not restart on 2 or 78 (``RestartPreventExitStatus=``):
+starting again cannot fix either. Every start-up failure is logged as
+``startup_failed`` in ``log.format`` and written to stderr.
 
 Secure by default: a keyless node on a LAN would take any datagram from anyone, so it
 is refused before it binds a socket, with the steps to make and install a key; loopback
@@ -30,7 +34,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ipaddress
 import os
 import random
 import re
@@ -42,6 +45,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import yaml
+
 from crdtd import __version__
 from crdtd.control.server import ControlServer, SocketPathError
 from crdtd.core.identity import SALT_BITS, propose_incarnation
@@ -51,31 +56,38 @@ from crdtd.core.settings import Key
 from crdtd.daemon.config import Config, ConfigError, default_config_path, load_config
 from crdtd.daemon.handler import Handler, NetInfo
 from crdtd.daemon.keys import describe_keys, load_keys, write_new_key_file
-from crdtd.daemon.logs import configure_logging, get_logger, set_level
+from crdtd.daemon.logs import (
+    FORMATS,
+    LEVELS,
+    configure_logging,
+    current_level,
+    get_logger,
+    set_level,
+)
 from crdtd.daemon.metrics import MetricsServer
+from crdtd.daemon.preflight import KEYGEN_EXAMPLE_PATH, preflight
 from crdtd.daemon.systemd import ListenFdsError, Notifier, listen_fds
 from crdtd.net.driver import Driver
 from crdtd.net.sockets import (
     Interface,
     NetworkSetupError,
     multicast_socket,
-    resolve_interface,
     unicast_socket,
 )
 from crdtd.store.sqlite import Store, StoreError
 
 READ_ONLY_SOCKET_NAME = "readonly"  # FileDescriptorName= of crdtd.socket
 EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_CONFIG = 78  # EX_CONFIG of sysexits.h; the unit's RestartPreventExitStatus
-KEYGEN_EXAMPLE_PATH = "/etc/crdtd/cluster.key"
+EXIT_USAGE = 2  # argparse exits with it on a bad command line
+EXIT_CONFIG = 78  # EX_CONFIG of sysexits.h; in the unit's RestartPreventExitStatus
 
 
 class StartupError(Exception):
     """The daemon cannot start; the message tells the operator what to fix."""
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """crdtd's command line (the docs' commands are checked against it: tests/test_docs.py)."""
     parser = argparse.ArgumentParser(
         prog="crdtd", description="Keep named integer counters in agreement across a LAN."
     )
@@ -94,39 +106,66 @@ def main(argv: Sequence[str] | None = None) -> int:
         "random bytes, mode 0600. An existing file is never replaced.",
     )
     keygen.add_argument("path", type=Path, metavar="PATH", help=f"e.g. {KEYGEN_EXAMPLE_PATH}")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "keygen":
         return _keygen(args.path)
     path = args.config or default_config_path()
     try:
         config = load_config(path)
-        keys = _load_keys(config)
+    except ConfigError as error:
+        return _config_failed(str(error), args.check_config, _log_format_of(path))
+    try:
+        checked = preflight(config, path)
     except ConfigError as error:  # a KeyFileError too
-        print(f"crdtd: {error}", file=sys.stderr)
-        return EXIT_USAGE
+        return _config_failed(str(error), args.check_config, config.log.format)
     if args.check_config:
-        return _check_config(config, path, keys)
+        return _check_config_ok(config, path, checked.keys)
     configure_logging(config.log.level, config.log.format, node_id=None)
     try:
         inherited = listen_fds()
     except ListenFdsError as error:
-        print(f"crdtd: {error}", file=sys.stderr)
-        return EXIT_USAGE
+        return _startup_failed(str(error), EXIT_CONFIG)
     if unexpected := sorted(set(inherited) - {READ_ONLY_SOCKET_NAME}):
-        print(
-            f"crdtd: systemd passed socket(s) named {', '.join(unexpected)}; crdtd serves only "
+        return _startup_failed(
+            f"systemd passed socket(s) named {', '.join(unexpected)}; crdtd serves only "
             f"FileDescriptorName={READ_ONLY_SOCKET_NAME} (a read-only control socket)",
-            file=sys.stderr,
+            EXIT_CONFIG,
         )
-        return EXIT_USAGE
     try:
-        interface = resolve_interface(config.network.interface)
-        if refusal := unauthenticated_refusal(config, path, interface):
-            return _startup_failed(refusal, EXIT_CONFIG)
-        asyncio.run(_serve(config, path, keys, interface, inherited))
+        asyncio.run(_serve(config, path, checked.keys, checked.interface, inherited))
     except (StartupError, StoreError, NetworkSetupError, SocketPathError) as error:
         return _startup_failed(str(error), EXIT_FAILED)
     return 0
+
+
+def _config_failed(error: str, check_only: bool, log_format: str) -> int:
+    """A config the daemon cannot run: exit 78, which the unit does not restart.
+    ``--check-config`` says so to the person who ran it; the daemon logs it in
+    *log_format* as well (`_startup_failed`)."""
+    if check_only:
+        print(f"crdtd: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    configure_logging("info", log_format, node_id=None)
+    return _startup_failed(error, EXIT_CONFIG)
+
+
+def _log_format_of(path: Path | None) -> str:
+    """``log.format`` as a file that did not load sets it, so that its error still
+    follows it when the rest of the file is wrong; the default (``auto``: JSON under
+    systemd) when the file cannot tell."""
+    if path is None:
+        return "auto"
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        log_format = data["log"]["format"]
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, TypeError, KeyError):
+        return "auto"
+    return log_format if log_format in FORMATS else "auto"
 
 
 def _startup_failed(error: str, code: int) -> int:
@@ -137,49 +176,12 @@ def _startup_failed(error: str, code: int) -> int:
     return code
 
 
-def unauthenticated_refusal(
-    config: Config, config_path: Path | None, interface: Interface
-) -> str | None:
-    """Why the daemon must not start on *interface* with *config*, or None when it may:
-    it has keys, runs on loopback, or ``security.allow_unauthenticated`` is true."""
-    security = config.security
-    if security.key_file is not None or security.allow_unauthenticated:
-        return None
-    if ipaddress.IPv4Address(interface.address).is_loopback:
-        return None
-    source = config_path or "built-in defaults"
-    return (
-        f"{source}: security.key_file is not set, and network.interface "
-        f"{config.network.interface} is {interface.name} ({interface.address}), not "
-        "loopback: crdtd does not run unauthenticated on a network. Run "
-        f"`crdtd keygen {KEYGEN_EXAMPLE_PATH}` once, copy that file (mode 0600, owned by "
-        "the daemon's user) to every node, and set security.key_file to its path; or, on "
-        "an isolated test network only, set security.allow_unauthenticated: true"
-    )
-
-
-def _check_config(config: Config, path: Path | None, keys: tuple[Key, ...]) -> int:
-    """``--check-config``: the file and its keys are valid, and the daemon would not
-    refuse to start with them (when the interface resolves here; a host without the
-    network it is meant for cannot tell, and says so)."""
-    security = config.security
-    if security.key_file is None and not security.allow_unauthenticated:
-        try:
-            interface = resolve_interface(config.network.interface)
-        except NetworkSetupError as error:
-            print(
-                f"crdtd: cannot tell whether this config may run without security.key_file "
-                f"(only on loopback): {error}",
-                file=sys.stderr,
-            )
-        else:
-            if refusal := unauthenticated_refusal(config, path, interface):
-                print(f"crdtd: {refusal}", file=sys.stderr)
-                return EXIT_CONFIG
+def _check_config_ok(config: Config, path: Path | None, keys: tuple[Key, ...]) -> int:
+    """``--check-config`` found nothing the daemon would refuse: say what was checked."""
     print(f"crdtd: {path or 'built-in defaults'}: ok")
-    if security.key_file is not None:
+    if config.security.key_file is not None:
         ids = ", ".join(key.key_id for key in keys)
-        print(f"crdtd: {security.key_file}: ok (keys {ids}; {keys[0].key_id} signs)")
+        print(f"crdtd: {config.security.key_file}: ok (keys {ids}; {keys[0].key_id} signs)")
     return 0
 
 
@@ -214,13 +216,6 @@ def new_incarnation() -> int:
     bits, so two copies of one state booting at once still differ. The node takes a
     larger one if its state shows the clock went back (`crdtd.core.identity`)."""
     return propose_incarnation(time.time_ns() // 1_000_000, secrets.randbits(SALT_BITS))
-
-
-def _load_keys(config: Config) -> tuple[Key, ...]:
-    """The keys of ``security.key_file``; none (no authentication) when it is null."""
-    if config.security.key_file is None:
-        return ()
-    return load_keys(config.security.key_file)
 
 
 def new_seq_start() -> int:
@@ -420,8 +415,13 @@ class _Reloader:
         except ConfigError as error:
             logger.error("config_reload_failed", error=str(error))
             return
-        set_level(config.log.level)
-        logger.info("config_reloaded", level=config.log.level)
+        # The line shows under the old threshold or the new one, whichever is lower: a
+        # reload to "warning" still says it happened. ("level" is every line's severity,
+        # so the new threshold is log_level.)
+        new_level = config.log.level
+        set_level(min(current_level(), new_level, key=LEVELS.index))
+        logger.info("config_reloaded", log_level=new_level)
+        set_level(new_level)
         if config.security.key_file != self._key_file:
             logger.warning(
                 "restart_required",

@@ -222,6 +222,20 @@ def test_a_daemon_error_exits_1(crdtctl: Crdtctl, daemon: Daemon) -> None:
     }
 
 
+@pytest.mark.parametrize("write", [["add", "x", "1"], ["create", "y"], ["sync"]])
+def test_a_refusal_names_the_command_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], write: list[str]
+) -> None:
+    path = tmp_path / "ro.sock"
+    with daemon_in_thread(path, read_only=True) as daemon:
+        daemon.handler.values["x"] = 5
+        assert main(["--socket", str(path), *write]) == 1
+    assert capsys.readouterr().err == (
+        f"crdtctl: {write[0]}: {path} is a read-only socket; writes go through the daemon's "
+        "main control socket (control.socket)\n"
+    )
+
+
 def test_a_busy_daemon_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with (
         daemon_in_thread(tmp_path / "c.sock", connections_max=1) as daemon,

@@ -208,9 +208,11 @@ def test_a_bad_request_is_rejected_with_a_specific_code(
     }
 
 
-def test_a_rejection_message_names_the_command() -> None:
+def test_a_rejection_message_names_the_argument_not_the_command() -> None:
+    """The answer is to one request, which names its command; crdtctl prints that name
+    before the message, so the message repeating it read "add: add: ..."."""
     assert rejection(request("add", {"variable": "x", "delta": "5"})).message == (
-        'add: delta: expected an integer, got string "5"'
+        'delta: expected an integer, got string "5"'
     )
 
 

@@ -192,8 +192,8 @@ ERRORS = {
     ),
     "boolean-for-seconds": (
         "sync:\n  interval_s: on\n",
-        "crdtd.yaml:2: sync.interval_s: expected a number of seconds >= 0 (0 = manual only),"
-        " got on (a boolean)",
+        "crdtd.yaml:2: sync.interval_s: expected 0 (manual only) or a number of seconds"
+        " 0.01..86400, got on (a boolean)",
     ),
     "float-for-integer": (
         "limits:\n  peers_max: 2.5\n",
@@ -233,25 +233,59 @@ ERRORS = {
     ),
     "negative-seconds": (
         "sync:\n  min_gap_s: -1\n",
-        "crdtd.yaml:2: sync.min_gap_s: expected a number of seconds >= 0 (0 = no gap), got -1",
+        "crdtd.yaml:2: sync.min_gap_s: expected 0 (no gap) or a number of seconds 0.01..86400,"
+        " got -1",
     ),
     "zero-seconds": (
         "network:\n  announce_interval_s: 0\n",
-        "crdtd.yaml:2: network.announce_interval_s: expected a number of seconds > 0, got 0",
+        "crdtd.yaml:2: network.announce_interval_s: expected a number of seconds 0.01..3600, got 0",
     ),
     "not-a-number": (
         "sync:\n  freeze_max_s: .nan\n",
-        "crdtd.yaml:2: sync.freeze_max_s: expected a number of seconds > 0, got .nan",
+        "crdtd.yaml:2: sync.freeze_max_s: expected a number of seconds 0.01..3600, got .nan",
     ),
     "unit-in-seconds": (
         "sync:\n  interval_s: 5m\n",
-        "crdtd.yaml:2: sync.interval_s: expected a number of seconds >= 0 (0 = manual only),"
-        " got '5m'",
+        "crdtd.yaml:2: sync.interval_s: expected 0 (manual only) or a number of seconds"
+        " 0.01..86400, got '5m'",
     ),
     "date-for-seconds": (
         "sync:\n  interval_s: 2024-01-01\n",
-        "crdtd.yaml:2: sync.interval_s: expected a number of seconds >= 0 (0 = manual only),"
-        " got 2024-01-01 (a date)",
+        "crdtd.yaml:2: sync.interval_s: expected 0 (manual only) or a number of seconds"
+        " 0.01..86400, got 2024-01-01 (a date)",
+    ),
+    "seconds-too-short": (
+        "network:\n  announce_interval_s: 1.0e-9\n",
+        "crdtd.yaml:2: network.announce_interval_s: expected a number of seconds 0.01..3600,"
+        " got 1.0e-9",
+    ),
+    "seconds-too-long": (
+        "network:\n  peer_timeout_s: 1.0e+9\n",
+        "crdtd.yaml:2: network.peer_timeout_s: expected a number of seconds 0.01..3600, got 1.0e+9",
+    ),
+    "sync-interval-too-long": (
+        "sync:\n  interval_s: 1000000000\n",
+        "crdtd.yaml:2: sync.interval_s: expected 0 (manual only) or a number of seconds"
+        " 0.01..86400, got 1000000000",
+    ),
+    "infinite-seconds": (
+        "sync:\n  freeze_max_s: .inf\n",
+        "crdtd.yaml:2: sync.freeze_max_s: expected a number of seconds 0.01..3600, got .inf",
+    ),
+    "equal-ports": (
+        "network:\n  port: 7000\n  unicast_port: 7000\n",
+        "crdtd.yaml:3: network.unicast_port: expected a value other than network.port (7000),"
+        " got 7000",
+    ),
+    "port-equal-to-default-unicast-port": (
+        "network:\n  port: 7778\n",
+        "crdtd.yaml:2: network.port: expected a value other than network.unicast_port (7778),"
+        " got 7778",
+    ),
+    "socket-path-too-long": (
+        f"control:\n  socket: /run/{'s' * 104}\n",
+        "crdtd.yaml:2: control.socket: expected a non-empty path of at most 107 bytes"
+        f" (a Unix socket's limit), got '/run/{'s' * 104}'",
     ),
     "group-not-multicast": (
         "network:\n  group: 192.168.1.1\n",
@@ -291,8 +325,8 @@ ERRORS = {
         "crdtd.yaml:2: log.format: expected one of: auto, json, console, got 'text'",
     ),
     "empty-path": (
-        "control:\n  socket: ''\n",
-        "crdtd.yaml:2: control.socket: expected a non-empty path, got ''",
+        "node:\n  state_dir: ''\n",
+        "crdtd.yaml:2: node.state_dir: expected a non-empty path, got ''",
     ),
     "number-for-path": (
         "security:\n  key_file: 5\n",

@@ -148,7 +148,7 @@ def test_bad_config_names_file_line_and_key(tmp_path: Path) -> None:
         text=True,
         timeout=30,
     )
-    assert done.returncode == 2
+    assert done.returncode == 78
     assert "bad.yaml:2: network.port" in done.stderr
 
 

@@ -288,9 +288,9 @@ def test_check_config_reports_the_keys_by_id(tmp_path: Path) -> None:
     assert B64 not in done.stdout
 
 
-def test_a_bad_key_file_fails_the_config_check_with_exit_2(tmp_path: Path) -> None:
+def test_a_bad_key_file_fails_the_config_check_with_exit_78(tmp_path: Path) -> None:
     done = check_config(tmp_path, f"keys: [{{id: k1, secret: '{A64}'}}]", mode=0o640)
-    assert done.returncode == 2
+    assert done.returncode == 78
     assert done.stderr == (
         f"crdtd: {tmp_path / 'keys.yaml'}: group or others may use this file (mode 0640); "
         f"only its owner may: chmod 600 {tmp_path / 'keys.yaml'}\n"

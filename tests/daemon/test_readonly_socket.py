@@ -82,14 +82,15 @@ def test_reads_work_and_writes_are_refused_on_the_read_only_socket(
 @pytest.mark.parametrize(
     ("kind", "name", "code", "message"),
     [
-        (socket.SOCK_STREAM, "other", 2, "crdtd serves only FileDescriptorName=readonly"),
-        (socket.SOCK_DGRAM, "readonly", 2, "not a listening Unix stream socket"),
+        (socket.SOCK_STREAM, "other", 78, "crdtd serves only FileDescriptorName=readonly"),
+        (socket.SOCK_DGRAM, "readonly", 78, "not a listening Unix stream socket"),
     ],
     ids=["unknown-name", "not-a-stream"],
 )
 def test_a_socket_crdtd_cannot_serve_stops_it_with_a_clear_message(
     daemon: Daemon, tmp_path: Path, kind: int, name: str, code: int, message: str
 ) -> None:
+    """Exit 78: the unit passes a socket it should not, which no restart fixes."""
     with socket.socket(socket.AF_UNIX, kind) as sock:
         sock.bind(str(tmp_path / "x.sock"))
         if kind == socket.SOCK_STREAM:

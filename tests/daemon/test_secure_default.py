@@ -22,11 +22,12 @@ import pytest
 import structlog
 
 from crdtd.daemon import logs
-from crdtd.daemon import main as daemon_main
+from crdtd.daemon import preflight as daemon_preflight
 from crdtd.daemon.config import Config, SecurityConfig, load_config
 from crdtd.daemon.keys import SECRET_BYTES_MIN, load_keys, new_key, write_new_key_file
-from crdtd.daemon.main import EXIT_CONFIG, main, unauthenticated_refusal
-from crdtd.net.sockets import Interface, NetworkSetupError
+from crdtd.daemon.main import EXIT_CONFIG, main
+from crdtd.daemon.preflight import unauthenticated_refusal
+from crdtd.net.sockets import Interface
 from tests.daemon.loopback import Cluster
 
 LAN = Interface("eth1", "192.0.2.10")  # TEST-NET-1: never bound, only resolved to
@@ -46,7 +47,7 @@ def restore_structlog() -> Iterator[None]:
 def on_lan(monkeypatch: pytest.MonkeyPatch) -> None:
     """network.interface resolves to a LAN address (the daemon must refuse before it
     binds anything there)."""
-    monkeypatch.setattr(daemon_main, "resolve_interface", lambda spec: LAN)
+    monkeypatch.setattr(daemon_preflight, "resolve_interface", lambda spec: LAN)
 
 
 def write_config(tmp_path: Path, text: str = "") -> Path:
@@ -145,23 +146,6 @@ def test_check_config_passes_a_keyed_lan_node(
         f"crdtd: {config}: ok",
         f"crdtd: {key_file}: ok (keys {key.key_id}; {key.key_id} signs)",
     ]
-
-
-def test_check_config_says_when_it_cannot_tell(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    def unresolvable(spec: str) -> Interface:
-        raise NetworkSetupError("network.interface: no interface named 'eth9'")
-
-    monkeypatch.setattr(daemon_main, "resolve_interface", unresolvable)
-    config = write_config(tmp_path, "network: {interface: eth9}\n")
-    assert main(["--config", str(config), "--check-config"]) == 0
-    out, err = capsys.readouterr()
-    assert out == f"crdtd: {config}: ok\n"
-    assert err == (
-        "crdtd: cannot tell whether this config may run without security.key_file (only on"
-        " loopback): network.interface: no interface named 'eth9'\n"
-    )
 
 
 # --- crdtd keygen -----------------------------------------------------------------

@@ -35,6 +35,9 @@ UDP = (
 def peer(**overrides: object) -> dict[str, object]:
     base: dict[str, object] = {
         "node_id": "n2",
+        "incarnation": 1700000000,
+        "superseded": False,
+        "forgotten_in_s": 9.8,
         "address": ("10.0.0.2", 7778),
         "known_s": 60.0,
         "multicast_ago_s": 0.4,
@@ -104,3 +107,11 @@ def test_missing_membership_drops_silent_peer_and_dead_seed_are_named() -> None:
 
 def test_no_peers_is_a_warning() -> None:
     assert statuses(net_checks(NET, view(), ["239.255.77.77"], {}))["peers"] == "WARN"
+
+
+def test_a_restarted_peers_old_incarnation_is_not_a_network_failure() -> None:
+    old = peer(incarnation=1, superseded=True, suspected=True, last_seen_s=6.0, forgotten_in_s=4.0)
+    checks = net_checks(NET, view(old, peer()), ["239.255.77.77"], {})
+    assert set(statuses(checks).values()) == {"OK"}
+    (restarted,) = [check for check in checks if check["check"] == "n2 restarted"]
+    assert "forgotten in 4 s" in restarted["detail"]

@@ -73,8 +73,7 @@ def free_udp_port() -> int:
 
 def _die_with_parent() -> None:
     """In the child before exec: SIGTERM it if the demo dies, even by SIGKILL."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class Cluster:
@@ -94,11 +93,13 @@ class Cluster:
 
     def start(self, name: str) -> None:
         config = self.root / f"{name}.yaml"
+        # Paths as JSON strings (which YAML reads as they are): a --dir may hold spaces.
+        # Syncs run only when asked, so `history` shows every op since the last one.
         config.write_text(
-            f"node: {{id: {name}, state_dir: {self.root / name}}}\n"
+            f"node: {{id: {name}, state_dir: {json.dumps(str(self.root / name))}}}\n"
             f"network: {{interface: 127.0.0.1, group: {GROUP}, port: {self.group_port},"
             f" unicast_port: {self.unicast_ports[name]}, ttl: 0}}\n"
-            f"control: {{socket: {self.socket(name)}}}\n"
+            f"control: {{socket: {json.dumps(str(self.socket(name)))}}}\n"
             "sync: {interval_s: 0}\n"
             "log: {level: info, format: json}\n"
         )
@@ -112,12 +113,11 @@ class Cluster:
                 preexec_fn=_die_with_parent,
             )
 
-    def kill9(self, name: str) -> int:
+    def kill9(self, name: str) -> None:
         process = self.processes.pop(name)
         print(f"\n$ kill -9 {process.pid}    # {name}: no clean shutdown at all", flush=True)
         process.kill()
         process.wait(timeout=STOP_TIMEOUT_S)
-        return process.pid
 
     def stop(self) -> list[str]:
         """SIGTERM every daemon, then wait; the problems seen, one line each."""

@@ -79,8 +79,15 @@ def age(milliseconds: int) -> str:
 def peers_table(peers: Sequence[Data]) -> str:
     if not peers:
         return "(no peers)"
+    # A suspected row is often a restarted node's old incarnation, listed until it
+    # expires beside the new one: say so, or it reads as the same node twice.
     rows = [
-        (peer["node_id"], address(peer["address"]), peer["mode"], age(peer["last_seen_ms"]))
+        (
+            peer["node_id"],
+            address(peer["address"]),
+            peer["mode"],
+            age(peer["last_seen_ms"]) + (", suspected" if peer.get("suspected") else ""),
+        )
         for peer in peers
     ]
     return table(["NODE", "ADDRESS", "MODE", "LAST SEEN"], rows)

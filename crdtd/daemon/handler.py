@@ -344,11 +344,16 @@ class Handler:
 
         def read(node: Node, now: float) -> dict[str, Any]:
             settings = node.settings
+            origins = collections.Counter(peer.node_id for peer in node.peers.values())
             peers = []
             for _, peer in sorted(node.peers.items()):
                 peers.append(
                     {
                         "node_id": peer.node_id,
+                        "incarnation": peer.incarnation,
+                        # A restart's old self: silent because it is gone, not unheard.
+                        "superseded": peer.suspected and origins[peer.node_id] > 1,
+                        "forgotten_in_s": peer.last_seen + settings.peer_timeout_s - now,
                         "address": peer.address,
                         "known_s": now - peer.first_seen,
                         "multicast_ago_s": None
@@ -498,7 +503,10 @@ def net_checks(
             )
         )
     for peer in peers:
-        checks.extend(_peer_checks(peer, group, quiet_s, net))
+        if peer["superseded"]:
+            checks.append(_superseded_check(peer))
+        else:
+            checks.extend(_peer_checks(peer, group, quiet_s, net))
     known = {tuple(peer["address"]) for peer in peers}
     for host, port in view["seeds"]:
         if (host, port) not in known:
@@ -565,6 +573,18 @@ def _interface_check(net: NetInfo, flags: int | Unreadable) -> dict[str, str]:
         )
     return _check(
         "interface", "OK", detail, "" if not net.address.startswith("127.") else "loopback"
+    )
+
+
+def _superseded_check(peer: dict[str, Any]) -> dict[str, str]:
+    """A peer another origin of its node id replaced: nothing the network did, so OK."""
+    name = peer["node_id"]
+    return _check(
+        f"{name} restarted",
+        "OK",
+        f"{name} came back as a new incarnation; the old one ({peer['incarnation']}), "
+        f"silent for {peer['last_seen_s']:.0f} s, is forgotten in "
+        f"{max(peer['forgotten_in_s'], 0):.0f} s",
     )
 
 

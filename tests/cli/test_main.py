@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 import pytest
 import structlog.testing
 
+from crdtd.cli import render
 from crdtd.cli.main import UsageError, main, seed_syntax
 from crdtd.control.client import DEFAULT_SOCKET, Client
 from tests.control.fake import Daemon, daemon_in_thread
@@ -152,6 +153,16 @@ def test_status_and_peers_are_tables(crdtctl: Crdtctl, daemon: Daemon) -> None:
     assert crdtctl("peers").out == peers
     assert crdtctl("status").out == (
         "node        n1\nmode        work\nepoch       3\nops in log  0\npeers       1\n\n" + peers
+    )
+
+
+def test_a_suspected_peer_says_so_beside_a_restarts_new_incarnation() -> None:
+    old = {"node_id": "n2", "address": "10.0.0.2:7946", "mode": "sync", "last_seen_ms": 8300}
+    new = {**old, "mode": "work", "last_seen_ms": 170}
+    assert render.peers_table([{**old, "suspected": True}, new]) == (
+        "NODE  ADDRESS        MODE  LAST SEEN\n"
+        "n2    10.0.0.2:7946  sync  8.3 s ago, suspected\n"
+        "n2    10.0.0.2:7946  work  170 ms ago"
     )
 
 

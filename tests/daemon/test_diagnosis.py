@@ -46,6 +46,9 @@ UDP = (
 def peer(**overrides: object) -> dict[str, object]:
     base: dict[str, object] = {
         "node_id": "n2",
+        "incarnation": 1700000000,
+        "superseded": False,
+        "forgotten_in_s": 9.8,
         "address": ("10.0.0.2", 7778),
         "known_s": 60.0,
         "multicast_ago_s": 0.4,
@@ -172,3 +175,17 @@ def test_no_peers_is_a_warning() -> None:
 def test_a_down_interface_or_one_without_multicast_fails() -> None:
     assert statuses(net_checks(NET, view(peer()), [], {}, 0x1000))["interface"] == "FAIL"
     assert statuses(net_checks(NET, view(peer()), [], {}, 0x1))["interface"] == "FAIL"
+
+
+def test_a_restarted_peers_old_incarnation_is_not_a_network_failure() -> None:
+    old = peer(incarnation=1, superseded=True, suspected=True, last_seen_s=6.0, forgotten_in_s=4.0)
+    checks = net_checks(NET, view(old, peer()), ["239.255.77.77"], {}, UP)
+    about_n2 = {name: status for name, status in statuses(checks).items() if "n2" in name}
+    assert about_n2 == {
+        "n2 restarted": "OK",
+        "n2 multicast": "OK",
+        "n2 hears us": "OK",
+        "n2 unicast": "OK",
+    }
+    (restarted,) = [check for check in checks if check["check"] == "n2 restarted"]
+    assert "forgotten in 4 s" in restarted["detail"]

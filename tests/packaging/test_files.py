@@ -134,7 +134,14 @@ def test_changelog_has_an_entry_for_the_project_version() -> None:
 
 @pytest.mark.parametrize(
     "script",
-    ["build-deb", "boot-test", "ci-checks", "bash-completion/crdtctl", "debian/crdtd.postinst"],
+    [
+        "build-deb",
+        "boot-test",
+        "fresh-test",
+        "ci-checks",
+        "bash-completion/crdtctl",
+        "debian/crdtd.postinst",
+    ],
 )
 def test_shell_script_parses(script: str) -> None:
     subprocess.run(["bash", "-n", str(PACKAGING / script)], check=True)

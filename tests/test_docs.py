@@ -109,7 +109,12 @@ _PLACEHOLDERS = {"PATH": "/etc/crdtd/x", "FILE": "/etc/crdtd/x.yaml", "VAR": "x"
 def quoted_commands() -> list[tuple[str, str]]:
     """``(where, command)`` for each crdtctl or crdtd command line the docs show."""
     found = []
-    lines = [(f"{path.name} {kind}", text) for path, kind, text in markdown()]
+    lines = [
+        (f"{path.name} {kind}", text)
+        for path, kind, text in markdown()
+        # In a console block only what follows a prompt is a command; the rest is output.
+        if kind != "console" or text.startswith("$ ")
+    ]
     for path in MAN_PAGES:
         lines += [(path.name, text) for text in man_examples(path)]
     for where, text in lines:

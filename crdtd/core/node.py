@@ -45,7 +45,7 @@ import collections
 import dataclasses
 import random
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from crdtd.core import wire
 from crdtd.core.barrier import Cut, Mode
@@ -81,7 +81,6 @@ from crdtd.core.messages import (
     PeerList,
     SyncStart,
     VariableDigest,
-    VariableReport,
 )
 from crdtd.core.peers import Peer
 from crdtd.core.records import (
@@ -96,7 +95,6 @@ from crdtd.core.records import (
     VariableCreated,
 )
 from crdtd.core.replay import FLOOR_SAVE_INTERVAL_S, ReplayWindow
-from crdtd.core.reports import Reporter
 from crdtd.core.settings import Key, Settings
 from crdtd.core.sync import (
     AnnounceNow,
@@ -109,11 +107,13 @@ from crdtd.core.sync import (
     UseSerial,
 )
 from crdtd.core.sync import Effect as SyncEffect
+from crdtd.core.verify import AskReports, Finished, SendReports, Verifier
+from crdtd.core.verify import Count as VerifyCount
+from crdtd.core.verify import Effect as VerifyEffect
 
 __all__ = ["Datagram", "Mode", "Node", "PeerView"]
 
 _OP_WIRE_BYTES = 16  # what one op costs inside an OpBatch, for the repair byte budget
-DIGEST_MIN_INTERVAL_S = 0.25  # crdtctl verify --wait asks every 0.5 s at most
 WELCOMES_PER_S = 32
 """Unicast announces to newcomers and probes of gossiped addresses, in total: each one
 answers a datagram anybody can send, so they are a bucket, not a reflex."""
@@ -141,16 +141,6 @@ class PeerView:
     epoch: int
     last_seen_ms: int
     suspected: bool
-
-
-@dataclass(slots=True)
-class Verify:
-    """A ``start_verify`` in progress: who we wait for, and the pages received."""
-
-    deadline: float
-    waiting: dict[Origin, int | None]  # peer -> pages expected (None: none seen yet)
-    pages: dict[Origin, set[int]] = field(default_factory=dict)
-    reports: dict[Origin, dict[str, VariableReport]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -191,17 +181,11 @@ class Node:
         self._repair_budget: dict[Address, tuple[float, float]] = {}
         self._fanout: list[Address] = list(settings.seeds)
         self._candidates: dict[Address, float] = {}  # gossiped addresses -> expiry
-        self._verifies: dict[int, Verify] = {}
-        self._digests_served: dict[Origin, float] = {}  # peer -> when we last answered it
         self._welcomed: dict[Address, float] = {}  # -> when we last sent it an announce
         self._welcome_tokens = (float(WELCOMES_PER_S), now)
         self._holders: dict[str, list[Origin]] = {}  # node id -> its origins in peers
         self._reported: dict[tuple[str, str], float] = {}  # (what, node id) -> when
         self._over_limit = False
-        self._reporter = Reporter()  # verify reports, a bounded slice per step
-        self._report_waiters: list[tuple[int, Address | None]] = []  # served by its job
-        self._report_waiters_next: list[tuple[int, Address | None]] = []  # by the next job
-        self._report_due = now  # while a job runs: when handle_timer must continue it
         self._windows: dict[Origin, ReplayWindow] = {}  # outlive peers; bounded, LRU
         self._floors_saved: dict[Origin, int] = {}
         self._next_floor_save = now + FLOOR_SAVE_INTERVAL_S
@@ -226,6 +210,7 @@ class Node:
             origin.incarnation, self._used_incarnation, rng.getrandbits(SALT_BITS)
         )
         self.origin = Origin(self.node_id, incarnation)
+        self._verifier = Verifier(self.origin, settings.verify_timeout_s, now)
         self.booted_at = now
         self._encoder = wire.Encoder(self.origin, settings.keys, seq_start)
         # On disk in the first flush, before the first datagram: the next boot of this
@@ -266,8 +251,7 @@ class Node:
         self._expire_peers(now)
         self._send_nacks(now)
         self._apply_sync(self._sync.handle_timer(now), now)
-        self._advance_reports(now)
-        self._finish_verifies(now)
+        self._apply_verify(self._verifier.handle_timer(self.counters, now), now)
         if now >= self._next_floor_save:
             self._save_floors()
             self._next_floor_save = now + FLOOR_SAVE_INTERVAL_S
@@ -370,17 +354,9 @@ class Node:
     def start_verify(self, now: float) -> int:
         """Ask every live peer for its reports; `VerifyFinished` carries the ticket."""
         self._tickets += 1
-        ticket = self._tickets
-        verify = Verify(now + self.settings.verify_timeout_s, {})
-        request = self._encoder.digest_request(ticket)
-        for peer in self.live_peers():
-            verify.waiting[peer.origin] = None
-            self._out.append(Datagram(request, peer.address))
-        self._verifies[ticket] = verify
-        self._report_waiters_next.append((ticket, None))  # our own reports, when made
-        self._advance_reports(now)
-        self._finish_verifies(now)
-        return ticket
+        effects = self._verifier.start(self._tickets, self.live_peers(), self.counters, now)
+        self._apply_verify(effects, now)
+        return self._tickets
 
     def start_sync(self, now: float) -> int:
         """Run a full sync now; `SyncFinished` lists the returned ticket."""
@@ -439,9 +415,7 @@ class Node:
             limit = self.settings.peer_timeout_s if peer.suspected else self.settings.peer_suspect_s
             deadlines.append(peer.last_seen + limit)
         deadlines.extend(self._sync.deadlines())
-        deadlines.extend(verify.deadline for verify in self._verifies.values())
-        if self._reporter.busy:
-            deadlines.append(self._report_due)  # due at once: the job goes on next step
+        deadlines.extend(self._verifier.deadlines())
         return min(deadlines)
 
     # --- queries ------------------------------------------------------------------
@@ -636,7 +610,7 @@ class Node:
         holders.remove(origin)
         if not holders:
             del self._holders[origin.node_id]
-        self._digests_served.pop(origin, None)
+        self._verifier.forget(origin)
         if not any(p.address == peer.address for p in self.peers.values()):
             self._repair_budget.pop(peer.address, None)
         self._events.append(PeerLost(origin.node_id, now - peer.last_seen))
@@ -760,9 +734,10 @@ class Node:
         elif isinstance(message, PeerList):
             self._on_peer_list(message, peer, now)
         elif isinstance(message, DigestRequest):
-            self._on_digest_request(message, peer, now)
+            effects = self._verifier.on_request(message.token, peer, self.counters, now)
+            self._apply_verify(effects, now)
         elif isinstance(message, DigestReply):
-            self._on_digest_reply(message, peer, now)
+            self._apply_verify(self._verifier.on_reply(message, peer, now), now)
         elif isinstance(message, SyncStart) and (peer.announced_at is None or peer.suspected):
             self._count("barrier_start_from_stranger")  # only a live peer may freeze us
         elif isinstance(message, wire.SyncMessage):
@@ -1086,78 +1061,20 @@ class Node:
             if self._may_welcome(address, now):  # a probe, so a joining node hears us soon
                 self._welcome(address)
 
-    def _advance_reports(self, now: float) -> None:
-        """Make the reports a bounded slice further (`crdtd.core.reports`); once made,
-        hand them to whoever waits: our own verifies, and peers' digest requests.
-        Requests that came while a job ran wait for the next one, so a report never
-        predates its request by more than the op that was being hashed."""
-        if not self._reporter.busy:
-            if not self._report_waiters_next:
-                return
-            self._report_waiters, self._report_waiters_next = self._report_waiters_next, []
-            self._reporter.start(self.counters)
-        reports = self._reporter.advance(self.counters)
-        self._report_due = now
-        if reports is None:
-            return
-        waiters, self._report_waiters = self._report_waiters, []
-        for token, address in waiters:
-            if address is not None:
-                self._unicast(self._encoder.digest_reply(token, reports), address)
-            elif (verify := self._verifies.get(token)) is not None:
-                verify.reports[self.origin] = {r.variable: r for r in reports}
-        if self._report_waiters_next:  # begun now, worked on from the next step
-            self._report_waiters, self._report_waiters_next = self._report_waiters_next, []
-            self._reporter.start(self.counters)
-
-    def _on_digest_request(self, message: DigestRequest, peer: Peer, now: float) -> None:
-        """Answer with our reports, at most once per `DIGEST_MIN_INTERVAL_S` per peer:
-        a report walks every op changed since the last, so a peer asking in a loop must
-        not keep us hashing; and only to a peer that announced itself, since a reply is
-        many times a request. The answer goes out once the reports are made."""
-        if peer.announced_at is None:
-            self._count("verify_requests_from_strangers")
-            return
-        if now - self._digests_served.get(peer.origin, -DIGEST_MIN_INTERVAL_S) < (
-            DIGEST_MIN_INTERVAL_S
-        ):
-            self._count("verify_requests_limited")
-            return
-        self._digests_served[peer.origin] = now
-        self._report_waiters_next.append((message.token, peer.address))
-        self._advance_reports(now)
-        self._count("verify_requests_served")
-
-    def _on_digest_reply(self, message: DigestReply, peer: Peer, now: float) -> None:
-        verify = self._verifies.get(message.token)
-        if verify is None or peer.origin not in verify.waiting:
-            return
-        verify.waiting[peer.origin] = message.pages
-        verify.pages.setdefault(peer.origin, set()).add(message.page)
-        reports = verify.reports.setdefault(peer.origin, {})
-        for report in message.reports:
-            earlier = reports.get(report.variable)
-            if earlier is not None:  # a variable split across pages: join its marks
-                report = dataclasses.replace(report, marks=earlier.marks + report.marks)
-            reports[report.variable] = report
-        self._finish_verifies(now)
-
-    def _finish_verifies(self, now: float) -> None:
-        for ticket, verify in list(self._verifies.items()):
-            silent = [
-                origin
-                for origin, pages in verify.waiting.items()
-                if pages is None or len(verify.pages.get(origin, ())) < pages
-            ]
-            if self.origin not in verify.reports or (silent and now < verify.deadline):
-                continue  # our own reports come first, within a few steps
-            del self._verifies[ticket]
-            for origin in silent:
-                verify.reports.pop(origin, None)
-            reports = {origin.node_id: held for origin, held in verify.reports.items()}
-            names = tuple(origin.node_id for origin in silent)
-            event = VerifyFinished(ticket, reports, names, tuple(self.conflicts(now)))
-            self._events.append(event)
+    def _apply_verify(self, effects: list[VerifyEffect], now: float) -> None:
+        """Carry out what the Verifier asked for, in its order."""
+        for effect in effects:
+            match effect:
+                case AskReports(token, addresses):
+                    request = self._encoder.digest_request(token)
+                    self._out.extend(Datagram(request, address) for address in addresses)
+                case SendReports(token, reports, address):
+                    self._unicast(self._encoder.digest_reply(token, reports), address)
+                case Finished(ticket, reports, silent):
+                    conflicts = tuple(self.conflicts(now))
+                    self._events.append(VerifyFinished(ticket, reports, silent, conflicts))
+                case VerifyCount(name):
+                    self._count(name)
 
     # --- for the barriers: what crdtd.core.sync reads, and its effects ------------
 

@@ -55,7 +55,6 @@ from crdtd.core.events import (
     ClaimRefused,
     DatagramRejected,
     Event,
-    GapRepaired,
     IdentityConflict,
     PeerJoined,
     PeerLost,
@@ -69,13 +68,11 @@ from crdtd.core.identity import REPORT_INTERVAL_S, SALT_BITS, choose_incarnation
 from crdtd.core.ids import Address, InvalidInput, Origin, check_delta, check_name
 from crdtd.core.messages import (
     Announce,
-    BaseEntry,
     Bases,
     DigestReply,
     DigestRequest,
     Message,
     Nack,
-    NackRange,
     OpBatch,
     OpGroup,
     PeerList,
@@ -94,6 +91,10 @@ from crdtd.core.records import (
     ReplayFloor,
     VariableCreated,
 )
+from crdtd.core.repair import Count as RepairCount
+from crdtd.core.repair import Effect as RepairEffect
+from crdtd.core.repair import Repairs, SendBases, SendNack, SendOps
+from crdtd.core.repair import Report as RepairReport
 from crdtd.core.replay import FLOOR_SAVE_INTERVAL_S, ReplayWindow
 from crdtd.core.settings import Key, Settings
 from crdtd.core.sync import (
@@ -113,7 +114,6 @@ from crdtd.core.verify import Effect as VerifyEffect
 
 __all__ = ["Datagram", "Mode", "Node", "PeerView"]
 
-_OP_WIRE_BYTES = 16  # what one op costs inside an OpBatch, for the repair byte budget
 WELCOMES_PER_S = 32
 """Unicast announces to newcomers and probes of gossiped addresses, in total: each one
 answers a datagram anybody can send, so they are a bucket, not a reflex."""
@@ -143,17 +143,6 @@ class PeerView:
     suspected: bool
 
 
-@dataclass(slots=True)
-class Want:
-    """A hole to fill: every nonce up to ``high`` of (variable, origin) exists somewhere."""
-
-    high: int
-    due: float
-    attempt: int = 0
-    hint: Origin | None = None  # the peer that revealed the hole
-    first: int = 0  # the first nonce missing when the hole was noticed
-
-
 class Node:
     """One replica. See the module docstring for how to drive it."""
 
@@ -178,7 +167,6 @@ class Node:
         self.counters: dict[str, Counter] = {}
         self.peers: dict[Origin, Peer] = {}
         self._rng = rng
-        self._repair_budget: dict[Address, tuple[float, float]] = {}
         self._fanout: list[Address] = list(settings.seeds)
         self._candidates: dict[Address, float] = {}  # gossiped addresses -> expiry
         self._welcomed: dict[Address, float] = {}  # -> when we last sent it an announce
@@ -193,7 +181,7 @@ class Node:
         self._out: list[Datagram] = []
         self._events: list[Event] = []
         self._fresh: dict[str, list[tuple[int, int]]] = {}
-        self._wants: dict[tuple[str, Origin], Want] = {}
+        self._repairs = Repairs(settings, rng)
         self._tickets = 0
         self._held: list[tuple[int, str, int, str | None]] = []  # while frozen:
         # (ticket, variable, delta, request_id); indexed below, so each add is O(1)
@@ -249,7 +237,7 @@ class Node:
     def handle_timer(self, now: float) -> None:
         """Do whatever is due: announce, ask for repairs, expire peers, drive barriers."""
         self._expire_peers(now)
-        self._send_nacks(now)
+        self._apply_repair(self._repairs.ask(self.counters, self.peers, now))
         self._apply_sync(self._sync.handle_timer(now), now)
         self._apply_verify(self._verifier.handle_timer(self.counters, now), now)
         if now >= self._next_floor_save:
@@ -410,7 +398,7 @@ class Node:
         deadlines = [self._next_announce]
         if self.settings.keys:
             deadlines.append(self._next_floor_save)
-        deadlines.extend(want.due for want in self._wants.values())
+        deadlines.extend(self._repairs.deadlines())
         for peer in self.peers.values():
             limit = self.settings.peer_timeout_s if peer.suspected else self.settings.peer_suspect_s
             deadlines.append(peer.last_seen + limit)
@@ -612,7 +600,7 @@ class Node:
             del self._holders[origin.node_id]
         self._verifier.forget(origin)
         if not any(p.address == peer.address for p in self.peers.values()):
-            self._repair_budget.pop(peer.address, None)
+            self._repairs.forget(peer.address)
         self._events.append(PeerLost(origin.node_id, now - peer.last_seen))
         self._sync.drop_member(origin)
 
@@ -728,14 +716,14 @@ class Node:
         elif isinstance(message, Announce):
             self._on_announce(message, peer, now)
         elif isinstance(message, Nack):
-            self._on_nack(message, peer, now)
+            self._apply_repair(self._repairs.serve(message, peer.address, self.counters, now))
         elif isinstance(message, Bases):
             self._on_bases(message, peer, now)
         elif isinstance(message, PeerList):
             self._on_peer_list(message, peer, now)
         elif isinstance(message, DigestRequest):
-            effects = self._verifier.on_request(message.token, peer, self.counters, now)
-            self._apply_verify(effects, now)
+            answer = self._verifier.on_request(message.token, peer, self.counters, now)
+            self._apply_verify(answer, now)
         elif isinstance(message, DigestReply):
             self._apply_verify(self._verifier.on_reply(message, peer, now), now)
         elif isinstance(message, SyncStart) and (peer.announced_at is None or peer.suspected):
@@ -766,7 +754,8 @@ class Node:
                     self._count("ops_conflicting")
             if group.ops:
                 self._sync.note_change()
-                self._after_change(counter, origin, group.ops[-1][0], peer.origin, now)
+                seen = group.ops[-1][0]
+                self._apply_repair(self._repairs.changed(counter, origin, seen, peer.origin, now))
             if counter.value != before:
                 self._events.append(ValueChanged(group.variable, counter.value))
 
@@ -807,50 +796,10 @@ class Node:
                     BaseFolded(entry.variable, entry.origin, entry.upto, entry.total)
                 )
                 self._count("bases_adopted")
-                self._after_change(counter, entry.origin, entry.upto, None, now)
+                effects = self._repairs.changed(counter, entry.origin, entry.upto, None, now)
+                self._apply_repair(effects)
             if counter.value != before:
                 self._events.append(ValueChanged(entry.variable, counter.value))
-
-    def _after_change(
-        self, counter: Counter, origin: Origin, seen: int, hint: Origin | None, now: float
-    ) -> None:
-        """Note a hole below *seen*, or close the want that this change filled."""
-        key = (counter.name, origin)
-        mark = counter.watermark(origin)
-        want = self._wants.get(key)
-        if want is None:
-            if mark < seen:
-                self._want(counter.name, origin, seen, hint, now)
-            return
-        if mark >= want.high:
-            del self._wants[key]
-            self._count("gaps_repaired")
-            self._events.append(GapRepaired(counter.name, origin, want.first, want.high))
-        elif mark >= want.first:
-            # Progress: a repair is streaming in; ask for the rest soon, from the start.
-            want.first = mark + 1
-            want.attempt = 0
-            want.due = min(want.due, now + self.settings.nack_retry_s)
-
-    def _want(
-        self, variable: str, origin: Origin, high: int, hint: Origin | None, now: float
-    ) -> None:
-        key = (variable, origin)
-        want = self._wants.get(key)
-        if want is None:
-            if len(self._wants) >= self.settings.wants_max:
-                self._count("wants_max_reached")  # announces will reveal it again later
-                return
-            counter = self.counters[variable]
-            delay = self._rng.uniform(
-                self.settings.nack_delay_min_s, self.settings.nack_delay_max_s
-            )
-            self._wants[key] = Want(
-                high, now + delay, hint=hint, first=counter.watermark(origin) + 1
-            )
-            self._count("gaps_detected")
-        elif high > want.high:
-            want.high = high
 
     def _on_announce(self, message: Announce, peer: Peer, now: float) -> None:
         peer.mode, peer.epoch, peer.barrier = message.mode, message.epoch, message.barrier
@@ -871,7 +820,7 @@ class Node:
                 if mark > peer.marks.get(key, 0):
                     peer.marks[key] = mark
                 if mark > held:
-                    self._want(digest.variable, origin, mark, peer.origin, now)
+                    self._apply_repair(self._repairs.want(counter, origin, mark, peer.origin, now))
 
     def _rewound(
         self, origin: Origin, variable: str, held: int, seen: int, peer: Peer, now: float
@@ -881,98 +830,6 @@ class Node:
         self._count("state_rewound")
         if self._due_report("rewound", self.node_id, now):
             self._events.append(StateRewound(origin, variable, held, seen, peer.node_id))
-
-    def _repair_allowance(self, address: Address, now: float) -> int:
-        """Bytes we may still send *address* now: a bucket of ``repair_bytes_per_s``."""
-        rate = self.settings.repair_bytes_per_s
-        tokens, then = self._repair_budget.get(address, (float(rate), now))
-        return int(min(float(rate), tokens + (now - then) * rate))
-
-    def _on_nack(self, message: Nack, peer: Peer, now: float) -> None:
-        """Answer with what we hold of the ranges, within ``repair_bytes_max`` per
-        request and ``repair_bytes_per_s`` per address: a Nack never amplifies much."""
-        allowance = self._repair_allowance(peer.address, now)
-        budget = min(self.settings.repair_bytes_max, allowance)
-        if budget < _OP_WIRE_BYTES:
-            self._count("repairs_rate_limited")
-            return
-        groups: list[OpGroup] = []
-        bases: list[BaseEntry] = []
-        for wanted in message.ranges:
-            counter = self.counters.get(wanted.variable)
-            if counter is None or budget <= 0:
-                continue
-            first = wanted.first
-            base = counter.bases.get(wanted.origin)
-            if base is not None and first <= base[0]:
-                bases.append(BaseEntry(wanted.variable, wanted.origin, base[0], base[1]))
-                budget -= 64
-                first = base[0] + 1
-            ops: list[tuple[int, int]] = []
-            for op in counter.ops_in(wanted.origin, first, wanted.last):
-                if budget < _OP_WIRE_BYTES:
-                    self._count("repair_truncated")
-                    break
-                ops.append(op)
-                budget -= _OP_WIRE_BYTES
-            if ops:
-                groups.append(OpGroup(wanted.variable, wanted.origin, tuple(ops)))
-        self._count("nacks_received")
-        spent = min(self.settings.repair_bytes_max, allowance) - budget
-        self._repair_budget[peer.address] = (float(allowance - spent), now)
-        if bases:
-            self._unicast(self._encoder.bases(bases), peer.address)
-        if groups:
-            self._unicast(self._encoder.op_batch(groups), peer.address)
-            self._count("repairs_served")
-
-    def _send_nacks(self, now: float) -> None:
-        """Ask for every due hole, one Nack per chosen holder."""
-        by_holder: dict[Origin, list[NackRange]] = {}
-        for (variable, origin), want in list(self._wants.items()):
-            if want.due > now:
-                continue
-            counter = self.counters[variable]
-            if counter.watermark(origin) >= want.high:
-                del self._wants[(variable, origin)]
-                continue
-            holder = self._choose_holder(variable, origin, counter.watermark(origin) + 1, want)
-            want.attempt += 1
-            backoff = min(
-                self.settings.nack_retry_s * 2 ** (want.attempt - 1), self.settings.nack_retry_max_s
-            )
-            want.due = now + backoff * self._rng.uniform(1.0, 1.5)
-            if holder is None:
-                # Nobody live can fill it (an invented origin, or its holders went
-                # quiet): forget it; a live peer's announce will reveal it again.
-                del self._wants[(variable, origin)]
-                self._count("wants_unanswerable")
-                continue
-            missing = counter.missing(origin, want.high, self.settings.nack_ranges_max)
-            by_holder.setdefault(holder, []).extend(
-                NackRange(variable, origin, first, last) for first, last in missing
-            )
-        for holder, ranges in by_holder.items():
-            self._count("nacks_sent")
-            self._unicast(self._encoder.nack(ranges), self.peers[holder].address)
-
-    def _choose_holder(
-        self, variable: str, origin: Origin, first: int, want: Want
-    ) -> Origin | None:
-        """The origin first, then whoever revealed the hole, then any peer that covers it."""
-        key = (variable, origin)
-        covering = [p.origin for p in self.live_peers() if p.marks.get(key, 0) >= first]
-        preferred = [
-            candidate
-            for candidate in dict.fromkeys((origin, want.hint))
-            if candidate is not None
-            and candidate in self.peers
-            and not self.peers[candidate].suspected
-        ]
-        if want.attempt < len(preferred):
-            return preferred[want.attempt]
-        candidates = covering or preferred
-        return self._rng.choice(candidates) if candidates else None
 
     def _announce(
         self,
@@ -1074,6 +931,21 @@ class Node:
                     conflicts = tuple(self.conflicts(now))
                     self._events.append(VerifyFinished(ticket, reports, silent, conflicts))
                 case VerifyCount(name):
+                    self._count(name)
+
+    def _apply_repair(self, effects: list[RepairEffect]) -> None:
+        """Carry out what `Repairs` asked for, in its order."""
+        for effect in effects:
+            match effect:
+                case SendNack(ranges, address):
+                    self._unicast(self._encoder.nack(ranges), address)
+                case SendOps(groups, address):
+                    self._unicast(self._encoder.op_batch(groups), address)
+                case SendBases(entries, address):
+                    self._unicast(self._encoder.bases(entries), address)
+                case RepairReport(event):
+                    self._events.append(event)
+                case RepairCount(name):
                     self._count(name)
 
     # --- for the barriers: what crdtd.core.sync reads, and its effects ------------

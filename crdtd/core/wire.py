@@ -79,6 +79,11 @@ _U16 = struct.Struct(">H")
 _U64 = struct.Struct(">Q")
 _U64X2 = struct.Struct(">QQ")
 _OP = struct.Struct(">Qq")
+OP_BYTES = _OP.size
+"""What one op costs inside an OpBatch: what a repair's byte budget counts per op."""
+BASE_BYTES = 64
+"""What a repair's byte budget counts per base entry: its fixed fields, a short name
+and a total (an estimate on the generous side; a base stands for many ops)."""
 _OPS_CACHE: dict[int, struct.Struct] = {}
 
 

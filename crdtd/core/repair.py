@@ -1,0 +1,250 @@
+"""Gap repair: noticing holes in an origin's nonces, asking one holder for exactly what is
+missing, and answering other nodes' asks within a byte budget.
+
+A hole seen (from a later op, a base, or a peer's announced watermark) becomes a *want*.
+After a random delay, so that many nodes missing the same datagram do not ask at once,
+the node asks one holder by unicast ``Nack``: the origin if it is alive, then whoever
+revealed the hole, then a random live peer whose digest covers it; each retry backs off
+exponentially with jitter and may change holder, until the hole is filled. A want that
+no live peer can fill is dropped (a live peer's announce reveals it again).
+
+A holder answers with the ops it has and, for nonces it has folded, its base, never more
+than ``repair_bytes_max`` per Nack nor ``repair_bytes_per_s`` per address: a Nack never
+amplifies much.
+
+Like `crdtd.core.sync`, `Repairs` never calls into the node: the counters and peers come
+in as arguments and each call returns effects (`SendNack`, `SendOps`, `SendBases`,
+`Report`, `Count`) for the node to carry out in order. The random stream is the node's,
+drawn in the same order as ever, so a run stays a function of its seed.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from crdtd.core import wire
+from crdtd.core.counters import Counter
+from crdtd.core.events import Event, GapRepaired
+from crdtd.core.ids import Address, Origin
+from crdtd.core.messages import BaseEntry, Nack, NackRange, OpGroup
+from crdtd.core.peers import Peer
+from crdtd.core.settings import Settings
+
+__all__ = ["Count", "Effect", "Repairs", "Report", "SendBases", "SendNack", "SendOps", "Want"]
+
+
+@dataclass(slots=True)
+class Want:
+    """A hole to fill: every nonce up to ``high`` of (variable, origin) exists somewhere."""
+
+    high: int
+    due: float
+    attempt: int = 0
+    hint: Origin | None = None  # the peer that revealed the hole
+    first: int = 0  # the first nonce missing when the hole was noticed
+
+
+@dataclass(frozen=True, slots=True)
+class SendNack:
+    ranges: list[NackRange]
+    address: Address
+
+
+@dataclass(frozen=True, slots=True)
+class SendOps:
+    groups: list[OpGroup]
+    address: Address
+
+
+@dataclass(frozen=True, slots=True)
+class SendBases:
+    entries: list[BaseEntry]
+    address: Address
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    event: Event
+
+
+@dataclass(frozen=True, slots=True)
+class Count:
+    name: str
+
+
+Effect = SendNack | SendOps | SendBases | Report | Count
+
+
+class Repairs:
+    """The wants of one node, and the repair budgets of the addresses that ask it."""
+
+    def __init__(self, settings: Settings, rng: random.Random) -> None:
+        self._settings = settings
+        self._rng = rng
+        self.wants: dict[tuple[str, Origin], Want] = {}
+        self._budgets: dict[Address, tuple[float, float]] = {}  # -> (tokens, when)
+        self._effects: list[Effect] = []
+
+    # --- holes --------------------------------------------------------------------
+
+    def changed(
+        self, counter: Counter, origin: Origin, seen: int, hint: Origin | None, now: float
+    ) -> list[Effect]:
+        """*counter* moved for *origin*, which holds nonces up to *seen*: note a hole
+        below it, or close the want that this change filled."""
+        key = (counter.name, origin)
+        mark = counter.watermark(origin)
+        want = self.wants.get(key)
+        if want is None:
+            if mark < seen:
+                self._want(counter, origin, seen, hint, now)
+        elif mark >= want.high:
+            del self.wants[key]
+            self._effects.append(Count("gaps_repaired"))
+            self._effects.append(Report(GapRepaired(counter.name, origin, want.first, want.high)))
+        elif mark >= want.first:
+            # Progress: a repair is streaming in; ask for the rest soon, from the start.
+            want.first = mark + 1
+            want.attempt = 0
+            want.due = min(want.due, now + self._settings.nack_retry_s)
+        return self._drain()
+
+    def want(
+        self, counter: Counter, origin: Origin, high: int, hint: Origin | None, now: float
+    ) -> list[Effect]:
+        """Every nonce of *origin* up to *high* exists: *hint* holds them."""
+        self._want(counter, origin, high, hint, now)
+        return self._drain()
+
+    def ask(
+        self, counters: dict[str, Counter], peers: dict[Origin, Peer], now: float
+    ) -> list[Effect]:
+        """Ask for every due hole, one Nack per chosen holder."""
+        settings = self._settings
+        by_holder: dict[Origin, list[NackRange]] = {}
+        for (variable, origin), want in list(self.wants.items()):
+            if want.due > now:
+                continue
+            counter = counters[variable]
+            if counter.watermark(origin) >= want.high:
+                del self.wants[(variable, origin)]
+                continue
+            holder = self._holder(variable, origin, counter.watermark(origin) + 1, want, peers)
+            want.attempt += 1
+            backoff = min(
+                settings.nack_retry_s * 2 ** (want.attempt - 1), settings.nack_retry_max_s
+            )
+            want.due = now + backoff * self._rng.uniform(1.0, 1.5)
+            if holder is None:
+                # Nobody live can fill it (an invented origin, or its holders went
+                # quiet): forget it; a live peer's announce will reveal it again.
+                del self.wants[(variable, origin)]
+                self._effects.append(Count("wants_unanswerable"))
+                continue
+            missing = counter.missing(origin, want.high, settings.nack_ranges_max)
+            by_holder.setdefault(holder, []).extend(
+                NackRange(variable, origin, first, last) for first, last in missing
+            )
+        for holder, ranges in by_holder.items():
+            self._effects.append(Count("nacks_sent"))
+            self._effects.append(SendNack(ranges, peers[holder].address))
+        return self._drain()
+
+    def deadlines(self) -> list[float]:
+        return [want.due for want in self.wants.values()]
+
+    # --- answering ----------------------------------------------------------------
+
+    def serve(
+        self, message: Nack, address: Address, counters: dict[str, Counter], now: float
+    ) -> list[Effect]:
+        """Answer with what we hold of the ranges, within ``repair_bytes_max`` per
+        request and ``repair_bytes_per_s`` per address."""
+        allowance = self._allowance(address, now)
+        budget = min(self._settings.repair_bytes_max, allowance)
+        if budget < wire.OP_BYTES:
+            self._effects.append(Count("repairs_rate_limited"))
+            return self._drain()
+        groups: list[OpGroup] = []
+        bases: list[BaseEntry] = []
+        for wanted in message.ranges:
+            counter = counters.get(wanted.variable)
+            if counter is None or budget <= 0:
+                continue
+            first = wanted.first
+            base = counter.bases.get(wanted.origin)
+            if base is not None and first <= base[0]:
+                bases.append(BaseEntry(wanted.variable, wanted.origin, base[0], base[1]))
+                budget -= wire.BASE_BYTES
+                first = base[0] + 1
+            ops: list[tuple[int, int]] = []
+            for op in counter.ops_in(wanted.origin, first, wanted.last):
+                if budget < wire.OP_BYTES:
+                    self._effects.append(Count("repair_truncated"))
+                    break
+                ops.append(op)
+                budget -= wire.OP_BYTES
+            if ops:
+                groups.append(OpGroup(wanted.variable, wanted.origin, tuple(ops)))
+        self._effects.append(Count("nacks_received"))
+        spent = min(self._settings.repair_bytes_max, allowance) - budget
+        self._budgets[address] = (float(allowance - spent), now)
+        if bases:
+            self._effects.append(SendBases(bases, address))
+        if groups:
+            self._effects.append(SendOps(groups, address))
+            self._effects.append(Count("repairs_served"))
+        return self._drain()
+
+    def forget(self, address: Address) -> None:
+        """No peer is at *address* any more: its budget starts full again."""
+        self._budgets.pop(address, None)
+
+    # --- helpers ------------------------------------------------------------------
+
+    def _want(
+        self, counter: Counter, origin: Origin, high: int, hint: Origin | None, now: float
+    ) -> None:
+        key = (counter.name, origin)
+        want = self.wants.get(key)
+        if want is None:
+            if len(self.wants) >= self._settings.wants_max:
+                self._effects.append(Count("wants_max_reached"))  # announces reveal it again
+                return
+            delay = self._rng.uniform(
+                self._settings.nack_delay_min_s, self._settings.nack_delay_max_s
+            )
+            self.wants[key] = Want(
+                high, now + delay, hint=hint, first=counter.watermark(origin) + 1
+            )
+            self._effects.append(Count("gaps_detected"))
+        elif high > want.high:
+            want.high = high
+
+    def _holder(
+        self, variable: str, origin: Origin, first: int, want: Want, peers: dict[Origin, Peer]
+    ) -> Origin | None:
+        """The origin first, then whoever revealed the hole, then any peer that covers it."""
+        key = (variable, origin)
+        live = [peer for _, peer in sorted(peers.items()) if not peer.suspected]
+        covering = [p.origin for p in live if p.marks.get(key, 0) >= first]
+        preferred = [
+            candidate
+            for candidate in dict.fromkeys((origin, want.hint))
+            if candidate is not None and candidate in peers and not peers[candidate].suspected
+        ]
+        if want.attempt < len(preferred):
+            return preferred[want.attempt]
+        candidates = covering or preferred
+        return self._rng.choice(candidates) if candidates else None
+
+    def _allowance(self, address: Address, now: float) -> int:
+        """Bytes we may still send *address* now: a bucket of ``repair_bytes_per_s``."""
+        rate = self._settings.repair_bytes_per_s
+        tokens, then = self._budgets.get(address, (float(rate), now))
+        return int(min(float(rate), tokens + (now - then) * rate))
+
+    def _drain(self) -> list[Effect]:
+        effects, self._effects = self._effects, []
+        return effects

@@ -865,7 +865,7 @@ class Node:
         """Who gets unicast copies of our multicast: peers we never (or no longer) hear
         by multicast, peers that told us they do not hear ours, and seeds not yet heard
         from. (Gossiped addresses only get probes: see `handle_timer`.)"""
-        deaf_s = 2 * self.settings.announce_interval_s + 1.0
+        deaf_s = self.settings.multicast_quiet_s
         known = {peer.address for peer in self.peers.values()}
         # Suspected peers too: they may be silent only because we stopped sending.
         targets = [
@@ -898,10 +898,9 @@ class Node:
 
     def _quiet_multicast(self, peer: Peer, now: float) -> bool:
         """True when no multicast came from *peer* lately (or ever, after a grace)."""
-        quiet_s = 2 * self.settings.announce_interval_s
         if peer.multicast_at is None:
-            return now - peer.first_seen >= quiet_s
-        return now - peer.multicast_at >= quiet_s + 1.0
+            return now - peer.first_seen >= self.settings.multicast_grace_s
+        return now - peer.multicast_at >= self.settings.multicast_quiet_s
 
     def _on_peer_list(self, message: PeerList, peer: Peer, now: float) -> None:
         known = {peer.address for peer in self.peers.values()}

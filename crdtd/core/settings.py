@@ -48,3 +48,16 @@ class Settings:
     """Unicast addresses to announce to, for networks where multicast does not pass."""
     verify_timeout_s: float = 1.0
     keys: tuple[Key, ...] = field(default=())
+
+    @property
+    def multicast_grace_s(self) -> float:
+        """How long a new peer may go unheard by multicast before we copy ours to it
+        by unicast: two announce intervals, so one lost announce is not enough."""
+        return 2 * self.announce_interval_s
+
+    @property
+    def multicast_quiet_s(self) -> float:
+        """How long without a multicast from a peer we heard before (or since it said
+        it does not hear ours) counts as "multicast does not pass": the grace and a
+        second, for jitter."""
+        return self.multicast_grace_s + 1.0

@@ -370,7 +370,7 @@ class Handler:
             return {
                 "peers": peers,
                 "seeds": list(settings.seeds),
-                "quiet_s": 2 * settings.announce_interval_s + 1.0,
+                "quiet_s": settings.multicast_quiet_s,
                 "inbox_dropped": driver.stats.get("dropped_inbox_full", 0),
             }
 

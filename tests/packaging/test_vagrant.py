@@ -46,5 +46,6 @@ def test_vagrant_up_brings_three_vms_that_converge() -> None:
         check=False,
     )
     output = result.stdout + result.stderr
+    print(output)  # the checks and their timings: shown with -rP
     assert result.returncode == 0, f"packaging/vagrant-test exited {result.returncode}:\n{output}"
     assert "checks passed" in output, output

@@ -139,9 +139,23 @@ def test_changelog_has_an_entry_for_the_project_version() -> None:
         "boot-test",
         "fresh-test",
         "ci-checks",
+        "vagrant-box",
+        "vagrant-test",
         "bash-completion/crdtctl",
         "debian/crdtd.postinst",
     ],
 )
 def test_shell_script_parses(script: str) -> None:
     subprocess.run(["bash", "-n", str(PACKAGING / script)], check=True)
+
+
+def test_the_vagrant_box_has_every_dependency_of_the_package() -> None:
+    # The test's VMs have no network: the box must hold what the package needs.
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    names = [
+        re.split(r"[<>=!~; ]", dep, maxsplit=1)[0] for dep in pyproject["project"]["dependencies"]
+    ]
+    debian = {"python3-" + name.lower().replace("_", "-").removeprefix("py") for name in names}
+    match = re.search(r"^DEPENDS=\(([^)]*)\)", (PACKAGING / "vagrant-box").read_text(), re.M)
+    assert match, "no DEPENDS=(...) in packaging/vagrant-box"
+    assert set(match[1].split()) == {"python3", *debian}

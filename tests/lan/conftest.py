@@ -5,11 +5,18 @@
 - ``lab_rng``: the test's random stream, seeded from ``CRDTD_LAB_SEED`` or at random; a
   failing test's report shows the seed (the same faults on the same nodes; real timing
   differs from run to run);
-- every test here skips, with the reason, without root, ``ip netns`` or iptables.
+- every test here skips, with the reason, without root, ``ip netns`` or iptables;
+- the tests run in parallel (``pytest -n 2``): each `Lab` names its namespaces by a run
+  id of its own and keeps its bridge and addresses in namespaces of its own, so two labs
+  never meet. A test that needs no other lab to open while it runs (one that leaves a
+  dead run behind for `clean_stale` to find, which any other `Lab.open` would clean up
+  first) asks for ``lab_alone``: every other lab test holds a shared ``flock`` on
+  `TESTS_LOCK`, and ``lab_alone`` an exclusive one.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import random
 from collections.abc import Callable, Iterator
@@ -17,17 +24,41 @@ from typing import Any
 
 import pytest
 
-from crdtd.lab import Lab, clean_stale, unavailable_reason
+from crdtd.lab import Lab, clean_stale, netns, unavailable_reason
 
 MakeLab = Callable[..., Lab]
+TESTS_LOCK = netns.LOCK_DIR / "tests.rwlock"
+"""Not a ``*.lock`` file, so `clean_stale` never mistakes it for a run's lock."""
 
 
 @pytest.fixture(scope="session")
-def lab_environment() -> None:
+def lab_checked() -> None:
     reason = unavailable_reason()
     if reason is not None:
         pytest.skip(reason)
     clean_stale()
+
+
+def _hold_tests_lock(operation: int) -> Iterator[None]:
+    netns.LOCK_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(TESTS_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, operation)  # the kernel drops it if this worker dies
+        yield
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture
+def lab_environment(lab_checked: None) -> Iterator[None]:
+    """The lab can run here, and no ``lab_alone`` test is running."""
+    yield from _hold_tests_lock(fcntl.LOCK_SH)
+
+
+@pytest.fixture
+def lab_alone(lab_checked: None) -> Iterator[None]:
+    """The lab can run here, and no other lab test is running (in any worker)."""
+    yield from _hold_tests_lock(fcntl.LOCK_EX)
 
 
 @pytest.fixture

@@ -85,7 +85,9 @@ def test_kill_9_a_node_every_few_seconds(make_lab: MakeLab, lab_rng: random.Rand
     lab = make_lab(NODES, config=FREQUENT_SYNC)
     with Workload(lab, rate_per_s=RATE_PER_S, seed=lab_rng.random()) as work:
         facts = scenarios.kill_restart(lab, work, lab_rng, every_s=3.0, duration_s=24)
-    assert len(facts["kills"]) >= 6, facts
+    # Each restart waits for the daemon to be ready, which a loaded machine (or a second
+    # lab alongside, under -n 2) stretches: count on three kills of the eight, not six.
+    assert len(facts["kills"]) >= 3, facts
     _settle(lab, work)
     assert all(node.starts >= 1 for node in lab.nodes)
 

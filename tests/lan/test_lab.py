@@ -77,7 +77,7 @@ def test_lab_is_real_multicast_and_close_removes_everything(lab_environment: Non
 
 @lan
 def test_a_killed_run_leaves_no_daemons_and_the_next_run_cleans_up(
-    lab_environment: None,
+    lab_alone: None,
 ) -> None:
     script = (
         "import sys, time\n"

@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from crdtd.core import wire
 from crdtd.core.barrier import Cut, Mode
 from crdtd.core.counters import Applied, Counter
+from crdtd.core.effects import Count, Report
 from crdtd.core.events import (
     AddApplied,
     ClaimRefused,
@@ -91,17 +92,13 @@ from crdtd.core.records import (
     ReplayFloor,
     VariableCreated,
 )
-from crdtd.core.repair import Count as RepairCount
 from crdtd.core.repair import Effect as RepairEffect
 from crdtd.core.repair import Repairs, SendBases, SendNack, SendOps
-from crdtd.core.repair import Report as RepairReport
 from crdtd.core.replay import FLOOR_SAVE_INTERVAL_S, ReplayWindow
 from crdtd.core.settings import Key, Settings
 from crdtd.core.sync import (
     AnnounceNow,
-    Count,
     Fold,
-    Report,
     Send,
     Syncer,
     Thaw,
@@ -109,7 +106,6 @@ from crdtd.core.sync import (
 )
 from crdtd.core.sync import Effect as SyncEffect
 from crdtd.core.verify import AskReports, Finished, SendReports, Verifier
-from crdtd.core.verify import Count as VerifyCount
 from crdtd.core.verify import Effect as VerifyEffect
 
 __all__ = ["Datagram", "Mode", "Node", "PeerView"]
@@ -929,7 +925,7 @@ class Node:
                 case Finished(ticket, reports, silent):
                     conflicts = tuple(self.conflicts(now))
                     self._events.append(VerifyFinished(ticket, reports, silent, conflicts))
-                case VerifyCount(name):
+                case Count(name):
                     self._count(name)
 
     def _apply_repair(self, effects: list[RepairEffect]) -> None:
@@ -942,9 +938,9 @@ class Node:
                     self._unicast(self._encoder.op_batch(groups), address)
                 case SendBases(entries, address):
                     self._unicast(self._encoder.bases(entries), address)
-                case RepairReport(event):
+                case Report(event):
                     self._events.append(event)
-                case RepairCount(name):
+                case Count(name):
                     self._count(name)
 
     # --- for the barriers: what crdtd.core.sync reads, and its effects ------------

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 from crdtd.core import wire
 from crdtd.core.counters import Counter
-from crdtd.core.events import Event, GapRepaired
+from crdtd.core.effects import Count, Report
+from crdtd.core.events import GapRepaired
 from crdtd.core.ids import Address, Origin
 from crdtd.core.messages import BaseEntry, Nack, NackRange, OpGroup
 from crdtd.core.peers import Peer
@@ -61,16 +62,6 @@ class SendOps:
 class SendBases:
     entries: list[BaseEntry]
     address: Address
-
-
-@dataclass(frozen=True, slots=True)
-class Report:
-    event: Event
-
-
-@dataclass(frozen=True, slots=True)
-class Count:
-    name: str
 
 
 Effect = SendNack | SendOps | SendBases | Report | Count

@@ -40,6 +40,7 @@ from crdtd.core.barrier import (
     take_cut,
 )
 from crdtd.core.counters import Counter
+from crdtd.core.effects import Count, Report
 from crdtd.core.events import Event, SyncFinished, SyncStarted
 from crdtd.core.ids import Address, Origin
 from crdtd.core.messages import (
@@ -123,16 +124,6 @@ class Fold:
 @dataclass(frozen=True, slots=True)
 class Thaw:
     """Apply the local writes held while this node was frozen."""
-
-
-@dataclass(frozen=True, slots=True)
-class Report:
-    event: Event
-
-
-@dataclass(frozen=True, slots=True)
-class Count:
-    name: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from crdtd.core.counters import Counter
+from crdtd.core.effects import Count
 from crdtd.core.ids import Address, Origin
 from crdtd.core.messages import DigestReply, VariableReport
 from crdtd.core.peers import Peer
@@ -60,11 +61,6 @@ class Finished:
     ticket: int
     reports: dict[str, dict[str, VariableReport]]
     silent: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Count:
-    name: str
 
 
 Effect = AskReports | SendReports | Finished | Count

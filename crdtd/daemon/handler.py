@@ -1,11 +1,12 @@
 """Control requests, answered through the driver.
 
-Every request runs inside the owner task (`Driver.call`), so it sees only durable state
-and never races the protocol. Adds and syncs then wait for the event carrying their
-ticket: an add is answered once its op is on disk, a sync once its barrier ended, a
-verify once every live peer answered or ``verify_timeout_s`` passed.
+Every request becomes one typed operation of the driver (`crdtd.net.driver`), applied
+in the owner task's next step and answered after that step's commit, so it sees only
+durable state and never races the protocol; reads come back as frozen views. An add is
+answered once its op is on disk, a sync once its barrier ended, a verify once every
+live peer answered or ``verify_timeout_s`` passed.
 
-No function handed to the owner task may take long (the watchdog and every other
+No request applied in the owner task may take long (the watchdog and every other
 client wait for it): ``history`` answers one page of `HISTORY_PAGE_OPS` ops at a time
 (``next`` names the page after), and ``populate`` applies its ops in steps of
 `POPULATE_STEP_OPS`, each durable before the next is handed over.
@@ -22,7 +23,6 @@ has not seen things right either.
 from __future__ import annotations
 
 import asyncio
-import collections
 import fcntl
 import random
 import socket
@@ -33,14 +33,13 @@ from pathlib import Path
 from typing import Any
 
 from crdtd.control.protocol import HISTORY_PAGE_OPS, ControlError, ErrorCode, Request
-from crdtd.core.counters import Counter
-from crdtd.core.events import AddApplied, SyncFinished, VerifyFinished
-from crdtd.core.ids import InvalidInput, Origin
-from crdtd.core.node import Node
+from crdtd.core.ids import InvalidInput
+from crdtd.core.settings import Settings
+from crdtd.core.view import NodeState, UnknownVariable
+from crdtd.daemon.reporting import BarrierStats, Reporter
 from crdtd.daemon.verify import summarize
 from crdtd.net.driver import Driver
 
-REQUEST_IDS_MAX = 4096
 POPULATE_DELTA_MAX = 10
 POPULATE_STEP_OPS = 5000  # ops of a populate applied in one step: ~10 ms, one commit
 PROC_NET = Path("/proc/self/net")
@@ -88,165 +87,133 @@ class NetInfo:
 
 
 class Handler:
-    def __init__(self, driver: Driver, rng: random.Random, net: NetInfo | None = None) -> None:
+    def __init__(
+        self,
+        driver: Driver,
+        reporter: Reporter,
+        settings: Settings,
+        rng: random.Random,
+        net: NetInfo | None = None,
+    ) -> None:
         self._driver = driver
+        self._reporter = reporter
         self._rng = rng
         self._net = net
-        self._adds: collections.OrderedDict[str, tuple[str, int, asyncio.Future[dict[str, Any]]]]
-        self._adds = collections.OrderedDict()
         self._verifying: asyncio.Future[dict[str, Any]] | None = None
-        freeze = driver.node.settings.sync_freeze_max_s
+        freeze = settings.sync_freeze_max_s
         self._add_timeout_s = freeze + 5.0
         self._sync_timeout_s = 3 * freeze + 5.0
+        self._verify_timeout_s = settings.verify_timeout_s + 5.0
 
     async def handle(self, request: Request) -> dict[str, Any]:
         method = getattr(self, f"_cmd_{request.cmd.replace('-', '_')}")
         try:
             result: dict[str, Any] = await method(**request.args)
+        except UnknownVariable as error:
+            raise ControlError(ErrorCode.NOT_FOUND, str(error)) from None
         except InvalidInput as error:
             raise ControlError(ErrorCode.BAD_REQUEST, str(error)) from None
         return result
 
     async def watch(self, variable: str) -> AsyncIterator[dict[str, Any]]:
-        def subscribe(node: Node, now: float) -> tuple[int, asyncio.Queue[int]]:
-            return _value(node, variable), self._driver.watch(variable)
-
-        value, queue = await self._driver.call(subscribe)
+        """The value now, then every change. The queue is subscribed before the read,
+        so no change is missed; what it caught meanwhile is at least as new as the read
+        (the step reads before it applies datagrams), so its last value, if any, is
+        where the watch starts."""
+        queue = self._reporter.watch(variable)
         try:
+            try:
+                value = (await self._driver.get(variable)).value
+            except UnknownVariable as error:
+                raise ControlError(ErrorCode.NOT_FOUND, str(error)) from None
+            while not queue.empty():
+                value = queue.get_nowait()
             yield {"variable": variable, "value": value}
             while True:
                 yield {"variable": variable, "value": await queue.get()}
         finally:
-            self._driver.unwatch(variable, queue)
+            self._reporter.unwatch(variable, queue)
 
     # --- reads ----------------------------------------------------------------------
 
     async def _cmd_get(self, variable: str) -> dict[str, Any]:
-        def read(node: Node, now: float) -> dict[str, Any]:
-            return {
-                "variable": variable,
-                "value": _value(node, variable),
-                "before": node.before(variable),
-                "mode": node.mode.value,
-            }
-
-        return await self._driver.call(read)
+        view = await self._driver.get(variable)
+        return {
+            "variable": variable,
+            "value": view.value,
+            "before": view.before,
+            "mode": view.mode.value,
+        }
 
     async def _cmd_before(self, variable: str) -> dict[str, Any]:
-        def read(node: Node, now: float) -> dict[str, Any]:
-            _value(node, variable)
-            return {"variable": variable, "before": node.before(variable)}
-
-        return await self._driver.call(read)
+        view = await self._driver.get(variable)
+        return {"variable": variable, "before": view.before}
 
     async def _cmd_history(self, variable: str, after: str | None = None) -> dict[str, Any]:
         """One page of the log, from the start or from the cursor *after* (a page's
         ``next``; None on the last page). A cursor made before a sync folded the log
         would skip ops the fold took: the first page is answered instead, with
         ``restarted`` true, so a client that joins the pages starts over."""
-
-        def read(node: Node, now: float) -> dict[str, Any]:
-            _value(node, variable)
-            counter = node.counters[variable]
-            folded = _folded(counter)
-            start: tuple[Origin, int] | None = None
-            restarted = False
-            if after is not None:
-                fold, incarnation, nonce, node_id = after.split(":", 3)
-                if int(fold) == folded:
-                    start = (Origin(node_id, int(incarnation)), int(nonce))
-                else:
-                    restarted = True
-            page = counter.page(start, HISTORY_PAGE_OPS)
-            ops = [
+        page = await self._driver.history(variable, after, HISTORY_PAGE_OPS)
+        return {
+            "variable": variable,
+            "before": page.before,
+            "ops": [
                 {
                     "node_id": origin.node_id,
                     "incarnation": origin.incarnation,
                     "nonce": nonce,
                     "delta": delta,
                 }
-                for origin, nonce, delta in page
-            ]
-            cursor = None
-            if len(page) == HISTORY_PAGE_OPS:
-                origin, nonce, _ = page[-1]
-                cursor = f"{folded}:{origin.incarnation}:{nonce}:{origin.node_id}"
-            return {
-                "variable": variable,
-                "before": counter.before,
-                "ops": ops,
-                "next": cursor,
-                "restarted": restarted,
-            }
-
-        return await self._driver.call(read)
+                for origin, nonce, delta in page.ops
+            ],
+            "next": page.next,
+            "restarted": page.restarted,
+        }
 
     async def _cmd_variables(self) -> dict[str, Any]:
-        return await self._driver.call(lambda node, now: {"variables": node.variables()})
+        return {"variables": list(await self._driver.variables())}
 
     async def _cmd_peers(self) -> dict[str, Any]:
-        return await self._driver.call(lambda node, now: {"peers": _peers(node, now)})
+        return {"peers": _peers(await self._driver.state())}
 
     async def _cmd_status(self) -> dict[str, Any]:
-        driver = self._driver
-
-        def read(node: Node, now: float) -> dict[str, Any]:
-            return {
-                "node_id": node.node_id,
-                "incarnation": node.origin.incarnation,
-                "mode": node.mode.value,
-                "epoch": node.epoch,
-                "peers": _peers(node, now),
-                "ops_in_log": node.ops_in_log(),
-                "variables": len(node.counters),
-                "stats": dict(sorted({**node.stats, **driver.stats}.items())),
-            }
-
-        return await driver.call(read)
+        state = await self._driver.state()
+        return {
+            "node_id": state.node_id,
+            "incarnation": state.incarnation,
+            "mode": state.mode.value,
+            "epoch": state.epoch,
+            "peers": _peers(state),
+            "ops_in_log": state.ops_in_log,
+            "variables": state.variables,
+            "stats": dict(sorted({**state.stats, **self._driver.stats}.items())),
+        }
 
     async def _cmd_keys(self) -> dict[str, Any]:
-        def read(node: Node, now: float) -> dict[str, Any]:
-            keys = node.settings.keys
-            return {
-                "signing": keys[0].key_id if keys else None,
-                "accepted": [key.key_id for key in keys],
-                "rejected": {
-                    name.removeprefix("rejected_"): count
-                    for name, count in sorted(node.stats.items())
-                    if name.startswith("rejected_")
-                },
-            }
-
-        return await self._driver.call(read)
+        state = await self._driver.state()
+        return {
+            "signing": state.key_ids[0] if state.key_ids else None,
+            "accepted": list(state.key_ids),
+            "rejected": {
+                name.removeprefix("rejected_"): count
+                for name, count in sorted(state.stats.items())
+                if name.startswith("rejected_")
+            },
+        }
 
     # --- writes ---------------------------------------------------------------------
 
     async def _cmd_create(self, variable: str) -> dict[str, Any]:
-        created = await self._driver.call(lambda node, now: node.create(variable, now))
+        created = await self._driver.create(variable)
         return {"variable": variable, "created": created}
 
     async def _cmd_add(
         self, variable: str, delta: int, request_id: str | None = None
     ) -> dict[str, Any]:
-        if request_id is None:
-            return await self._add(variable, [delta])
-        earlier = self._adds.get(request_id)
-        if earlier is not None:
-            if earlier[:2] != (variable, delta):
-                message = f"request_id {request_id!r} was already used for another add"
-                raise ControlError(ErrorCode.BAD_REQUEST, message)
-            return await asyncio.shield(earlier[2])  # a retry: answer as the first time
-        # The node dedupes too, durably (a retry after a restart); this map joins a retry
-        # to an add still in flight, which the node has not applied yet.
-        future = asyncio.ensure_future(self._add(variable, [delta], request_id))
-        self._adds[request_id] = (variable, delta, future)
-        while len(self._adds) > REQUEST_IDS_MAX:
-            self._adds.popitem(last=False)
-        try:
-            return await asyncio.shield(future)
-        except Exception:
-            self._adds.pop(request_id, None)  # it failed: a retry may try again
-            raise
+        """An add; one named by *request_id* is applied once, by the node, which also
+        answers a retry (and refuses the id's reuse for another add) across restarts."""
+        return await self._add(variable, (delta,), request_id)
 
     async def _cmd_populate(self, variable: str, count: int) -> dict[str, Any]:
         """*count* random ops, `POPULATE_STEP_OPS` per step: each step's ops are durable
@@ -255,29 +222,21 @@ class Handler:
         result: dict[str, Any] = {}
         for done in range(0, count, POPULATE_STEP_OPS):
             step = min(POPULATE_STEP_OPS, count - done)
-            deltas = [
+            deltas = tuple(
                 self._rng.randint(-POPULATE_DELTA_MAX, POPULATE_DELTA_MAX) for _ in range(step)
-            ]
+            )
             result = await self._add(variable, deltas)
         return {"variable": variable, "count": count, "value": result["value"]}
 
     async def _add(
-        self, variable: str, deltas: list[int], request_id: str | None = None
+        self, variable: str, deltas: tuple[int, ...], request_id: str | None = None
     ) -> dict[str, Any]:
         """Apply *deltas* in one step (one commit) and wait until the last is durable
         (the step's records are written in one transaction, so the others are too);
         *request_id* names a single add."""
-        driver = self._driver
-
-        def apply(node: Node, now: float) -> asyncio.Future[Any]:
-            if len(deltas) == 1:
-                return driver.waiter(node.add(variable, deltas[0], now, request_id))
-            return driver.waiter(node.add_many(variable, deltas, now))
-
-        waiter = await driver.call(apply)
         try:
             async with asyncio.timeout(self._add_timeout_s):
-                last: AddApplied = await waiter
+                last = await self._driver.add(variable, deltas, request_id)
         except TimeoutError:
             raise ControlError(ErrorCode.TIMEOUT, "the add was not applied in time") from None
         return {
@@ -289,11 +248,9 @@ class Handler:
         }
 
     async def _cmd_sync(self) -> dict[str, Any]:
-        driver = self._driver
-        waiter = await driver.call(lambda node, now: driver.waiter(node.start_sync(now)))
         try:
             async with asyncio.timeout(self._sync_timeout_s):
-                event: SyncFinished = await waiter
+                event = await self._driver.sync()
         except TimeoutError:
             raise ControlError(ErrorCode.TIMEOUT, "the sync did not finish in time") from None
         return {
@@ -313,12 +270,9 @@ class Handler:
         return await asyncio.shield(self._verifying)
 
     async def _verify(self) -> dict[str, Any]:
-        driver = self._driver
-        waiter = await driver.call(lambda node, now: driver.waiter(node.start_verify(now)))
-        limit_s = driver.node.settings.verify_timeout_s + 5.0
         try:
-            async with asyncio.timeout(limit_s):
-                event: VerifyFinished = await waiter
+            async with asyncio.timeout(self._verify_timeout_s):
+                event = await self._driver.verify()
         except TimeoutError:
             raise ControlError(ErrorCode.TIMEOUT, "the verify did not finish in time") from None
         return summarize(event.reports, event.silent, event.conflicts)
@@ -326,7 +280,7 @@ class Handler:
     async def stats(self) -> dict[str, Any]:
         """The numbers of ``crdtctl stats`` and of the Prometheus endpoint."""
         driver = self._driver
-        stats = await driver.call(lambda node, now: collect_stats(node, driver))
+        stats = collect_stats(await driver.state(), driver, self._reporter.barriers)
         inodes = self._net.socket_inodes if self._net is not None else ()
         drops = udp_drops(inodes)
         kernel = 0 if isinstance(drops, Unreadable) else sum(drops.values())
@@ -340,41 +294,28 @@ class Handler:
     async def _cmd_net_test(self) -> dict[str, Any]:
         if self._net is None:
             raise ControlError(ErrorCode.INTERNAL, "this daemon was started without net info")
-        driver = self._driver
-
-        def read(node: Node, now: float) -> dict[str, Any]:
-            settings = node.settings
-            origins = collections.Counter(peer.node_id for peer in node.peers.values())
-            peers = []
-            for _, peer in sorted(node.peers.items()):
-                peers.append(
-                    {
-                        "node_id": peer.node_id,
-                        "incarnation": peer.incarnation,
-                        # A restart's old self: silent because it is gone, not unheard.
-                        "superseded": peer.suspected and origins[peer.node_id] > 1,
-                        "forgotten_in_s": peer.last_seen + settings.peer_timeout_s - now,
-                        "address": peer.address,
-                        "known_s": now - peer.first_seen,
-                        "multicast_ago_s": None
-                        if peer.multicast_at is None
-                        else now - peer.multicast_at,
-                        "last_seen_s": now - peer.last_seen,
-                        "suspected": peer.suspected,
-                        "unicast_copies": peer.unicast_copies,
-                        "unicast_copy_ago_s": None
-                        if peer.unicast_copy_at is None
-                        else now - peer.unicast_copy_at,
-                    }
-                )
-            return {
-                "peers": peers,
-                "seeds": list(settings.seeds),
-                "quiet_s": settings.multicast_quiet_s,
-                "inbox_dropped": driver.stats.get("dropped_inbox_full", 0),
-            }
-
-        view = await driver.call(read)
+        state = await self._driver.state()
+        view = {
+            "peers": [
+                {
+                    "node_id": peer.node_id,
+                    "incarnation": peer.incarnation,
+                    "superseded": peer.superseded,
+                    "forgotten_in_s": peer.forgotten_in_s,
+                    "address": peer.address,
+                    "known_s": peer.known_s,
+                    "multicast_ago_s": peer.multicast_ago_s,
+                    "last_seen_s": peer.last_seen_s,
+                    "suspected": peer.suspected,
+                    "unicast_copies": peer.unicast_copies,
+                    "unicast_copy_ago_s": peer.unicast_copy_ago_s,
+                }
+                for peer in state.peers
+            ],
+            "seeds": list(state.seeds),
+            "quiet_s": state.multicast_quiet_s,
+            "inbox_dropped": self._driver.stats.get("dropped_inbox_full", 0),
+        }
         groups = igmp_groups(self._net.interface)
         drops = udp_drops(self._net.socket_inodes)
         flags = interface_flags(self._net.interface)
@@ -390,23 +331,23 @@ class Handler:
         }
 
 
-def collect_stats(node: Node, driver: Driver) -> dict[str, Any]:
+def collect_stats(state: NodeState, driver: Driver, barriers: BarrierStats) -> dict[str, Any]:
     """Counters of the node and the driver, grouped; the raw ones under ``counters``."""
-    counters = {**node.stats, **driver.stats}
+    counters = {**state.stats, **driver.stats}
     dropped = {
         name.removeprefix("rejected_"): count
-        for name, count in node.stats.items()
+        for name, count in state.stats.items()
         if name.startswith("rejected_")
     }
     for name, count in driver.stats.items():
         if name.startswith("dropped_"):
             reason = name.removeprefix("dropped_")
             dropped[reason] = dropped.get(reason, 0) + count
-    live = sum(1 for peer in node.peers.values() if not peer.suspected)
+    live = sum(1 for peer in state.peers if not peer.suspected)
     return {
-        "node_id": node.node_id,
-        "mode": node.mode.value,
-        "epoch": node.epoch,
+        "node_id": state.node_id,
+        "mode": state.mode.value,
+        "epoch": state.epoch,
         "ops": {
             "applied": counters.get("ops_applied", 0),
             "local": counters.get("ops_local", 0),
@@ -430,11 +371,11 @@ def collect_stats(node: Node, driver: Driver) -> dict[str, Any]:
                 "repairs_rate_limited",
             )
         },
-        "barriers": {"started": counters.get("barriers_started", 0), **driver.barriers.snapshot()},
+        "barriers": {"started": counters.get("barriers_started", 0), **barriers.snapshot()},
         "owner": driver.steps.snapshot(),
-        "log_length": node.ops_in_log(),
-        "variables": len(node.counters),
-        "peers": {"live": live, "suspected": len(node.peers) - live},
+        "log_length": state.ops_in_log,
+        "variables": state.variables,
+        "peers": {"live": live, "suspected": len(state.peers) - live},
         "counters": dict(sorted(counters.items())),
     }
 
@@ -709,29 +650,16 @@ def udp_drops(inodes: Iterable[int], proc_net: Path = PROC_NET) -> dict[int, int
     return drops
 
 
-def _folded(counter: Counter) -> int:
-    """Grows with every fold into *counter*'s bases (a base's ``upto`` only rises):
-    a history cursor made under another value may point into folded ops."""
-    return sum(upto for upto, _ in counter.bases.values())
-
-
-def _value(node: Node, variable: str) -> int:
-    value = node.value(variable)
-    if value is None:
-        raise ControlError(ErrorCode.NOT_FOUND, f"no variable {variable!r} on {node.node_id}")
-    return value
-
-
-def _peers(node: Node, now: float) -> list[dict[str, Any]]:
+def _peers(state: NodeState) -> list[dict[str, Any]]:
     return [
         {
             "node_id": peer.node_id,
             "incarnation": peer.incarnation,
             "address": f"{peer.address[0]}:{peer.address[1]}",
-            "mode": peer.mode,
+            "mode": peer.mode.value,
             "epoch": peer.epoch,
-            "last_seen_ms": peer.last_seen_ms,
+            "last_seen_ms": int(peer.last_seen_s * 1000),
             "suspected": peer.suspected,
         }
-        for peer in node.peer_views(now)
+        for peer in state.peers
     ]

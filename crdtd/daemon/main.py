@@ -66,6 +66,7 @@ from crdtd.daemon.logs import (
 )
 from crdtd.daemon.metrics import MetricsServer
 from crdtd.daemon.preflight import KEYGEN_EXAMPLE_PATH, preflight
+from crdtd.daemon.reporting import Reporter
 from crdtd.daemon.systemd import ListenFdsError, Notifier, listen_fds
 from crdtd.net.driver import Driver
 from crdtd.net.sockets import (
@@ -276,7 +277,8 @@ async def _run(
         seq_start=new_seq_start(),
     )
     notifier = Notifier()
-    driver = Driver(node, store, (net.group, net.port), log, notifier)
+    reporter = Reporter(log)
+    driver = Driver(node, store, (net.group, net.port), reporter, notifier)
     await driver.attach(unicast, multicast)
     socket_path = config.control.socket
     make_socket_directory(socket_path.parent)
@@ -289,7 +291,7 @@ async def _run(
         net.ttl,
         socket_inodes=(os.fstat(unicast.fileno()).st_ino, os.fstat(multicast.fileno()).st_ino),
     )
-    handler = Handler(driver, random.Random(rng_seed + 1), net_info)
+    handler = Handler(driver, reporter, node.settings, random.Random(rng_seed + 1), net_info)
     connections_max = config.limits.control_connections_max
     servers = [ControlServer(socket_path, handler, connections_max=connections_max)]
     servers += _read_only_servers(inherited, handler, connections_max)
@@ -438,10 +440,7 @@ class _Reloader:
             logger.error("keys_reload_failed", error=str(error))
             return
 
-        def rotate(node: Node, now: float) -> None:
-            node.set_keys(keys)
-
-        await self._driver.call(rotate)
+        await self._driver.set_keys(keys)
         logger.info("keys_reloaded", **describe_keys(keys))
 
 

@@ -16,18 +16,13 @@ from typing import Any
 import pytest
 import structlog
 
-from crdtd.core.events import DatagramRejected
 from crdtd.core.ids import Origin
 from crdtd.core.node import Node
 from crdtd.core.records import BaseFolded, OpRecorded, Record, VariableCreated
 from crdtd.core.settings import Settings
-from crdtd.net.driver import (
-    KEY_MISMATCH_HINTS,
-    KEY_MISMATCH_LOG_EVERY_S,
-    REJECT_LOG_EVERY_S,
-    Driver,
-    RejectLog,
-)
+from crdtd.core.step import Flush
+from crdtd.daemon.reporting import Reporter
+from crdtd.net.driver import Driver
 from crdtd.store.sqlite import Store
 
 WAIT_S = 10.0
@@ -76,7 +71,7 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 def make_driver(store: Any, group: tuple[str, int]) -> Driver:
     node = Node(Origin("n1", 1), Settings(), random.Random(0), 0.0)
-    return Driver(node, store, group, structlog.get_logger(), NoSystemd())
+    return Driver(node, store, group, Reporter(structlog.get_logger()), NoSystemd())
 
 
 def test_a_request_is_answered_only_once_its_records_are_on_disk(store: Store) -> None:
@@ -87,7 +82,7 @@ def test_a_request_is_answered_only_once_its_records_are_on_disk(store: Store) -
         driver = make_driver(gated, group.getsockname())
         await driver.attach(udp_socket(), udp_socket())
         running = asyncio.create_task(driver.run())
-        created = asyncio.create_task(driver.call(lambda node, now: node.create("x", now)))
+        created = asyncio.create_task(driver.create("x"))
         await asyncio.to_thread(gated.entered.wait, WAIT_S)
         await asyncio.sleep(0.2)
         assert not created.done(), "answered while its record was still being written"
@@ -145,62 +140,6 @@ def test_datagrams_the_kernel_refuses_for_now_go_out_later_in_order(store: Store
         receiver.close()
 
 
-# --- which rejections are logged (pure: the times are passed in) ------------------------
-
-SENDER = ("10.0.0.9", 7778)
-
-
-def test_a_key_mismatch_is_logged_once_a_minute_with_the_key_id_and_a_hint() -> None:
-    log = RejectLog()
-    event = DatagramRejected("unknown_key", SENDER, "k20260314-3fa2")
-    assert log.line(event, 100.0) == {
-        "reason": "unknown_key",
-        "source": "10.0.0.9:7778",
-        "suppressed": 0,
-        "key_id": "k20260314-3fa2",
-        "hint": KEY_MISMATCH_HINTS["unknown_key"],
-    }
-    assert [log.line(event, 100.0 + dt) for dt in (1, 30, 59.9)] == [None] * 3
-    again = log.line(event, 100.0 + KEY_MISMATCH_LOG_EVERY_S)
-    assert again is not None and again["suppressed"] == 3
-    assert KEY_MISMATCH_LOG_EVERY_S == 60.0
-
-
-@pytest.mark.parametrize("reason", ["unknown_key", "unexpected_mac", "unauthenticated"])
-def test_every_key_mismatch_reason_has_a_hint_and_names_the_key_id_even_unread(
-    reason: str,
-) -> None:
-    line = RejectLog().line(DatagramRejected(reason, SENDER), 0.0)
-    assert line is not None
-    assert line["key_id"] is None  # unsigned, or a trailer that names no key
-    assert "security.key_file" in line["hint"]
-
-
-def test_other_rejections_are_logged_every_ten_seconds_without_a_hint() -> None:
-    log = RejectLog()
-    malformed = DatagramRejected("malformed", SENDER)
-    assert log.line(malformed, 0.0) == {
-        "reason": "malformed",
-        "source": "10.0.0.9:7778",
-        "suppressed": 0,
-    }
-    assert log.line(malformed, REJECT_LOG_EVERY_S - 0.1) is None
-    assert log.line(malformed, REJECT_LOG_EVERY_S) == {
-        "reason": "malformed",
-        "source": "10.0.0.9:7778",
-        "suppressed": 1,
-    }
-    bad_mac = log.line(DatagramRejected("bad_mac", SENDER, "k2026a"), 1.0)
-    assert bad_mac is not None and bad_mac["key_id"] == "k2026a" and "hint" not in bad_mac
-
-
-def test_each_reason_has_its_own_allowance() -> None:
-    log = RejectLog()
-    assert log.line(DatagramRejected("unauthenticated", SENDER), 0.0) is not None
-    assert log.line(DatagramRejected("unexpected_mac", SENDER, "k1"), 0.0) is not None
-    assert log.line(DatagramRejected("unauthenticated", SENDER), 1.0) is None
-
-
 def test_each_step_is_timed_and_the_longest_is_in_the_stats(store: Store) -> None:
     group = udp_socket()
 
@@ -208,7 +147,7 @@ def test_each_step_is_timed_and_the_longest_is_in_the_stats(store: Store) -> Non
         driver = make_driver(store, group.getsockname())
         await driver.attach(udp_socket(), udp_socket())
         running = asyncio.create_task(driver.run())
-        await driver.call(lambda node, now: node.create("x", now))
+        await driver.create("x")
         assert driver.steps.count >= 1
         assert driver.stats["owner_step_max_us"] == int(driver.steps.max_s * 1_000_000)
         snapshot = driver.steps.snapshot()
@@ -233,11 +172,19 @@ def test_requests_over_a_steps_time_budget_wait_for_the_next_step(
     async def scenario() -> None:
         driver = make_driver(store, group.getsockname())
         await driver.attach(udp_socket(), udp_socket())
+        answered: list[int] = []
+        step = driver._stepper.step
+
+        def counted(now: float, more: Any = None) -> Flush[Any]:
+            flush = step(now, more)
+            answered.append(len(flush.answers))
+            return flush
+
+        driver._stepper.step = counted  # type: ignore[method-assign]
         running = asyncio.create_task(driver.run())
-        steps = await asyncio.gather(
-            *(driver.call(lambda node, now: driver.steps.count) for _ in range(5))
-        )
-        assert steps == sorted(set(steps)), "two requests ran in one step"
+        created = await asyncio.gather(*(driver.create(f"v{n}") for n in range(5)))
+        assert created == [True] * 5
+        assert max(answered) == 1, "two requests ran in one step"
         driver.stop()
         await asyncio.wait_for(running, WAIT_S)
 
@@ -269,7 +216,7 @@ def test_an_idle_driver_deletes_folded_ops_a_slice_at_a_time_and_answers_between
         driver = make_driver(store, group.getsockname())
         await driver.attach(udp_socket(), udp_socket())
         running = asyncio.create_task(driver.run())
-        assert await driver.call(lambda node, now: node.create("y", now)) is True
+        assert await driver.create("y") is True
         deadline = asyncio.get_running_loop().time() + WAIT_S
         while store.unpruned and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.01)

@@ -19,7 +19,7 @@ import yaml
 
 from crdtd.cli.main import build_parser
 from crdtd.daemon.main import EXIT_CONFIG, EXIT_USAGE
-from crdtd.net.driver import KEY_MISMATCH_HINTS
+from crdtd.daemon.reporting import KEY_MISMATCH_HINTS
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGING = REPO / "packaging"

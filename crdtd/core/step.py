@@ -94,6 +94,11 @@ class Stepper(Generic[T]):
         self._requests.append((request, token))
 
     @property
+    def waiting(self) -> tuple[int, int]:
+        """How many requests and datagrams are queued."""
+        return len(self._requests), len(self._inbox)
+
+    @property
     def queued(self) -> bool:
         """Inputs wait: step now, without waiting for the timer."""
         return bool(self._inbox or self._requests)

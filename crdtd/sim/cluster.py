@@ -35,13 +35,15 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from crdtd.core import wire
-from crdtd.core.events import AddApplied, Event, SyncFinished
+from crdtd.core.events import AddApplied, SyncFinished
 from crdtd.core.identity import SALT_BITS, propose_incarnation
 from crdtd.core.ids import NONCE_MAX, Address, Origin
 from crdtd.core.messages import BarrierId, BaseEntry, OpGroup, SyncStart, VariableDigest
-from crdtd.core.node import Datagram, Node
+from crdtd.core.node import Node
 from crdtd.core.records import Record
+from crdtd.core.requests import Add, Create, Request, StartSync, Ticket
 from crdtd.core.settings import Settings
+from crdtd.core.step import Flush, Stepper
 from crdtd.sim.clock import VirtualClock
 from crdtd.sim.disk import Disk
 from crdtd.sim.failures import InvariantViolation
@@ -84,6 +86,8 @@ class Slot:
     address: Address
     disk: Disk = field(default_factory=Disk)
     node: Node | None = None
+    stepper: Stepper[tuple[str, int] | None] | None = None
+    writing: Writing | None = None
     incarnation: int = 0
     boot: int = 0
     timer: float | None = None
@@ -96,6 +100,18 @@ class Slot:
     @property
     def origin(self) -> Origin:
         return Origin(self.node_id, self.incarnation)
+
+
+@dataclass(slots=True)
+class Writing:
+    """A flush whose records are written and not yet synced: it completes (sync,
+    answers, sends, events) when the disk is done, at *done_at*."""
+
+    flush: Flush[tuple[str, int] | None]
+    what: str
+    touched: dict[str, None]
+    full: bool
+    done_at: float
 
 
 @dataclass(slots=True)
@@ -115,6 +131,10 @@ class ClusterStats:
     barriers_completed: int = 0
     barriers_aborted: int = 0
     log_len_max: int = 0
+    steps_batched: int = 0
+    """Steps that took more than one input (requests and datagrams queued meanwhile)."""
+    step_inputs_max: int = 0
+    dropped_inbox: int = 0
 
 
 class Cluster:
@@ -130,7 +150,11 @@ class Cluster:
         trace: Trace | None = None,
         full_check_every: int = 16,
         check_steps: bool = True,
+        write_s: tuple[float, float] = (0.0, 0.0),
     ) -> None:
+        """*write_s*: how long a flush's disk write takes, drawn uniformly from that
+        range per flush (0: at once). While a node writes, what arrives queues, and its
+        next step takes it all, as the daemon's driver does."""
         assert 1 <= size <= 100, size
         self.seed = seed
         self.settings = settings or Settings()
@@ -150,6 +174,8 @@ class Cluster:
         self.barriers: list[SyncFinished] = []
         """Every barrier's end, as its initiator reported it."""
         self._same_instant_steps = 0
+        self._write_s = write_s
+        self._disk_rng = stream(seed, "disk")
 
     # views --------------------------------------------------------------
     @property
@@ -208,10 +234,11 @@ class Cluster:
             int(self.now * 1_000_000) + 1,
         )
         slot.node = node
+        slot.stepper = Stepper(node)
         slot.incarnation = node.origin.incarnation
         self.trace.step(self.now, slot.node_id, f"booted as {node.origin}")
         self.network.attach(slot.address)
-        self._flush(slot, what, full=True)
+        self._write(slot, slot.stepper.flush(), what, {}, full=True)
 
     def _rewind(self, slot: Slot, keep: int, what: str) -> str:
         """Rewind *slot*'s disk to *keep* records, unless that loses an acknowledged op
@@ -296,52 +323,50 @@ class Cluster:
 
     def _down(self, slot: Slot) -> None:
         slot.node = None
+        slot.stepper = None
+        slot.writing = None
         slot.crash_mid_flush = False
         slot.timer = None
         slot.timer_version += 1
         self.network.detach(slot.address)
 
     # commands -----------------------------------------------------------
-    def add(self, index: int, variable: str, delta: int) -> int:
-        """Call ``add`` on node *index*; the ledger acknowledges it when AddApplied comes."""
-        return self.add_batch(index, [(variable, delta)])[0]
+    def add(self, index: int, variable: str, delta: int) -> None:
+        """Ask node *index* to add; the ledger acknowledges it when AddApplied comes."""
+        self.add_batch(index, [(variable, delta)])
 
-    def add_batch(self, index: int, adds: list[tuple[str, int]]) -> list[int]:
-        """Several ``add`` calls on node *index* at one instant, then one flush.
+    def add_batch(self, index: int, adds: list[tuple[str, int]]) -> None:
+        """Several ``add`` requests to node *index* at one instant, taken by one step.
 
-        A driver may take a batch of inputs before it flushes; the node then sends their
-        ops together, which must still fit ``DATAGRAM_BYTES_MAX`` per datagram.
+        The node then sends their ops together, which must still fit
+        ``DATAGRAM_BYTES_MAX`` per datagram.
         """
-        slot = self.slots[index]
-        node = self.node(index)
-        boot = slot.boot
-        tickets = []
-        touched: dict[str, None] = {}
         what = "add " + ", ".join(f"{variable} {delta}" for variable, delta in adds)
         for variable, delta in adds:
             self.stats.adds_called += 1
-            ticket = self._call(slot, what, node.add, variable, delta, self.now)
-            self._pending[(index, boot, ticket)] = (variable, delta)
-            tickets.append(ticket)
-            touched[variable] = None
-        self._flush(slot, what, touched=touched)
-        return tickets
+            self._request(index, Add(variable, (delta,)), (variable, delta))
+        self._kick(self.slots[index], what)
 
     def create(self, index: int, variable: str) -> None:
-        slot = self.slots[index]
-        node = self.node(index)
         self.stats.creates += 1
-        what = f"create {variable}"
-        self._call(slot, what, node.create, variable, self.now)
-        self._flush(slot, what, touched={variable: None})
+        self._request(index, Create(variable))
+        self._kick(self.slots[index], f"create {variable}")
 
-    def start_sync(self, index: int) -> int:
-        slot = self.slots[index]
-        node = self.node(index)
+    def start_sync(self, index: int) -> None:
         self.stats.syncs_started += 1
-        ticket = self._call(slot, "start_sync", node.start_sync, self.now)
-        self._flush(slot, "start_sync")
-        return ticket
+        self._request(index, StartSync())
+        self._kick(self.slots[index], "start_sync")
+
+    def _request(self, index: int, request: Request, add: tuple[str, int] | None = None) -> None:
+        self.node(index)
+        stepper = self.slots[index].stepper
+        assert stepper is not None
+        stepper.offer(request, add)
+
+    def _kick(self, slot: Slot, what: str) -> None:
+        """Step *slot* now, unless it is writing: then its inputs wait for the disk."""
+        if slot.writing is None:
+            self._step(slot, what)
 
     # stepping -----------------------------------------------------------
     def run_until(self, until: float) -> None:
@@ -361,7 +386,7 @@ class Cluster:
             elif t_timer is not None:
                 if t_timer > until:
                     break
-                self._fire_timer()
+                self._wake()
             else:
                 break
         if until > self.clock.now:
@@ -386,30 +411,30 @@ class Cluster:
         deliver_at, delivery = popped
         self._advance(deliver_at)
         slot = self._by_address[delivery.destination]
-        node = slot.node
-        assert node is not None, "network delivered to a detached address"
-        what = f"recv {delivery.source[0]} {len(delivery.payload)}B"
-        self._call(
-            slot,
-            what,
-            node.receive_datagram,
-            delivery.payload,
-            delivery.source,
-            self.now,
-            delivery.multicast,
-        )
-        self._flush(slot, what)
+        assert slot.stepper is not None, "network delivered to a detached address"
+        dropped = slot.stepper.offer_datagram(delivery.payload, delivery.source, delivery.multicast)
+        if dropped is not None:
+            self.stats.dropped_inbox += 1
+        self._kick(slot, f"recv {delivery.source[0]} {len(delivery.payload)}B")
 
-    def _fire_timer(self) -> None:
+    def _wake(self) -> None:
+        """A slot's wake-up: its disk finished a write, inputs wait, or its timer is due."""
         deadline, index, _ = heapq.heappop(self._timers)
         slot = self.slots[index]
-        node = slot.node
-        assert node is not None
+        stepper = slot.stepper
+        assert stepper is not None
         self._advance(deadline)
         slot.timer = None
         slot.timer_version += 1
-        self._call(slot, "timer", node.handle_timer, self.now)
-        idle = self._flush(slot, "timer")
+        if slot.writing is not None:
+            writing, slot.writing = slot.writing, None
+            self._complete(slot, writing.flush, writing.what, writing.touched, writing.full)
+            return  # what waited meanwhile makes the slot due now: the next wake-up
+        requests, datagrams = stepper.waiting
+        if requests or datagrams:
+            self._step(slot, f"step {requests} requests {datagrams} datagrams")
+            return
+        idle = self._step(slot, "timer")
         if idle and slot.timer is not None and slot.timer <= self.now:
             slot.idle_fires += 1
             if slot.idle_fires >= IDLE_TIMER_FIRES_MAX:
@@ -432,15 +457,57 @@ class Cluster:
                 f"t={self.now!r}: {error}"
             ) from error
 
-    # the flush: persist, send, report ------------------------------------
-    def _flush(
+    # the step and its flush: persist, answer, send, report ---------------------
+    def _step(self, slot: Slot, what: str) -> bool:
+        """One step of the daemon's `Stepper` on *slot*; True if it did nothing."""
+        stepper = slot.stepper
+        assert stepper is not None
+        requests, datagrams = stepper.waiting
+        if requests + datagrams > 1:
+            self.stats.steps_batched += 1
+        self.stats.step_inputs_max = max(self.stats.step_inputs_max, requests + datagrams)
+        flush = self._call(slot, what, stepper.step, self.now)
+        return self._write(slot, flush, what, {}, full=False)
+
+    def _write(
         self,
         slot: Slot,
+        flush: Flush[tuple[str, int] | None],
         what: str,
-        touched: dict[str, None] | None = None,
-        full: bool = False,
+        touched: dict[str, None],
+        full: bool,
     ) -> bool:
-        """Persist, send, report; re-arm the timer; check the node. True if it was idle.
+        """Write the flush's records; complete it now, or when the disk is done."""
+        if flush.records:
+            slot.disk.write(flush.records)
+            if slot.crash_mid_flush:
+                slot.disk.crash()
+                self.stats.crashes += 1
+                self.stats.crashes_mid_flush += 1
+                self._down(slot)
+                self.trace.step(
+                    self.now,
+                    slot.node_id,
+                    f"{what} -> r{len(flush.records)} d0 e0 crash mid-flush: written, not synced",
+                )
+                return False
+            low, high = self._write_s
+            if high > 0:
+                done_at = self.now + self._disk_rng.uniform(low, high)
+                slot.writing = Writing(flush, what, touched, full, done_at)
+                self._rearm(slot)
+                return False
+        return self._complete(slot, flush, what, touched, full)
+
+    def _complete(
+        self,
+        slot: Slot,
+        flush: Flush[tuple[str, int] | None],
+        what: str,
+        touched: dict[str, None],
+        full: bool,
+    ) -> bool:
+        """Sync, answer, send, report; re-arm the slot; check the node. True if idle.
 
         Traces the step as one line, ``<what> -> r<records> d<datagrams> e<events>``.
         """
@@ -448,22 +515,10 @@ class Cluster:
         assert node is not None
         trace = self.trace
         details: list[str] = []
-        records: list[Record] = []
-        datagrams: list[Datagram] = []
-        events: list[Event] = []
-        outcome = ""
-        touched = dict(touched) if touched else {}
+        touched = dict(touched)
+        records, datagrams, events = flush.records, flush.datagrams, flush.events
         try:
-            records = node.records_to_persist()
             if records:
-                slot.disk.write(records)
-                if slot.crash_mid_flush:
-                    slot.disk.crash()
-                    self.stats.crashes += 1
-                    self.stats.crashes_mid_flush += 1
-                    self._down(slot)
-                    outcome = " crash mid-flush: written, not synced"
-                    return False
                 check_durable(slot.disk.sync(), slot.origin, self.ledger)
                 for record in records:
                     variable = getattr(record, "variable", None)
@@ -471,14 +526,20 @@ class Cluster:
                         touched[variable] = None
                 if trace.keep:
                     details.extend(f"  persist {record}" for record in records)
-            datagrams = node.datagrams_to_send()
+            for answer in flush.answers:
+                if answer.error is not None:
+                    raise InvariantViolation(
+                        f"{slot.node_id} refused a request on '{what}' at t={self.now!r}: "
+                        f"{type(answer.error).__name__}: {answer.error}"
+                    )
+                if isinstance(answer.result, Ticket) and answer.token is not None:
+                    self._pending[(slot.index, slot.boot, answer.result.number)] = answer.token
             for datagram in datagrams:
                 self.network.send(slot.address, datagram.payload, datagram.destination, self.now)
                 trace.payload(datagram.payload)
                 if trace.keep:
                     where = datagram.destination[0] if datagram.destination else "*"
                     details.append(f"  send {where} {len(datagram.payload)}B")
-            events = node.events()
             for event in events:
                 if trace.keep:
                     details.append(f"  event {event}")
@@ -498,16 +559,11 @@ class Cluster:
             trace.step(
                 self.now,
                 slot.node_id,
-                f"{what} -> r{len(records)} d{len(datagrams)} e{len(events)}{names}{outcome}",
+                f"{what} -> r{len(records)} d{len(datagrams)} e{len(events)}{names}",
             )
             for line in details:
                 trace.detail(line)
-        timer = node.get_timer()
-        if timer != slot.timer:
-            slot.timer = timer
-            slot.timer_version += 1
-            if timer is not None:
-                heapq.heappush(self._timers, (timer, slot.index, slot.timer_version))
+        self._rearm(slot)
         log_len = node.ops_in_log()
         if log_len > self.stats.log_len_max:
             self.stats.log_len_max = log_len
@@ -516,6 +572,21 @@ class Cluster:
             full = full or slot.steps % self.full_check_every == 0
             self._check_node(slot, node, touched, full)
         return not (records or datagrams or events)
+
+    def _rearm(self, slot: Slot) -> None:
+        """Wake *slot* when its disk is done, now if inputs wait, else at its timer."""
+        node, stepper = slot.node, slot.stepper
+        assert node is not None and stepper is not None
+        if slot.writing is not None:
+            wake = slot.writing.done_at
+        elif stepper.queued:
+            wake = self.now
+        else:
+            wake = node.get_timer()
+        if wake != slot.timer:
+            slot.timer = wake
+            slot.timer_version += 1
+            heapq.heappush(self._timers, (wake, slot.index, slot.timer_version))
 
     def _acknowledge(self, slot: Slot, event: AddApplied) -> None:
         pending = self._pending.pop((slot.index, slot.boot, event.ticket), None)

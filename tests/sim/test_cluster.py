@@ -113,9 +113,9 @@ def test_heal_restarts_every_down_node() -> None:
 
 def test_a_burst_of_adds_in_one_flush_fits_in_datagrams_and_converges() -> None:
     cluster = started(3)
-    tickets = cluster.add_batch(0, [(f"v{i % 4}", i) for i in range(300)])
-    assert len(set(tickets)) == 300
+    cluster.add_batch(0, [(f"v{i % 4}", i) for i in range(300)])
     assert cluster.stats.adds_acked == 300
+    assert cluster.stats.step_inputs_max == 300 and cluster.stats.steps_batched == 1
     assert cluster.network.stats.datagrams_sent > 1  # split to fit DATAGRAM_BYTES_MAX
     cluster.await_convergence(10.0)
     assert sum(cluster.node(2).value(f"v{i}") or 0 for i in range(4)) == sum(range(300))

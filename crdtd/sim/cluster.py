@@ -616,9 +616,11 @@ class Cluster:
                     )
 
     def check_all(self) -> None:
-        """Scan every variable of every live node (cheap enough now and then)."""
+        """Scan every variable of every live node (cheap enough now and then). A node
+        whose disk is still writing runs ahead of its disk, as the daemon's does (and
+        shows nothing of it yet): it is checked when the write completes."""
         for slot in self.slots:
-            if slot.node is not None:
+            if slot.node is not None and slot.writing is None:
                 self._check_node(slot, slot.node, {}, full=True)
 
     # heal and convergence -------------------------------------------------

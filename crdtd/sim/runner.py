@@ -33,6 +33,9 @@ BIG_TOTAL_LIMIT = 2**61
 """Past this running total a big delta is drawn towards zero, to stay within int64."""
 
 Action = Callable[[Cluster], None]
+WRITE_S = (0.0002, 0.002)
+"""How long a node's disk takes to write and sync one flush, seconds (an SSD's
+fdatasync, roughly): while it writes, inputs queue, and the next step is a batch."""
 FORGERIES = ("base", "op", "mark", "impersonate", "barrier")
 
 
@@ -67,6 +70,9 @@ class RunResult:
     crashes: int
     crashes_mid_flush: int
     wipes: int
+    steps_batched: int
+    """Node steps that took several inputs at once: the driver's batching, exercised."""
+    step_inputs_max: int
     trace: list[str] = field(default_factory=list)
 
     @property
@@ -389,6 +395,7 @@ def run(
         trace=trace,
         node_factory=node_factory or Node,
         full_check_every=full_check_every,
+        write_s=WRITE_S,
     )
     for (a, b), faults in per_link.items():
         cluster.network.set_link(cluster.slots[a].address, cluster.slots[b].address, faults)
@@ -429,5 +436,7 @@ def run(
         crashes=stats.crashes,
         crashes_mid_flush=stats.crashes_mid_flush,
         wipes=stats.wipes,
+        steps_batched=stats.steps_batched,
+        step_inputs_max=stats.step_inputs_max,
         trace=trace.lines,
     )

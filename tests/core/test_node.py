@@ -59,6 +59,7 @@ from crdtd.core.records import (
     VariableCreated,
 )
 from crdtd.core.settings import Key, Settings
+from crdtd.core.step import Stepper
 
 START = 12_345.678  # a loop.time()-like start, so deadlines are inexact floats
 PORT = 7000
@@ -112,13 +113,14 @@ class Lan:
     # --- the driver ---------------------------------------------------------------
 
     def flush(self, node_id: str) -> None:
-        """Persist, then send, then report: the order every driver must keep."""
+        """Persist, then send, then report: a `Flush`, in the order every owner keeps."""
         node = self.nodes[node_id]
-        self.disk[node_id].extend(node.records_to_persist())
-        for datagram in node.datagrams_to_send():
+        flush = Stepper[None](node).flush()
+        self.disk[node_id].extend(flush.records)
+        for datagram in flush.datagrams:
             self._check_persisted(node_id, datagram)
             self._send(node_id, datagram)
-        for event in node.events():
+        for event in flush.events:
             if isinstance(event, AddApplied):
                 op = OpRecorded(event.variable, event.origin, event.nonce, 0)
                 assert self._on_disk(node_id, op), f"{event} reported before it was durable"

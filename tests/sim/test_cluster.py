@@ -184,3 +184,36 @@ def test_claims_about_a_nodes_own_origin_are_refused() -> None:
     cluster.add(0, "v", 1)  # the next nonce is still its own to take
     cluster.heal()
     cluster.await_convergence(10.0)
+
+
+def test_what_arrives_while_a_disk_writes_is_taken_by_one_step_as_in_the_driver() -> None:
+    cluster = Cluster(1, 3, write_s=(0.05, 0.05))
+    for index in range(3):
+        cluster.start(index)
+    cluster.run_until(1.0)
+    batched = cluster.stats.steps_batched
+    for round_ in range(20):
+        cluster.add(0, "v", 1)
+        cluster.add(1, "v", 2)
+        assert cluster.stats.adds_acked == 2 * round_, "acknowledged before the disk was done"
+        cluster.run_until(cluster.now + 0.2)
+    assert cluster.stats.adds_acked == 40
+    assert cluster.stats.steps_batched > batched  # n02 took both nodes' ops in one step
+    cluster.await_convergence(10.0)
+    assert cluster.node(2).value("v") == 60
+
+
+def test_an_add_queued_behind_a_write_waits_and_a_crash_meanwhile_loses_only_unacked() -> None:
+    cluster = Cluster(1, 2, write_s=(0.05, 0.05))
+    for index in range(2):
+        cluster.start(index)
+    cluster.add(0, "v", 1)  # written, not yet synced
+    cluster.add(0, "v", 10)  # queued behind that write
+    assert cluster.stats.adds_acked == 0
+    cluster.crash(0)
+    assert cluster.ledger.acked_total == {}
+    cluster.start(0)
+    cluster.add(0, "v", 100)
+    cluster.run_until(1.0)
+    cluster.await_convergence(10.0)
+    assert cluster.node(1).value("v") == 100

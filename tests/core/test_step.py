@@ -1,0 +1,84 @@
+"""The step every owner runs: requests, then datagrams, then the timer, and one flush
+whose answers come after its records."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from crdtd.core.events import AddApplied
+from crdtd.core.ids import InvalidInput, Origin
+from crdtd.core.node import Node
+from crdtd.core.records import OpRecorded
+from crdtd.core.requests import Add, Create, ReadVariable, Ticket
+from crdtd.core.settings import DATAGRAM_BYTES_MAX, Settings
+from crdtd.core.step import DROPPED_INBOX_FULL, DROPPED_OVERSIZED, Stepper
+from crdtd.core.view import UnknownVariable, VariableView
+
+ADDRESS = ("10.0.0.2", 7778)
+
+
+def stepper() -> Stepper[str]:
+    node = Node(Origin("a", 1), Settings(), random.Random(0), 0.0)
+    stepped: Stepper[str] = Stepper(node, inbox_max=2)
+    stepped.step(0.0)
+    return stepped
+
+
+def test_a_steps_requests_are_answered_in_order_after_its_records() -> None:
+    stepped = stepper()
+    stepped.offer(Create("x"), "create")
+    stepped.offer(Add("x", (5,)), "add")
+    stepped.offer(ReadVariable("x"), "read")
+    flush = stepped.step(1.0)
+    assert [answer.token for answer in flush.answers] == ["create", "add", "read"]
+    created, added, read = (answer.result for answer in flush.answers)
+    assert created is True and isinstance(added, Ticket)
+    assert isinstance(read, VariableView) and read.value == 5
+    assert any(isinstance(record, OpRecorded) for record in flush.records)
+    [applied] = [event for event in flush.events if isinstance(event, AddApplied)]
+    assert applied.ticket == added.number
+
+
+def test_a_request_that_raises_is_answered_with_its_error_and_the_rest_still_run() -> None:
+    stepped = stepper()
+    stepped.offer(ReadVariable("missing"), "bad")
+    stepped.offer(Add("x", (1, 2), "id-1"), "named batch")
+    stepped.offer(Create("x"), "good")
+    flush = stepped.step(1.0)
+    errors = [type(answer.error) for answer in flush.answers]
+    assert errors == [UnknownVariable, ValueError, type(None)]
+    assert issubclass(UnknownVariable, InvalidInput)
+
+
+def test_a_budget_that_runs_out_leaves_the_other_requests_for_the_next_step() -> None:
+    stepped = stepper()
+    for n in range(3):
+        stepped.offer(Create(f"v{n}"), f"v{n}")
+    assert [a.token for a in stepped.step(1.0, lambda: False).answers] == ["v0"]
+    assert stepped.waiting == (2, 0) and stepped.queued
+    assert [a.token for a in stepped.step(1.0).answers] == ["v1", "v2"]
+    assert not stepped.queued
+
+
+def test_oversized_datagrams_and_a_full_inbox_are_dropped_before_parsing() -> None:
+    stepped = stepper()
+    assert stepped.offer_datagram(bytes(DATAGRAM_BYTES_MAX + 1), ADDRESS, False) == (
+        DROPPED_OVERSIZED
+    )
+    assert stepped.offer_datagram(b"x", ADDRESS, False) is None
+    assert stepped.offer_datagram(b"y", ADDRESS, True) is None
+    assert stepped.offer_datagram(b"z", ADDRESS, False) == DROPPED_INBOX_FULL
+    assert stepped.waiting == (0, 2)
+    stepped.step(1.0)
+    assert stepped.node.stats["rejected_malformed"] == 2
+    assert stepped.waiting == (0, 0)
+
+
+@pytest.mark.parametrize("deltas", [(1,), (1, 2, 3)])
+def test_one_add_and_a_batch_each_return_one_ticket(deltas: tuple[int, ...]) -> None:
+    stepped = stepper()
+    stepped.offer(Add("x", deltas), "add")
+    [answer] = stepped.step(1.0).answers
+    assert isinstance(answer.result, Ticket)

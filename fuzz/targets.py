@@ -57,6 +57,7 @@ from crdtd.core.messages import (
 )
 from crdtd.core.node import Node
 from crdtd.core.settings import DATAGRAM_BYTES_MAX, Key, Settings
+from crdtd.core.step import Stepper
 
 KEYS = (Key("fuzz-2026b", b"\x01" * 32), Key("fuzz-2026a", b"\x02" * 48))
 PEER_ADDRESS = ("10.0.0.2", 7778)
@@ -196,10 +197,8 @@ def deliver(node: Node, data: bytes, now: float, via_multicast: bool = False) ->
 
 
 def _drain(node: Node) -> None:
-    node.records_to_persist()
-    for datagram in node.datagrams_to_send():
+    for datagram in Stepper[None](node).flush().datagrams:
         assert len(datagram.payload) <= DATAGRAM_BYTES_MAX
-    node.events()
 
 
 def save_history(history: Sequence[bytes], directory: Path | None = None) -> Path:

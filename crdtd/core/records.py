@@ -1,8 +1,8 @@
 """Durable records: what a node asks its driver to write down before anything else.
 
-The driver obeys one order on every flush: write and sync ``Node.records_to_persist()``,
-then send ``Node.datagrams_to_send()``, then report ``Node.events()``. So a nonce is on
-disk before it is on the wire, and an add is acknowledged only once it is durable.
+Every owner obeys one order on every flush (`crdtd.core.step.Flush`): write and sync
+the records, then answer, then send, then report the events. So a nonce is on disk
+before it is on the wire, and an add is acknowledged only once it is durable.
 
 A node is rebuilt by replaying records in the order they were written (``Node(...,
 records=...)``). Every record is idempotent, so a store may also hand back an equivalent,

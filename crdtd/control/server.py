@@ -1,14 +1,18 @@
 """The asyncio shell around `crdtd.control.protocol`: crdtd's Unix-socket control server.
 
 Rules:
-- one task per connection reads requests; answers are written strictly in request
-  order, so a client may pipeline, and a slow request (``sync``) delays only its own
-  connection. A request whose answer is small and cheap (`STARTED_AT_ONCE`: ``add``,
-  ``get``...) starts as soon as it is read, so pipelined adds share a disk commit;
-  any other starts only when its turn to be written comes, after the answers before
-  it went out. So a connection holds at most one big answer (``history``, ``verify``,
-  ``stats``...) and ``PIPELINE_MAX`` small ones; while they wait unsent, reading stops:
-  a client that pipelines without reading costs bounded memory and no work;
+- each connection is an `asyncio.Protocol`: every complete line of a read is decoded at
+  once, and a request whose answer is small and cheap (`STARTED_AT_ONCE`: ``add``,
+  ``get``...) is started at once, without a task (`Handler.answer` returns a future), so
+  the adds of a read (a pipelining client's, or many clients') land in one driver step
+  and share its one disk commit. Answers are written strictly in request order, and
+  those ready at the head together in one write, so a client may pipeline, and a slow
+  request (``sync``) delays only its own connection. Any other request starts only
+  when its turn comes, after the answers before it were written. So a connection holds
+  at most one big answer (``history``, ``verify``, ``stats``...) and ``PIPELINE_MAX``
+  small ones; while that many wait, or the client does not read what we write (the
+  transport's flow control), reading stops: a client that pipelines without reading
+  costs bounded memory and no work;
 - the handler sees only validated `Request` objects; bad lines are answered here and the
   connection stays usable, except a line over the size limit: answered, then closed;
 - ``ping`` is answered here with ``{}``; ``watch`` turns the connection into a stream
@@ -32,7 +36,9 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import functools
 import os
 import socket
 import stat
@@ -60,7 +66,6 @@ from crdtd.control.protocol import (
 )
 
 SOCKET_MODE = 0o660
-READ_BYTES = 64 * 1024
 PIPELINE_MAX = 256  # requests of one connection read and not yet answered
 STARTED_AT_ONCE = frozenset({"add", "create", "get", "before", "ping"})
 """Commands started as soon as they are read: their answers are a few hundred bytes."""
@@ -75,9 +80,10 @@ started yet, or None for the end of input."""
 class Handler(Protocol):
     """What the daemon implements to answer control requests."""
 
-    async def handle(self, request: Request) -> dict[str, Any]:
-        """Answer any command but ``watch`` and ``ping`` with the response's ``data``,
-        or raise `ControlError` (``not_found``, ``busy``, ``timeout``, ...)."""
+    def answer(self, request: Request) -> asyncio.Future[dict[str, Any]]:
+        """Start answering any command but ``watch`` and ``ping``: a future of the
+        response's ``data``, or of a `ControlError` (``not_found``, ``busy``,
+        ``timeout``, ...). Called in the event loop; it must not block."""
         ...
 
     def watch(self, variable: str) -> AsyncIterator[dict[str, Any]]:
@@ -85,6 +91,17 @@ class Handler(Protocol):
         first so the client knows the watch is live. Raise `ControlError` (for example
         ``not_found``) to refuse. Closed (``aclose``) when the client goes away."""
         ...
+
+
+class CoroutineHandler:
+    """A `Handler` whose answers are coroutines: ``answer`` runs `handle` as a task.
+    The daemon's handler answers its hot commands without a task."""
+
+    async def handle(self, request: Request) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def answer(self, request: Request) -> asyncio.Future[dict[str, Any]]:
+        return asyncio.ensure_future(self.handle(request))
 
 
 class SocketPathError(Exception):
@@ -115,7 +132,7 @@ class ControlServer:
         self._handler = handler
         self._connections_max = connections_max
         self._idle_timeout_s = idle_timeout_s
-        self._connections: set[asyncio.Task[None]] = set()
+        self._connections: set[_Connection] = set()
         self._server: asyncio.Server | None = None
         self._closing = False
         self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of our socket
@@ -132,8 +149,8 @@ class ControlServer:
         if self._listening is not None:
             # The file is systemd's: asyncio 3.13+ would remove it on close unless told.
             keep = {"cleanup_socket": False} if sys.version_info >= (3, 13) else {}
-            self._server = await asyncio.start_unix_server(
-                self._accept, sock=self._listening, **keep
+            self._server = await asyncio.get_running_loop().create_unix_server(
+                self._connection, sock=self._listening, **keep
             )
             return
         await _refuse_if_taken(self.path)
@@ -144,7 +161,9 @@ class ControlServer:
         try:
             sock.bind(os.fspath(staging))
             os.chmod(staging, SOCKET_MODE)
-            self._server = await asyncio.start_unix_server(self._accept, sock=sock)
+            self._server = await asyncio.get_running_loop().create_unix_server(
+                self._connection, sock=sock
+            )
             os.rename(staging, self.path)
         except OSError as error:
             sock.close()
@@ -167,9 +186,8 @@ class ControlServer:
         server, self._server = self._server, None
         self._closing = True
         server.close()
-        for task in self._connections:
-            task.cancel()
-        await asyncio.gather(*self._connections, return_exceptions=True)
+        for connection in list(self._connections):
+            connection.abort()
         await server.wait_closed()
         with contextlib.suppress(OSError):
             info = os.lstat(self.path)
@@ -188,105 +206,14 @@ class ControlServer:
     ) -> None:
         await self.close()
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _connection(self) -> asyncio.Protocol:
         if len(self._connections) >= self._connections_max:
-            message = f"too many control connections (limit {self._connections_max})"
-            writer.write(encode_error(None, ErrorCode.BUSY, message))
-            writer.close()  # the transport flushes the answer before closing
-            return
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
-        try:
-            await self._converse(reader, writer)
-        except (ConnectionError, TimeoutError):
-            pass  # the client went away or stopped reading; nothing to answer
-        except asyncio.CancelledError:
-            if not self._closing:
-                raise
-            # `close` ended us: finish quietly, because asyncio 3.11's stream callback
-            # logs a cancelled connection task as an error.
-        finally:
-            self._connections.discard(task)
-            writer.close()
+            return _Refused(f"too many control connections (limit {self._connections_max})")
+        return _Connection(self)
 
-    async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Read requests and start each at once; a second task writes answers in order.
-
-        Starting a request before the previous one is answered is what lets a pipelining
-        client's adds share one disk commit instead of paying one fsync each.
-        """
-        answers: asyncio.Queue[_Pending] = asyncio.Queue(PIPELINE_MAX)
-        sender = asyncio.ensure_future(self._send_in_order(answers, writer))
-        try:
-            await self._read_requests(reader, writer, answers)
-            await answers.put(None)
-            await sender
-        finally:
-            if not sender.done():
-                sender.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await sender
-
-    async def _send_in_order(
-        self, answers: asyncio.Queue[_Pending], writer: asyncio.StreamWriter
-    ) -> None:
-        """Write each answer in turn; a `Request` queued unstarted is answered now, once
-        everything before it is written (the transport's buffer is drained)."""
-        try:
-            while (answer := await answers.get()) is not None:
-                if isinstance(answer, Request):
-                    line = await self._answer(answer)
-                else:
-                    line = await answer
-                await self._send(writer, line)
-                answers.task_done()
-        finally:
-            while not answers.empty():
-                pending = answers.get_nowait()
-                if isinstance(pending, asyncio.Future):
-                    pending.cancel()
-
-    async def _read_requests(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        answers: asyncio.Queue[_Pending],
-    ) -> None:
-        lines = LineBuffer(REQUEST_BYTES_MAX)
-        while True:
-            try:
-                line = lines.next_line()
-            except LineTooLong:
-                message = f"request line longer than {REQUEST_BYTES_MAX} bytes; closing"
-                await answers.put(_done(encode_error(None, ErrorCode.BAD_REQUEST, message)))
-                return
-            if line is None:
-                try:
-                    async with asyncio.timeout(self._idle_timeout_s):
-                        data = await reader.read(READ_BYTES)
-                except TimeoutError:
-                    return  # idle
-                if not data:
-                    return  # end of input; a partial last line is dropped
-                lines.feed(data)
-                continue
-            try:
-                request = decode_request(line)
-            except Rejected as rejected:
-                reply = encode_error(rejected.request_id, rejected.code, rejected.message)
-                await answers.put(_done(reply))
-                continue
-            if request.cmd == "watch":
-                await answers.join()  # earlier answers go out before the stream starts
-                await self._stream(request, reader, writer)
-                return
-            if request.cmd in STARTED_AT_ONCE:
-                await answers.put(asyncio.ensure_future(self._answer(request)))
-            else:
-                await answers.put(request)  # started by the sender on its turn
-
-    async def _answer(self, request: Request) -> bytes:
+    def _answer(self, request: Request) -> asyncio.Future[dict[str, Any]] | bytes:
+        """Start *request*: a future of its answer's data, or the answer line itself
+        when it is answered here (``ping``, a write on a read-only socket)."""
         if request.cmd == "ping":
             return encode_response(request.id, {})
         if self._read_only and request.cmd not in READS:
@@ -295,35 +222,221 @@ class ControlServer:
                 "daemon's main control socket (control.socket)"
             )
             return encode_error(request.id, ErrorCode.READ_ONLY, message)
-        try:
-            return encode_response(request.id, await self._handler.handle(request))
-        except ControlError as error:
-            return encode_error(request.id, error.code, error.message)
-        except Exception:
-            _log().exception("control_handler_failed", cmd=request.cmd, request_id=request.id)
-            return _internal(request.id)
+        return self._handler.answer(request)
 
-    async def _stream(
-        self, request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+
+class _Refused(asyncio.Protocol):
+    """One connection over the limit: answered ``busy``, then closed."""
+
+    def __init__(self, message: str) -> None:
+        self._message = message
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(encode_error(None, ErrorCode.BUSY, self._message))
+        transport.close()  # the transport flushes the answer before closing
+
+
+class _Pending:
+    """A request read and not yet answered, in the connection's answer order."""
+
+    __slots__ = ("future", "line", "request")
+
+    def __init__(self, request: Request | None = None, line: bytes | None = None) -> None:
+        self.request = request  # not started yet (a big one, or a watch, waits its turn)
+        self.future: asyncio.Future[dict[str, Any]] | None = None  # started, unanswered
+        self.line = line  # answered: the line to write
+
+
+class _Connection(asyncio.Protocol):
+    """One client. Every complete line of a read is decoded at once and each small
+    request started, so pipelined adds share a step and its one commit; answers go
+    out strictly in request order, the ready ones at the head in one write."""
+
+    def __init__(self, server: ControlServer) -> None:
+        self._server = server
+        self._lines = LineBuffer(REQUEST_BYTES_MAX)
+        self._pending: collections.deque[_Pending] = collections.deque()
+        self._transport: asyncio.Transport | None = None
+        self._reading = True
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._input_ended = False  # end of input, a line over the limit, or a watch
+        self._close_when_answered = False
+        self._write_soon = False
+        self._watch: asyncio.Task[None] | None = None
+        self._idle: asyncio.TimerHandle | None = None
+
+    # --- asyncio.Protocol -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self._server._connections.add(self)
+        self._touch()
+
+    def data_received(self, data: bytes) -> None:
+        self._touch()
+        if self._input_ended:
+            return  # after a watch: read and dropped, so that a hang-up is seen
+        self._lines.feed(data)
+        while not self._input_ended:
+            try:
+                line = self._lines.next_line()
+            except LineTooLong:
+                message = f"request line longer than {REQUEST_BYTES_MAX} bytes; closing"
+                line = encode_error(None, ErrorCode.BAD_REQUEST, message)
+                self._pending.append(_Pending(line=line))
+                self._input_ended = self._close_when_answered = True
+                break
+            if line is None:
+                break
+            self._take(line)
+        self._write_ready()
+
+    def eof_received(self) -> bool:
+        """End of input (a partial last line is dropped): answer what was asked, then
+        close. A watch ends with the hang-up."""
+        self._input_ended = True
+        if self._watch is not None:
+            self._watch.cancel()
+            return False
+        self._close_when_answered = True
+        self._write_ready()
+        return True  # keep the transport open to write the remaining answers
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+        self._touch()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+        self._touch()
+        self._write_ready()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server._connections.discard(self)
+        if self._idle is not None:
+            self._idle.cancel()
+        for pending in self._pending:
+            if pending.future is not None:
+                pending.future.cancel()
+        self._pending.clear()
+        if self._watch is not None:
+            self._watch.cancel()
+        self._writable.set()  # a watch waiting to write wakes up and sees the end
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+    # --- requests and answers ---------------------------------------------------------
+
+    def _take(self, line: bytes) -> None:
+        try:
+            request = decode_request(line)
+        except Rejected as rejected:
+            reply = encode_error(rejected.request_id, rejected.code, rejected.message)
+            self._pending.append(_Pending(line=reply))
+            return
+        pending = _Pending(request)
+        self._pending.append(pending)
+        if request.cmd == "watch":
+            self._input_ended = True  # the stream starts once earlier answers are out
+        elif request.cmd in STARTED_AT_ONCE:
+            self._start(pending)
+
+    def _start(self, pending: _Pending) -> None:
+        request = pending.request
+        assert request is not None
+        pending.request = None
+        answer = self._server._answer(request)
+        if isinstance(answer, bytes):
+            pending.line = answer
+            return
+        pending.future = answer
+        answer.add_done_callback(functools.partial(self._answered, pending, request))
+
+    def _answered(
+        self, pending: _Pending, request: Request, future: asyncio.Future[dict[str, Any]]
     ) -> None:
-        """Run a watch until the handler's iterator ends or the client hangs up."""
-        async with asyncio.TaskGroup() as group:
-            hangup = group.create_task(_drain_input(reader))
-            pump = group.create_task(self._pump(request, writer))
-            hangup.add_done_callback(lambda _: pump.cancel())
-            pump.add_done_callback(lambda _: hangup.cancel())
+        pending.future = None
+        if future.cancelled():
+            return  # the connection is gone
+        error = future.exception()
+        if error is None:
+            pending.line = encode_response(request.id, future.result())
+        elif isinstance(error, ControlError):
+            pending.line = encode_error(request.id, error.code, error.message)
+        else:
+            _log().error(
+                "control_handler_failed", cmd=request.cmd, request_id=request.id, exc_info=error
+            )
+            pending.line = _internal(request.id)
+        if not self._write_soon:
+            # Answers settle one callback at a time (a step's adds all at once): write
+            # them together, once the loop has run the others.
+            self._write_soon = True
+            asyncio.get_running_loop().call_soon(self._write_ready)
 
-    async def _pump(self, request: Request, writer: asyncio.StreamWriter) -> None:
+    def _write_ready(self) -> None:
+        """Write the ready answers at the head in one write; start the head if it
+        waited for its turn (everything before it is written, and the client reads);
+        stop reading while `PIPELINE_MAX` wait; close once all is answered if the
+        input ended."""
+        self._write_soon = False
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        lines: list[bytes] = []
+        while self._pending:
+            head = self._pending[0]
+            if head.line is not None:
+                lines.append(self._pending.popleft().line)  # type: ignore[arg-type]
+                continue
+            if head.request is None or not self._writable.is_set():
+                break  # being answered; or the client does not read what we write
+            if lines:
+                transport.write(b"".join(lines))
+                lines = []
+                if not self._writable.is_set():
+                    break
+            if head.request.cmd == "watch":
+                self._pending.popleft()
+                self._start_watch(head.request)
+                break
+            self._start(head)
+        if lines:
+            transport.write(b"".join(lines))
+        waiting = len(self._pending)
+        if self._reading and waiting >= PIPELINE_MAX:
+            self._reading = False
+            transport.pause_reading()
+        elif not self._reading and waiting < PIPELINE_MAX and self._watch is None:
+            self._reading = True
+            transport.resume_reading()
+        if not self._pending and self._close_when_answered and self._watch is None:
+            transport.close()
+
+    # --- watch --------------------------------------------------------------------------
+
+    def _start_watch(self, request: Request) -> None:
+        self._watch = asyncio.ensure_future(self._stream(request))
+
+    async def _stream(self, request: Request) -> None:
+        """Write the handler's items until it ends the stream or the client hangs up."""
         items: AsyncIterator[dict[str, Any]] | None = None
+        ending: bytes | None = None
         try:
-            items = self._handler.watch(request.args["variable"])
+            items = self._server._handler.watch(request.args["variable"])
             async for item in items:
-                await self._send(writer, encode_response(request.id, item))
-            return  # the handler ended the stream
+                await self._write(encode_response(request.id, item))
         except ControlError as error:
             ending = encode_error(request.id, error.code, error.message)
         except (ConnectionError, TimeoutError):
-            return  # the watcher went away or stopped reading
+            pass  # the watcher went away or stopped reading
+        except asyncio.CancelledError:
+            pass  # the client hung up, or the server closes
         except Exception:
             _log().exception("control_watch_failed", request_id=request.id)
             ending = _internal(request.id)
@@ -331,13 +444,40 @@ class ControlServer:
             aclose = getattr(items, "aclose", None)
             if aclose is not None:
                 await aclose()
-        with contextlib.suppress(ConnectionError, TimeoutError):
-            await self._send(writer, ending)
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            if ending is not None:
+                transport.write(ending)
+            transport.close()
 
-    async def _send(self, writer: asyncio.StreamWriter, line: bytes) -> None:
-        writer.write(line)
-        async with asyncio.timeout(self._idle_timeout_s):
-            await writer.drain()
+    async def _write(self, line: bytes) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            raise ConnectionError("the watcher went away")
+        transport.write(line)
+        if not self._writable.is_set():
+            async with asyncio.timeout(self._server._idle_timeout_s):
+                await self._writable.wait()
+
+    # --- idleness -----------------------------------------------------------------------
+
+    def _touch(self) -> None:
+        """Something moved: the idle clock starts again."""
+        if self._idle is not None:
+            self._idle.cancel()
+        loop = asyncio.get_running_loop()
+        self._idle = loop.call_later(self._server._idle_timeout_s, self._idle_check)
+
+    def _idle_check(self) -> None:
+        """Close a connection that sent nothing, or read nothing we wrote, for the idle
+        timeout; no limit while a request is being answered or a watch is open."""
+        self._idle = None
+        busy = any(pending.future is not None for pending in self._pending)
+        if self._writable.is_set() and (busy or self._watch is not None):
+            self._touch()
+            return
+        if self._transport is not None:
+            self._transport.abort()
 
 
 async def serve(
@@ -358,19 +498,6 @@ async def serve(
     )
     await server.start()
     return server
-
-
-async def _drain_input(reader: asyncio.StreamReader) -> None:
-    """Read and drop input until the client hangs up."""
-    with contextlib.suppress(ConnectionError):
-        while await reader.read(READ_BYTES):
-            pass
-
-
-def _done(line: bytes) -> asyncio.Future[bytes]:
-    future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-    future.set_result(line)
-    return future
 
 
 def _internal(request_id: RequestId) -> bytes:

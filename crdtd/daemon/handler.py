@@ -27,15 +27,18 @@ import fcntl
 import random
 import socket
 import struct
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from crdtd.control.protocol import HISTORY_PAGE_OPS, ControlError, ErrorCode, Request
+from crdtd.control.server import CoroutineHandler
+from crdtd.core.events import AddApplied
 from crdtd.core.ids import InvalidInput
+from crdtd.core.requests import Add, ReadVariable
 from crdtd.core.settings import Settings
-from crdtd.core.view import NodeState, UnknownVariable
+from crdtd.core.view import NodeState, UnknownVariable, VariableView
 from crdtd.daemon.reporting import BarrierStats, Reporter
 from crdtd.daemon.verify import summarize
 from crdtd.net.driver import Driver
@@ -86,7 +89,10 @@ class NetInfo:
     socket_inodes: tuple[int, ...] = ()
 
 
-class Handler:
+class Handler(CoroutineHandler):
+    """The daemon's answers. ``add`` and ``get`` (the hot ones) are answered without a
+    task: the driver's future is converted by a callback; the rest run as coroutines."""
+
     def __init__(
         self,
         driver: Driver,
@@ -104,6 +110,16 @@ class Handler:
         self._add_timeout_s = freeze + 5.0
         self._sync_timeout_s = 3 * freeze + 5.0
         self._verify_timeout_s = settings.verify_timeout_s + 5.0
+
+    def answer(self, request: Request) -> asyncio.Future[dict[str, Any]]:
+        args = request.args
+        if request.cmd == "add":
+            add = Add(args["variable"], (args["delta"],), args.get("request_id"))
+            late = ControlError(ErrorCode.TIMEOUT, "the add was not applied in time")
+            return _then(self._driver.submit(add), _add_data, self._add_timeout_s, late)
+        if request.cmd == "get":
+            return _then(self._driver.submit(ReadVariable(args["variable"])), _get_data)
+        return super().answer(request)
 
     async def handle(self, request: Request) -> dict[str, Any]:
         method = getattr(self, f"_cmd_{request.cmd.replace('-', '_')}")
@@ -137,13 +153,7 @@ class Handler:
     # --- reads ----------------------------------------------------------------------
 
     async def _cmd_get(self, variable: str) -> dict[str, Any]:
-        view = await self._driver.get(variable)
-        return {
-            "variable": variable,
-            "value": view.value,
-            "before": view.before,
-            "mode": view.mode.value,
-        }
+        return _get_data(await self._driver.get(variable))
 
     async def _cmd_before(self, variable: str) -> dict[str, Any]:
         view = await self._driver.get(variable)
@@ -239,13 +249,7 @@ class Handler:
                 last = await self._driver.add(variable, deltas, request_id)
         except TimeoutError:
             raise ControlError(ErrorCode.TIMEOUT, "the add was not applied in time") from None
-        return {
-            "variable": last.variable,
-            "node_id": last.origin.node_id,
-            "incarnation": last.origin.incarnation,
-            "nonce": last.nonce,
-            "value": last.value,
-        }
+        return _add_data(last)
 
     async def _cmd_sync(self) -> dict[str, Any]:
         try:
@@ -648,6 +652,67 @@ def udp_drops(inodes: Iterable[int], proc_net: Path = PROC_NET) -> dict[int, int
         if len(fields) >= 13 and fields[9].isdecimal() and int(fields[9]) in wanted:
             drops[int(fields[9])] = int(fields[12])
     return drops
+
+
+def _add_data(applied: AddApplied) -> dict[str, Any]:
+    return {
+        "variable": applied.variable,
+        "node_id": applied.origin.node_id,
+        "incarnation": applied.origin.incarnation,
+        "nonce": applied.nonce,
+        "value": applied.value,
+    }
+
+
+def _get_data(view: VariableView) -> dict[str, Any]:
+    return {
+        "variable": view.variable,
+        "value": view.value,
+        "before": view.before,
+        "mode": view.mode.value,
+    }
+
+
+def _then(
+    inner: asyncio.Future[Any],
+    convert: Callable[[Any], dict[str, Any]],
+    timeout_s: float | None = None,
+    late: ControlError | None = None,
+) -> asyncio.Future[dict[str, Any]]:
+    """The answer to a driver request, converted by *convert* in a callback (no task);
+    after *timeout_s* it is *late* instead. Cancelling it drops the driver's answer."""
+    loop = asyncio.get_running_loop()
+    out: asyncio.Future[dict[str, Any]] = loop.create_future()
+    timer = None if timeout_s is None else loop.call_later(timeout_s, _expire, out, late)
+
+    def settle(_: asyncio.Future[Any]) -> None:
+        if timer is not None:
+            timer.cancel()
+        if out.done():
+            return
+        if inner.cancelled():
+            out.cancel()
+        elif (error := inner.exception()) is not None:
+            out.set_exception(_control_error(error))
+        else:
+            out.set_result(convert(inner.result()))
+
+    inner.add_done_callback(settle)
+    out.add_done_callback(lambda _: inner.cancel() if out.cancelled() else None)
+    return out
+
+
+def _expire(out: asyncio.Future[dict[str, Any]], late: ControlError | None) -> None:
+    if not out.done():
+        out.set_exception(late or ControlError(ErrorCode.TIMEOUT, "no answer in time"))
+
+
+def _control_error(error: BaseException) -> BaseException:
+    if isinstance(error, UnknownVariable):
+        return ControlError(ErrorCode.NOT_FOUND, str(error))
+    if isinstance(error, InvalidInput):
+        return ControlError(ErrorCode.BAD_REQUEST, str(error))
+    return error
 
 
 def _peers(state: NodeState) -> list[dict[str, Any]]:

@@ -216,11 +216,17 @@ class Driver:
     async def state(self) -> NodeState:
         return cast(NodeState, await self._ask(ReadNode()))
 
-    async def _ask(self, request: Request) -> object:
+    def submit(self, request: Request) -> asyncio.Future[Any]:
+        """Queue *request* for the next step; the future gets its answer after that
+        step's commit (a `Ticket`'s: the event carrying it), or the error it raised.
+        Cancel it to drop the answer (the request is applied all the same)."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._stepper.offer(request, future)
         self._wakeup.set()
-        return await future
+        return future
+
+    async def _ask(self, request: Request) -> object:
+        return await self.submit(request)
 
     # --- the owner task -----------------------------------------------------------
 

@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from crdtd.control.protocol import ControlError, ErrorCode, Request
-from crdtd.control.server import ControlServer, serve
+from crdtd.control.server import ControlServer, CoroutineHandler, serve
 
 PEER = {"node_id": "n2", "address": ["10.0.0.2", 7946], "mode": "work", "last_seen_ms": 1500}
 
 
-class FakeHandler:
+class FakeHandler(CoroutineHandler):
     """Answers like the daemon, from dicts. Knobs: ``modes`` (status answers these modes
     in turn before ``mode``), ``sync_hangs``, ``sync_result``, ``scripted_changes``
     (queued for each new watch; None ends the stream), ``keys`` (the answer to keys).

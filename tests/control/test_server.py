@@ -196,7 +196,8 @@ def test_a_handler_refusal_and_a_handler_bug_are_answered_and_the_connection_liv
             "get",
             2,
         )
-        assert entry["log_level"] == "error" and entry["exc_info"] is True
+        assert entry["log_level"] == "error"
+        assert isinstance(entry["exc_info"], RuntimeError)  # rendered with its traceback
         assert (await client.call("ping", 3))["ok"]
         await client.close()
 

@@ -46,8 +46,9 @@ order for the ``upto >= nonce`` comparisons. A base's total is a sum of signed 6
 deltas and may leave that range, so it is stored as decimal text.
 
 Threading: the connection is opened with ``check_same_thread=False`` so the daemon can
-call the blocking methods through ``asyncio.to_thread``. A Store is not thread-safe:
-only one thread may use it at a time (the daemon's one driver task awaits each call).
+call `prune` through ``asyncio.to_thread`` (the driver writes `append` in the loop's
+own thread). A Store is not thread-safe: only one thread may use it at a time (the
+daemon's one driver task awaits each call).
 """
 
 from __future__ import annotations

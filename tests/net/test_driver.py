@@ -8,7 +8,6 @@ import contextlib
 import random
 import socket
 import sqlite3
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import structlog
 from crdtd.core.ids import Origin
 from crdtd.core.node import Node
 from crdtd.core.records import BaseFolded, OpRecorded, Record, VariableCreated
+from crdtd.core.requests import Create
 from crdtd.core.settings import Settings
 from crdtd.core.step import Flush
 from crdtd.daemon.reporting import Reporter
@@ -28,17 +28,18 @@ from crdtd.store.sqlite import Store
 WAIT_S = 10.0
 
 
-class GatedStore:
-    """A real store whose appends wait for `release` (a slow disk)."""
+class WatchedStore:
+    """A real store that notes, at each append, whether the watched future was
+    already answered (it must not be: the answer waits for the write)."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.entered = threading.Event()
-        self.gate = threading.Event()
+        self.watched: asyncio.Future[Any] | None = None
+        self.answered_before_write: list[bool] = []
 
     def append(self, records: list[Record]) -> None:
-        self.entered.set()
-        assert self.gate.wait(WAIT_S), "the test never released the store"
+        if self.watched is not None and VariableCreated("x") in records:
+            self.answered_before_write.append(self.watched.done())
         self.store.append(records)
 
     @property
@@ -75,20 +76,17 @@ def make_driver(store: Any, group: tuple[str, int]) -> Driver:
 
 
 def test_a_request_is_answered_only_once_its_records_are_on_disk(store: Store) -> None:
-    gated = GatedStore(store)
+    watched = WatchedStore(store)
     group = udp_socket()
 
     async def scenario() -> None:
-        driver = make_driver(gated, group.getsockname())
+        driver = make_driver(watched, group.getsockname())
         await driver.attach(udp_socket(), udp_socket())
         running = asyncio.create_task(driver.run())
-        created = asyncio.create_task(driver.create("x"))
-        await asyncio.to_thread(gated.entered.wait, WAIT_S)
-        await asyncio.sleep(0.2)
-        assert not created.done(), "answered while its record was still being written"
-        assert VariableCreated("x") not in store.load()
-        gated.gate.set()
+        created = driver.submit(Create("x"))
+        watched.watched = created
         assert await asyncio.wait_for(created, WAIT_S) is True
+        assert watched.answered_before_write == [False]
         assert VariableCreated("x") in store.load()
         driver.stop()
         await asyncio.wait_for(running, WAIT_S)
@@ -96,7 +94,6 @@ def test_a_request_is_answered_only_once_its_records_are_on_disk(store: Store) -
     try:
         asyncio.run(scenario())
     finally:
-        gated.gate.set()
         group.close()
 
 

@@ -140,6 +140,7 @@ class Driver:
         self._stopping = asyncio.Event()
         self._waiters: dict[int, asyncio.Future[Any]] = {}
         self._sockets: list[socket.socket] = []  # the unicast one first: we send from it
+        self._own: tuple[str, int] | None = None
         self._status = ""
         self._requests_until = 0.0
         self.steps = StepStats()
@@ -151,6 +152,9 @@ class Driver:
         *unicast*. The driver closes them when it stops."""
         loop = asyncio.get_running_loop()
         self._sockets = [unicast, multicast]
+        # Our own multicast comes back from exactly this address (the unicast socket
+        # binds it exclusively); it is skipped before any parsing or verifying.
+        self._own = unicast.getsockname()[:2]
         for sock in self._sockets:
             sock.setblocking(False)  # _drain reads until the socket would block
         loop.add_reader(unicast.fileno(), self._drain, unicast, False)
@@ -166,6 +170,8 @@ class Driver:
             except OSError:
                 self.count("socket_errors")
                 return
+            if multicast and (host, port) == self._own:
+                continue
             self.enqueue_datagram(data, (host, port), multicast)
 
     def enqueue_datagram(self, data: bytes, address: Address, multicast: bool) -> None:

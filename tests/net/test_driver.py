@@ -228,3 +228,21 @@ def test_an_idle_driver_deletes_folded_ops_a_slice_at_a_time_and_answers_between
     assert len(slices) >= 3 and slices[-1] is False  # 60,000 ops, 20,000 a slice
     with contextlib.closing(sqlite3.connect(state_dir / "crdtd.sqlite3")) as connection:
         assert connection.execute("SELECT count(*) FROM ops").fetchone() == (0,)
+
+
+def test_our_own_multicast_is_skipped_before_parsing_and_a_peers_is_queued(store: Store) -> None:
+    async def scenario() -> None:
+        driver = make_driver(store, ("127.0.0.1", 9))
+        unicast, multicast, peer = udp_socket(), udp_socket(), udp_socket()
+        await driver.attach(unicast, multicast)
+        try:
+            unicast.sendto(b"our own", multicast.getsockname())
+            peer.sendto(b"a peer's", multicast.getsockname())
+            await asyncio.sleep(0.1)  # the reader drains both
+            assert driver._stepper.waiting == (0, 1)
+        finally:
+            peer.close()
+            driver.stop()
+            await asyncio.wait_for(driver.run(), WAIT_S)
+
+    asyncio.run(scenario())

@@ -4,7 +4,8 @@ fails. Checked on the source (AST), so an import on a path no test runs is caugh
 The layers, bottom up: ``core`` (the protocol, pure) and ``control`` (the socket's
 request format) import nothing of ours; ``store`` and ``net`` put the core on a disk
 and on sockets; ``daemon`` wires them; ``cli`` is crdtctl, which talks to a daemon only
-through ``control``, so it starts fast and never loads the core. ``sim`` runs the core
+through ``control``, so it starts fast and never loads the core; ``client`` is the
+public library for programs, on ``control`` alone likewise. ``sim`` runs the core
 under a simulated network, and ``lab`` runs real daemons in network namespaces; nothing
 of the product imports either.
 """
@@ -26,6 +27,7 @@ ALLOWED = {
     "net": {"net", "core"},
     "daemon": {"daemon", "core", "control", "net", "store"},
     "cli": {"cli", "control"},
+    "client": {"client", "control"},
     "sim": {"sim", "core"},
     "lab": {"lab", "core", "control", "daemon"},
 }

@@ -153,7 +153,7 @@ class Client:
             raise self._timed_out() from None
         except OSError as error:
             sock.close()
-            raise DaemonUnreachable(self.path, _connect_failure(error)) from None
+            raise DaemonUnreachable(self.path, connect_failure(error)) from None
         self._sock = sock
         return sock
 
@@ -202,7 +202,7 @@ def _unwrap(response: Response) -> dict[str, Any]:
     return response.data
 
 
-def _connect_failure(error: OSError) -> str:
+def connect_failure(error: OSError) -> str:
     if isinstance(error, FileNotFoundError):
         return "socket missing (is crdtd running? set --socket or CRDTD_SOCKET)"
     if isinstance(error, ConnectionRefusedError):

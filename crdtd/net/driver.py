@@ -21,9 +21,9 @@ Rules:
   delays a request by one short step, not by the whole queue. Big answers and big
   writes are asked for in slices (`crdtd.daemon.handler`);
 - every stretch the owner task runs without yielding, apart from the disk write (the
-  step, then the flush after the write) is timed (`StepStats`): its longest is ``owner_step_max_us`` in
-  ``stats``, so a step that holds the loop too long shows in numbers, not in a
-  watchdog abort;
+  step, then the flush after the write) is timed (`StepStats`): its longest is
+  ``owner_step_max_us`` in ``stats``, so a step that holds the loop too long shows in
+  numbers, not in a watchdog abort;
 - what the events mean to people (log lines, watchers, barrier numbers) is the
   daemon's business: every event goes to the `Reporter` it passed in.
 """

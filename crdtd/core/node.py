@@ -56,17 +56,16 @@ from crdtd.core.events import (
     ClaimRefused,
     DatagramRejected,
     Event,
-    IdentityConflict,
-    PeerJoined,
-    PeerLost,
     StateRewound,
     ValueChanged,
     VariableAdded,
     VariablesOverLimit,
     VerifyFinished,
 )
-from crdtd.core.identity import REPORT_INTERVAL_S, SALT_BITS, choose_incarnation, overlapping
+from crdtd.core.identity import SALT_BITS, choose_incarnation
 from crdtd.core.ids import Address, InvalidInput, Origin, check_delta, check_name
+from crdtd.core.membership import Effect as MemberEffect
+from crdtd.core.membership import Forgotten, Joined, Membership, Welcome
 from crdtd.core.messages import (
     Announce,
     Bases,
@@ -110,12 +109,6 @@ from crdtd.core.verify import Effect as VerifyEffect
 
 __all__ = ["Datagram", "Mode", "Node", "PeerView"]
 
-WELCOMES_PER_S = 32
-"""Unicast announces to newcomers and probes of gossiped addresses, in total: each one
-answers a datagram anybody can send, so they are a bucket, not a reflex."""
-ORIGINS_PER_ID_MAX = 4
-"""Origins of one node id kept as peers: a restart's old self, a clone or two; a sender
-inventing more of one id pushes out its own least recently heard, not other nodes."""
 VARIABLES_HARD_FACTOR = 2
 """Peers may bring a node to this many times ``variables_max`` (see `Node.create`)."""
 
@@ -161,14 +154,8 @@ class Node:
         self.epoch = 0
         self.stats: dict[str, int] = {}
         self.counters: dict[str, Counter] = {}
-        self.peers: dict[Origin, Peer] = {}
         self._rng = rng
-        self._fanout: list[Address] = list(settings.seeds)
-        self._candidates: dict[Address, float] = {}  # gossiped addresses -> expiry
-        self._welcomed: dict[Address, float] = {}  # -> when we last sent it an announce
-        self._welcome_tokens = (float(WELCOMES_PER_S), now)
-        self._holders: dict[str, list[Origin]] = {}  # node id -> its origins in peers
-        self._reported: dict[tuple[str, str], float] = {}  # (what, node id) -> when
+        self._members = Membership(self.node_id, settings, now)
         self._over_limit = False
         self._windows: dict[Origin, ReplayWindow] = {}  # outlive peers; bounded, LRU
         self._floors_saved: dict[Origin, int] = {}
@@ -194,6 +181,7 @@ class Node:
             origin.incarnation, self._used_incarnation, rng.getrandbits(SALT_BITS)
         )
         self.origin = Origin(self.node_id, incarnation)
+        self._members.origin = self.origin
         self._verifier = Verifier(self.origin, settings.verify_timeout_s, now)
         self.booted_at = now
         self._encoder = wire.Encoder(self.origin, settings.keys, seq_start)
@@ -232,7 +220,7 @@ class Node:
 
     def handle_timer(self, now: float) -> None:
         """Do whatever is due: announce, ask for repairs, expire peers, drive barriers."""
-        self._expire_peers(now)
+        self._apply_members(self._members.expire(now), now)
         self._apply_repair(self._repairs.ask(self.counters, self.peers, now))
         self._apply_sync(self._sync.handle_timer(now), now)
         self._apply_verify(self._verifier.handle_timer(self.counters, now), now)
@@ -240,16 +228,19 @@ class Node:
             self._save_floors()
             self._next_floor_save = now + FLOOR_SAVE_INTERVAL_S
         if now >= self._next_announce:
-            self._plan_fanout(now)
+            members = self._members
+            members.plan_fanout(now)
             payloads = self._announce(now)
-            if self._fanout or self._candidates:
-                peer_list = self._encoder.peer_list(self._peer_list(now))
-                self._unicast_each(peer_list, self._fanout)
+            if members.fanout or members.candidates:
+                peer_list = self._encoder.peer_list(members.peer_list(now))
+                self._unicast_each(peer_list, members.fanout)
                 # Gossiped addresses get a probe, not a copy of everything: only once
                 # one answers as a peer does it get more (a PeerList cannot aim us).
-                for address in self._candidates:
-                    if self._may_welcome(address, now):
+                limited: list[MemberEffect] = []
+                for address in members.candidates:
+                    if members.may_welcome(address, now, limited):
                         self._unicast([*payloads, *peer_list], address)
+                self._apply_members(limited, now)
 
     def create(self, variable: str, now: float) -> bool:
         """Create *variable* here and everywhere; False (a no-op) if it exists.
@@ -375,12 +366,13 @@ class Node:
             self._out.extend(Datagram(p, None) for p in self._encoder.op_batch(groups))
             self._count("ops_batches_sent")
         out, self._out = self._out, []
-        if self._fanout:
+        fanout = self._members.fanout
+        if fanout:
             out += [
                 Datagram(datagram.payload, address)
                 for datagram in out
                 if datagram.destination is None
-                for address in self._fanout
+                for address in fanout
             ]
         self._count("datagrams_sent", len(out))
         return out
@@ -395,9 +387,7 @@ class Node:
         if self.settings.keys:
             deadlines.append(self._next_floor_save)
         deadlines.extend(self._repairs.deadlines())
-        for peer in self.peers.values():
-            limit = self.settings.peer_timeout_s if peer.suspected else self.settings.peer_suspect_s
-            deadlines.append(peer.last_seen + limit)
+        deadlines.extend(self._members.deadlines())
         deadlines.extend(self._sync.deadlines())
         deadlines.extend(self._verifier.deadlines())
         return min(deadlines)
@@ -541,134 +531,42 @@ class Node:
     # --- peers --------------------------------------------------------------------
 
     def _touch_peer(self, sender: Origin, address: Address, now: float) -> Peer | None:
-        """The peer *sender* is, created on its first datagram.
-
-        Peers are origins, not node ids: a restarted node is a new peer (the old one
-        is suspected at once and expires), and two live holders of one id are two
-        peers, whose ops both count. No incarnation is ever refused for being lower.
-        """
-        peer = self.peers.get(sender)
-        if peer is None:
-            if not self._room_for(sender, now):
-                self._reject("peers_max_reached", address)
-                return None
-            peer = Peer(sender.node_id, sender.incarnation, address, now, first_seen=now)
-            for other in self._holders.get(sender.node_id, ()):
-                self.peers[other].suspected = True  # superseded, unless it speaks again
-            self._holders.setdefault(sender.node_id, []).append(sender)
-            self._candidates.pop(address, None)
-            self.peers[sender] = peer
-            self._events.append(PeerJoined(sender.node_id, sender.incarnation, address))
-            # Tell the newcomer what we hold right away, by unicast: it may be joining.
-            # One datagram of it: the rest comes with the next multicast announce, and
-            # a spoofed newcomer gets no more out of us than it sent.
-            if self._may_welcome(address, now):
-                self._welcome(address)
-            self._apply_sync(self._sync.pull_in(peer, now), now)
-        peer.last_seen = now
-        peer.address = address
-        peer.suspected = False
-        if sender.node_id == self.node_id or len(self._holders[sender.node_id]) > 1:
-            self._check_identity(peer, address, now)
+        peer, effects = self._members.touch(sender, address, now)
+        self._apply_members(effects, now)
         return peer
 
-    def _room_for(self, sender: Origin, now: float) -> bool:
-        """Make room for a new peer *sender* if that is fair: at ``peers_max`` a
-        superseded origin (a restart's old self) goes first; an id at
-        `ORIGINS_PER_ID_MAX` loses its least recently heard origin."""
-        same = self._holders.get(sender.node_id, [])
-        if len(same) >= ORIGINS_PER_ID_MAX:
-            self._forget_peer(min(same, key=lambda o: self.peers[o].last_seen), now)
-        if len(self.peers) < self.settings.peers_max:
-            return True
-        superseded = [o for o, p in self.peers.items() if self._superseded(p)]
-        if not superseded:
-            return False
-        self._forget_peer(min(superseded, key=lambda o: self.peers[o].last_seen), now)
-        return True
-
-    def _forget_peer(self, origin: Origin, now: float) -> None:
-        """Remove a peer (expired, or pushed out to make room) and what hangs on it."""
-        peer = self.peers.pop(origin)
-        holders = self._holders[origin.node_id]
-        holders.remove(origin)
-        if not holders:
-            del self._holders[origin.node_id]
-        self._verifier.forget(origin)
-        if not any(p.address == peer.address for p in self.peers.values()):
-            self._repairs.forget(peer.address)
-        self._events.append(PeerLost(origin.node_id, now - peer.last_seen))
-        self._sync.drop_member(origin)
-
-    def _same_id(self, node_id: str, now: float) -> list[tuple[Origin, float, float]]:
-        """Every origin of *node_id* we know: ``(origin, first heard, last heard)``."""
-        known = [
-            (origin, self.peers[origin].first_seen, self.peers[origin].last_seen)
-            for origin in self._holders.get(node_id, ())
-        ]
-        if node_id == self.node_id:
-            known.append((self.origin, self.booted_at, now))
-        return known
-
-    def _check_identity(self, peer: Peer, address: Address, now: float) -> None:
-        """Report two live holders of one node id (at most every REPORT_INTERVAL_S)."""
-        me = peer.origin
-        rivals = [
-            origin
-            for origin, first, last in self._same_id(peer.node_id, now)
-            if origin != me and overlapping(first, last, peer.first_seen, now)
-        ]
-        if not rivals:
-            return
-        self._count("identity_conflicts")
-        if self._due_report("identity", peer.node_id, now):
-            origins = tuple(sorted([me, *rivals]))
-            ours = peer.node_id == self.node_id
-            self._events.append(IdentityConflict(peer.node_id, origins, address, ours))
+    def _apply_members(self, effects: list[MemberEffect], now: float) -> None:
+        """Carry out what `Membership` asked for, in its order."""
+        for effect in effects:
+            match effect:
+                case Welcome(address):
+                    self._welcome(address)
+                case Joined(peer):
+                    self._apply_sync(self._sync.pull_in(peer, now), now)
+                case Forgotten(origin, address, address_free):
+                    self._verifier.forget(origin)
+                    if address_free:
+                        self._repairs.forget(address)
+                    self._sync.drop_member(origin)
+                case Report(event):
+                    self._events.append(event)
+                case Count(name):
+                    self._count(name)
 
     def conflicts(self, now: float) -> list[str]:
         """Node ids that two live origins hold right now (ours included)."""
-        found = []
-        for node_id in sorted(self._holders):
-            live = [
-                (first, last)
-                for origin, first, last in self._same_id(node_id, now)
-                if origin == self.origin or not self.peers[origin].suspected
-            ]
-            if any(overlapping(*a, *b) for i, a in enumerate(live) for b in live[i + 1 :]):
-                found.append(node_id)
-        return found
+        return self._members.conflicts(now)
 
-    def _due_report(self, what: str, node_id: str, now: float) -> bool:
-        key = (what, node_id)
-        if now < self._reported.get(key, -REPORT_INTERVAL_S) + REPORT_INTERVAL_S:
-            return False
-        self._reported[key] = now
-        return True
+    def live_peers(self) -> list[Peer]:
+        return self._members.live_peers()
+
+    @property
+    def peers(self) -> dict[Origin, Peer]:
+        return self._members.peers
 
     def _welcome(self, address: Address) -> None:
         """The first datagram of our announce, by unicast to *address*."""
         self._unicast(self._announce(0.0, reschedule=False, send=False)[:1], address)
-
-    def _may_welcome(self, address: Address, now: float) -> bool:
-        """Whether a unicast announce to *address* fits: once per announce interval per
-        address, and `WELCOMES_PER_S` in all (a spoofed newcomer must not make us a
-        reflector)."""
-        if now - self._welcomed.get(address, -1e300) < self.settings.announce_interval_s:
-            self._count("welcomes_limited")
-            return False
-        tokens, then = self._welcome_tokens
-        tokens = min(float(WELCOMES_PER_S), tokens + (now - then) * WELCOMES_PER_S)
-        if tokens < 1.0:
-            self._welcome_tokens = (tokens, now)
-            self._count("welcomes_limited")
-            return False
-        self._welcome_tokens = (tokens - 1.0, now)
-        self._welcomed.pop(address, None)
-        self._welcomed[address] = now
-        while len(self._welcomed) > self.settings.peers_max:
-            del self._welcomed[next(iter(self._welcomed))]
-        return True
 
     def _window(self, sender: Origin) -> ReplayWindow:
         """The replay window of *sender*, kept even after the peer expires, so an old
@@ -688,22 +586,6 @@ class Node:
                 self._records.append(ReplayFloor(sender, seq))
                 self._floors_saved[sender] = seq
 
-    def _expire_peers(self, now: float) -> None:
-        # Compare deadlines exactly as get_timer computes them, so float rounding can
-        # never leave a deadline due but unhandled (a timer spin).
-        for origin, peer in list(self.peers.items()):
-            if now >= peer.last_seen + self.settings.peer_timeout_s:
-                self._forget_peer(origin, now)
-            elif now >= peer.last_seen + self.settings.peer_suspect_s:
-                peer.suspected = True
-        if len(self._reported) > self.settings.peers_max:  # ids that came and went
-            self._reported = {
-                key: at for key, at in self._reported.items() if now < at + REPORT_INTERVAL_S
-            }
-
-    def live_peers(self) -> list[Peer]:
-        return [peer for _, peer in sorted(self.peers.items()) if not peer.suspected]
-
     # --- messages -----------------------------------------------------------------
 
     def _dispatch(self, message: Message, peer: Peer, now: float) -> None:
@@ -716,7 +598,7 @@ class Node:
         elif isinstance(message, Bases):
             self._on_bases(message, peer, now)
         elif isinstance(message, PeerList):
-            self._on_peer_list(message, peer, now)
+            self._apply_members(self._members.on_peer_list(message, peer, now), now)
         elif isinstance(message, DigestRequest):
             answer = self._verifier.on_request(message.token, peer, self.counters, now)
             self._apply_verify(answer, now)
@@ -768,7 +650,7 @@ class Node:
 
     def _refuse_claim(self, kind: str, variable: str, nonce: int, peer: Peer, now: float) -> None:
         self._count("claims_refused")
-        if self._due_report("claim", peer.node_id, now):
+        if self._members.due_report("claim", peer.node_id, now):
             self._events.append(ClaimRefused(kind, variable, nonce, peer.node_id, peer.address))
 
     def _on_bases(self, message: Bases, peer: Peer, now: float) -> None:
@@ -824,7 +706,7 @@ class Node:
         """A peer holds more of an earlier incarnation of ours than we do: our state is
         older than the one that issued those ops. Repair brings them back; say so."""
         self._count("state_rewound")
-        if self._due_report("rewound", self.node_id, now):
+        if self._members.due_report("rewound", self.node_id, now):
             self._events.append(StateRewound(origin, variable, held, seen, peer.node_id))
 
     def _announce(
@@ -856,62 +738,6 @@ class Node:
         return payloads
 
     # --- multicast-less networks and verify ------------------------------------------
-
-    def _plan_fanout(self, now: float) -> None:
-        """Who gets unicast copies of our multicast: peers we never (or no longer) hear
-        by multicast, peers that told us they do not hear ours, and seeds not yet heard
-        from. (Gossiped addresses only get probes: see `handle_timer`.)"""
-        deaf_s = self.settings.multicast_quiet_s
-        known = {peer.address for peer in self.peers.values()}
-        # Suspected peers too: they may be silent only because we stopped sending.
-        targets = [
-            peer.address
-            for _, peer in sorted(self.peers.items())
-            if not self._superseded(peer)
-            and (
-                self._quiet_multicast(peer, now)
-                or (peer.deaf_at is not None and now - peer.deaf_at < deaf_s)
-            )
-        ]
-        for address, expiry in list(self._candidates.items()):
-            if now >= expiry:
-                del self._candidates[address]
-        targets += [a for a in self.settings.seeds if a not in known]
-        self._fanout = list(dict.fromkeys(targets))
-
-    def _superseded(self, peer: Peer) -> bool:
-        """A suspected origin whose node id another origin holds: a restart's old self."""
-        return peer.suspected and len(self._holders.get(peer.node_id, ())) > 1
-
-    def _peer_list(self, now: float) -> list[tuple[str, str, int, bool]]:
-        # Suspected peers too: a node that cannot hear a peer's multicast suspects it
-        # just when it must tell that peer so.
-        return [
-            (p.node_id, p.address[0], p.address[1], not self._quiet_multicast(p, now))
-            for _, p in sorted(self.peers.items())
-            if not self._superseded(p)
-        ]
-
-    def _quiet_multicast(self, peer: Peer, now: float) -> bool:
-        """True when no multicast came from *peer* lately (or ever, after a grace)."""
-        if peer.multicast_at is None:
-            return now - peer.first_seen >= self.settings.multicast_grace_s
-        return now - peer.multicast_at >= self.settings.multicast_quiet_s
-
-    def _on_peer_list(self, message: PeerList, peer: Peer, now: float) -> None:
-        known = {peer.address for peer in self.peers.values()}
-        for node_id, host, port, heard in message.peers:
-            address = (host, port)
-            if node_id == self.node_id and not heard:
-                peer.deaf_at = now  # it does not hear our multicast: fan out to it
-            if node_id == self.node_id or address in known or address in self._candidates:
-                continue
-            if len(self._candidates) >= self.settings.peers_max:
-                self._count("candidates_max_reached")
-                return
-            self._candidates[address] = now + self.settings.peer_timeout_s
-            if self._may_welcome(address, now):  # a probe, so a joining node hears us soon
-                self._welcome(address)
 
     def _apply_verify(self, effects: list[VerifyEffect], now: float) -> None:
         """Carry out what the Verifier asked for, in its order."""

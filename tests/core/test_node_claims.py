@@ -11,6 +11,7 @@ from crdtd.core import wire
 from crdtd.core.events import ClaimRefused, StateRewound, VariablesOverLimit
 from crdtd.core.identity import SALT_BITS, choose_incarnation, propose_incarnation
 from crdtd.core.ids import NONCE_MAX, UINT64_MAX, Origin
+from crdtd.core.membership import WELCOMES_PER_S
 from crdtd.core.messages import (
     BarrierId,
     BaseEntry,
@@ -19,7 +20,7 @@ from crdtd.core.messages import (
     SyncStart,
     VariableDigest,
 )
-from crdtd.core.node import WELCOMES_PER_S, Mode, Node
+from crdtd.core.node import Mode, Node
 from crdtd.core.records import IncarnationStarted, OpRecorded
 from crdtd.core.settings import Key, Settings
 

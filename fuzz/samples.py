@@ -26,6 +26,7 @@ from crdtd.core.messages import (
     VariableDigest,
     VariableReport,
 )
+from crdtd.core.modes import Mode
 from fuzz.targets import KEYS
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
@@ -55,9 +56,9 @@ def _kinds(e: wire.Encoder, suffix: str) -> Iterator[tuple[str, bytes]]:
     yield one("bases", e.bases([BaseEntry("x", A, 12, 12 * 2**63), BaseEntry("y", B, 1, -7)]))
     yield one("nack", e.nack([NackRange("x", B, 1, 4), NackRange("x", A, 9, 9)]))
     digests = [VariableDigest("x", ((A, 9), (B, 3))), VariableDigest("y", ())]
-    yield one("announce", e.announce("work", 0, None, digests))
-    yield one("announce-in-barrier", e.announce("ready", 6, BARRIER, digests))
-    yield one("announce-empty", e.announce("sync", 2, BARRIER, []))
+    yield one("announce", e.announce(Mode.WORK, 0, None, digests))
+    yield one("announce-in-barrier", e.announce(Mode.READY, 6, BARRIER, digests))
+    yield one("announce-empty", e.announce(Mode.SYNC, 2, BARRIER, []))
     for message in (
         SyncStart(BARRIER),
         SyncJoin(BARRIER),

@@ -55,6 +55,7 @@ from crdtd.core.messages import (
     OpGroup,
     PeerList,
 )
+from crdtd.core.modes import Mode
 from crdtd.core.node import Node
 from crdtd.core.settings import DATAGRAM_BYTES_MAX, Key, Settings
 from crdtd.core.step import Stepper
@@ -181,7 +182,7 @@ def warm_node(keys: tuple[Key, ...]) -> Node:
     node.add("x", 5, START)
     node.add("y", -3, START)
     node.handle_timer(START)
-    traffic = peer.announce("work", 0, None, [])
+    traffic = peer.announce(Mode.WORK, 0, None, [])
     traffic += peer.op_batch([OpGroup("x", Origin("b", 2), ((1, 7), (2, -1), (5, 4)))])
     for payload in traffic:
         node.receive_datagram(payload, PEER_ADDRESS, START)

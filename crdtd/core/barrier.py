@@ -49,12 +49,6 @@ from crdtd.core.ids import Address, Origin
 from crdtd.core.messages import BarrierId
 
 
-class Mode(enum.Enum):
-    WORK = "work"
-    SYNC = "sync"
-    READY = "ready"
-
-
 class Input(enum.Enum):
     """What moves a participant; `crdtd.core.sync.PARTICIPANT` says where to."""
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from crdtd.core.ids import Origin
+from crdtd.core.modes import Mode
 
 
 class BarrierId(NamedTuple):
@@ -73,7 +74,7 @@ class VariableDigest:
 
 @dataclass(frozen=True, slots=True)
 class Announce:
-    mode: str
+    mode: Mode
     epoch: int
     barrier: BarrierId | None
     digests: tuple[VariableDigest, ...]

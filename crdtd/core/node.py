@@ -48,7 +48,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from crdtd.core import wire
-from crdtd.core.barrier import Cut, Mode
+from crdtd.core.barrier import Cut
 from crdtd.core.counters import Applied, Counter
 from crdtd.core.effects import Count, Report
 from crdtd.core.events import (
@@ -79,6 +79,7 @@ from crdtd.core.messages import (
     SyncStart,
     VariableDigest,
 )
+from crdtd.core.modes import Mode
 from crdtd.core.peers import Peer
 from crdtd.core.records import (
     REQUESTS_KEPT,
@@ -126,7 +127,7 @@ class PeerView:
     node_id: str
     incarnation: int
     address: Address
-    mode: str
+    mode: Mode
     epoch: int
     last_seen_ms: int
     suspected: bool
@@ -726,7 +727,7 @@ class Node:
             for name, counter in sorted(self.counters.items())
         ]
         barrier = self._sync.barrier
-        payloads = self._encoder.announce(self.mode.value, self.epoch, barrier, digests)
+        payloads = self._encoder.announce(self.mode, self.epoch, barrier, digests)
         if send:
             self._out.extend(Datagram(payload, destination) for payload in payloads)
             self._count("announces_sent")

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from crdtd.core.barrier import Mode
 from crdtd.core.ids import Address, Origin
 from crdtd.core.messages import BarrierId
+from crdtd.core.modes import Mode
 
 
 @dataclass(slots=True)
@@ -22,7 +22,7 @@ class Peer:
     incarnation: int
     address: Address
     last_seen: float
-    mode: str = Mode.WORK.value
+    mode: Mode = Mode.WORK
     epoch: int = 0
     barrier: BarrierId | None = None
     suspected: bool = False

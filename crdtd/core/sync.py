@@ -33,7 +33,6 @@ from crdtd.core.barrier import (
     Cut,
     Input,
     Member,
-    Mode,
     Participation,
     Phase,
     Status,
@@ -53,6 +52,7 @@ from crdtd.core.messages import (
     SyncReadyAck,
     SyncStart,
 )
+from crdtd.core.modes import Mode
 from crdtd.core.peers import Peer
 from crdtd.core.settings import Settings
 

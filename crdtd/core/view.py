@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from crdtd.core.barrier import Mode
 from crdtd.core.counters import Counter
 from crdtd.core.ids import Address, InvalidInput, Origin
+from crdtd.core.modes import Mode
 
 if TYPE_CHECKING:
     from crdtd.core.node import Node
@@ -120,7 +120,7 @@ def node_state(node: Node, now: float) -> NodeState:
             node_id=peer.node_id,
             incarnation=peer.incarnation,
             address=peer.address,
-            mode=Mode(peer.mode),
+            mode=peer.mode,
             epoch=peer.epoch,
             suspected=peer.suspected,
             # A restart's old self: silent because it is gone, not unheard.

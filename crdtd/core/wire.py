@@ -53,6 +53,7 @@ from crdtd.core.messages import (
     VariableDigest,
     VariableReport,
 )
+from crdtd.core.modes import Mode
 from crdtd.core.settings import DATAGRAM_BYTES_MAX, Key
 
 MAGIC = b"cR"
@@ -63,7 +64,8 @@ DIGEST_BYTES = 16
 BIGINT_BYTES_MAX = 32
 TOTAL_PER_OP_MAX = 2**63
 """A base's total is at most this much per op it folds, in either direction."""
-MODES = ("work", "sync", "ready")
+MODES = (Mode.WORK, Mode.SYNC, Mode.READY)
+"""Each mode's index on the wire: append a new one, never reorder."""
 
 T_ANNOUNCE, T_OPS, T_BASES, T_NACK = 1, 2, 3, 4
 T_PEERS, T_DIGEST_REQUEST, T_DIGEST_REPLY = 5, 6, 7
@@ -183,7 +185,7 @@ class Encoder:
         return self._pack(T_NACK, b"", items)
 
     def announce(
-        self, mode: str, epoch: int, barrier: BarrierId | None, digests: Sequence[VariableDigest]
+        self, mode: Mode, epoch: int, barrier: BarrierId | None, digests: Sequence[VariableDigest]
     ) -> list[bytes]:
         prefix = _U8.pack(MODES.index(mode)) + _U64.pack(epoch)
         prefix += _U8.pack(1) + _barrier(barrier) if barrier else _U8.pack(0)

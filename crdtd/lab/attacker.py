@@ -39,6 +39,7 @@ from pathlib import Path
 from crdtd.core import wire
 from crdtd.core.ids import NONCE_MAX, Origin
 from crdtd.core.messages import BaseEntry, OpGroup, VariableDigest
+from crdtd.core.modes import Mode
 from crdtd.core.settings import Key
 
 Address = tuple[str, int]
@@ -107,7 +108,7 @@ def own_origin_claims(
         ops = tuple((first + i, rng.randrange(1, 10**6)) for i in range(3))
         payloads += encoder.op_batch([OpGroup(variable, victim, (*ops, (NONCE_MAX, 1)))])
     marks = [VariableDigest(variable, ((victim, NONCE_MAX),)) for variable in next_nonces]
-    return payloads + encoder.announce("work", 0, None, marks)
+    return payloads + encoder.announce(Mode.WORK, 0, None, marks)
 
 
 def tampered(captured: Sequence[bytes], rng: random.Random) -> list[bytes]:

@@ -39,6 +39,7 @@ from crdtd.core.events import AddApplied, SyncFinished
 from crdtd.core.identity import SALT_BITS, propose_incarnation
 from crdtd.core.ids import NONCE_MAX, Address, Origin
 from crdtd.core.messages import BarrierId, BaseEntry, OpGroup, SyncStart, VariableDigest
+from crdtd.core.modes import Mode
 from crdtd.core.node import Node
 from crdtd.core.records import Record
 from crdtd.core.requests import Add, Create, Request, StartSync, Ticket
@@ -290,14 +291,14 @@ class Cluster:
             payloads = encoder.op_batch([OpGroup(variable, own, ((mark + 1, 7), (mark + 2, -3)))])
         elif kind == "mark":
             digest = VariableDigest(variable, ((own, mark + 5),))
-            payloads = encoder.announce("work", node.epoch, None, [digest])
+            payloads = encoder.announce(Mode.WORK, node.epoch, None, [digest])
         elif kind == "impersonate":
             others = [s for s in self.slots if s.node is not None and s.node_id != slot.node_id]
             if not others:
                 return
             target = others[0].origin
             fake = wire.Encoder(Origin(target.node_id, target.incarnation + 1), self.settings.keys)
-            payloads = fake.announce("work", node.epoch, None, [])
+            payloads = fake.announce(Mode.WORK, node.epoch, None, [])
         else:
             stranger = wire.Encoder(Origin("stranger", 1), self.settings.keys)
             payloads = [stranger.sync(SyncStart(BarrierId(0, "stranger", 1)))]

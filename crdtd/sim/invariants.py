@@ -30,7 +30,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from crdtd.core.ids import Origin
-from crdtd.core.node import Mode, Node
+from crdtd.core.modes import Mode
+from crdtd.core.node import Node
 from crdtd.core.records import BaseFolded, OpRecorded, Record
 from crdtd.sim.disk import Disk, OpKey
 from crdtd.sim.failures import InvariantViolation

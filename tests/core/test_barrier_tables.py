@@ -11,10 +11,11 @@ import itertools
 
 import pytest
 
-from crdtd.core.barrier import Call, Input, Mode, Phase
+from crdtd.core.barrier import Call, Input, Phase
 from crdtd.core.counters import Counter
 from crdtd.core.ids import Origin
 from crdtd.core.messages import BarrierId, SyncStart
+from crdtd.core.modes import Mode
 from crdtd.core.peers import Peer
 from crdtd.core.settings import Settings
 from crdtd.core.sync import INITIATOR, PARTICIPANT, Count, Inbound, Syncer

@@ -23,7 +23,6 @@ from typing import TypeVar
 import pytest
 
 from crdtd.core import reports, wire
-from crdtd.core.barrier import Mode
 from crdtd.core.events import (
     AddApplied,
     DatagramRejected,
@@ -49,6 +48,7 @@ from crdtd.core.messages import (
     SyncJoin,
     VariableReport,
 )
+from crdtd.core.modes import Mode
 from crdtd.core.node import Datagram, Node
 from crdtd.core.records import (
     BaseFolded,
@@ -1136,7 +1136,7 @@ def test_digest_requests_from_one_peer_are_answered_at_most_every_quarter_second
     node = Node(Origin("a", 1), Settings(), random.Random("t/a"), START)
     node.add("x", 1, START)
     asker = wire.Encoder(Origin("b", 1), (), seq_start=1)
-    [hello] = asker.announce("work", 0, None, [])
+    [hello] = asker.announce(Mode.WORK, 0, None, [])
     node.receive_datagram(hello, address_of("b"), START)  # only peers that announced
 
     def ask(at: float) -> int:

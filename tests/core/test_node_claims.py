@@ -20,7 +20,8 @@ from crdtd.core.messages import (
     SyncStart,
     VariableDigest,
 )
-from crdtd.core.node import Mode, Node
+from crdtd.core.modes import Mode
+from crdtd.core.node import Node
 from crdtd.core.records import IncarnationStarted, OpRecorded
 from crdtd.core.settings import Key, Settings
 
@@ -72,7 +73,7 @@ def test_ops_and_watermarks_of_our_own_origin_that_we_never_issued_are_refused()
     z = liar()
     [ops] = z.op_batch([OpGroup("x", me, ((1, 5), (2, 9)))])  # one echo, one forgery
     node.receive_datagram(ops, LIAR, START)
-    [announce] = z.announce("work", 0, None, [VariableDigest("x", ((me, 50),))])
+    [announce] = z.announce(Mode.WORK, 0, None, [VariableDigest("x", ((me, 50),))])
     node.receive_datagram(announce, LIAR, START)
     assert node.value("x") == 5
     assert node.stats["claims_refused"] == 2
@@ -84,7 +85,7 @@ def test_ops_and_watermarks_of_our_own_origin_that_we_never_issued_are_refused()
 def test_a_peer_holding_more_of_an_earlier_incarnation_of_ours_reveals_a_rewind() -> None:
     node = keyed()
     earlier = Origin("a", 0)  # not a live peer: a boot of ours whose ops our disk lost
-    [announce] = liar().announce("work", 0, None, [VariableDigest("x", ((earlier, 7),))])
+    [announce] = liar().announce(Mode.WORK, 0, None, [VariableDigest("x", ((earlier, 7),))])
     node.receive_datagram(announce, LIAR, START)
     [rewound] = [e for e in node.events() if isinstance(e, StateRewound)]
     assert (rewound.origin, rewound.held, rewound.seen, rewound.peer) == (earlier, 0, 7, "z")
@@ -106,7 +107,7 @@ def test_a_barrier_start_from_a_sender_that_never_announced_is_ignored() -> None
     node.receive_datagram(stranger.sync(SyncStart(BarrierId(1, "s", 1))), LIAR, START)
     assert node.mode is Mode.WORK
     assert node.stats["barrier_start_from_stranger"] == 2
-    [announce] = stranger.announce("work", 0, None, [])
+    [announce] = stranger.announce(Mode.WORK, 0, None, [])
     node.receive_datagram(announce, LIAR, START)
     node.receive_datagram(stranger.sync(SyncStart(BarrierId(1, "s", 2))), LIAR, START)
     assert node.mode is not Mode.WORK  # a live peer may
@@ -144,7 +145,7 @@ def test_nonces_and_watermarks_beyond_nonce_max_are_malformed() -> None:
     with pytest.raises(wire.MalformedDatagram, match="nonce out of range"):
         wire.decode(base, KEY)
     [announce] = liar().announce(
-        "work", 0, None, [VariableDigest("x", ((Origin("b", 1), NONCE_MAX + 1),))]
+        Mode.WORK, 0, None, [VariableDigest("x", ((Origin("b", 1), NONCE_MAX + 1),))]
     )
     with pytest.raises(wire.MalformedDatagram, match="watermark out of range"):
         wire.decode(announce, KEY)
@@ -183,7 +184,7 @@ def test_incarnations_only_grow_for_one_state_whatever_the_clock_says() -> None:
 def test_a_want_that_no_live_peer_can_fill_is_dropped_not_retried_forever() -> None:
     node = keyed()
     invented = Origin("nobody", 1)
-    [announce] = liar().announce("work", 0, None, [VariableDigest("x", ((invented, 9),))])
+    [announce] = liar().announce(Mode.WORK, 0, None, [VariableDigest("x", ((invented, 9),))])
     node.receive_datagram(announce, LIAR, START)
     node.handle_timer(START + 0.1)
     assert node.stats["nacks_sent"] == 1  # the announcer claimed it: ask it first
@@ -209,10 +210,10 @@ def test_an_op_of_our_id_with_a_huge_incarnation_never_steers_our_own() -> None:
 def test_an_id_keeps_at_most_a_few_origins_and_a_full_table_makes_room_for_restarts() -> None:
     node = keyed(peers_max=3)
     for incarnation in range(1, 9):  # one sender inventing origins of one id
-        [hello] = liar(Origin("b", incarnation)).announce("work", 0, None, [])
+        [hello] = liar(Origin("b", incarnation)).announce(Mode.WORK, 0, None, [])
         node.receive_datagram(hello, LIAR, START + incarnation * 0.01)
     assert len([o for o in node.peers if o.node_id == "b"]) <= 3
     for name in ("c", "d"):
-        [hello] = liar(Origin(name, 1)).announce("work", 0, None, [])
+        [hello] = liar(Origin(name, 1)).announce(Mode.WORK, 0, None, [])
         node.receive_datagram(hello, ("127.0.0.3", 7000), START + 1)
     assert {o.node_id for o in node.peers} >= {"c", "d"}  # b's superseded selves went first

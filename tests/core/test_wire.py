@@ -36,6 +36,7 @@ from crdtd.core.messages import (
     SyncStart,
     VariableDigest,
 )
+from crdtd.core.modes import Mode
 from crdtd.core.settings import DATAGRAM_BYTES_MAX, Key
 
 NAME_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-"
@@ -281,7 +282,7 @@ def test_an_announce_of_thousands_of_variables_and_origins_recovers_every_entry(
         ),
         VariableDigest("empty", ()),
     )
-    message = Announce("sync", 12, BarrierId(12, "i" * 64, UINT64_MAX), digests)
+    message = Announce(Mode.SYNC, 12, BarrierId(12, "i" * 64, UINT64_MAX), digests)
     datagrams = round_trip(message, Origin("s" * 64, UINT64_MAX), key_set)
     assert len(datagrams) > 20
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from crdtd.core.node import Mode
+from crdtd.core.modes import Mode
 from crdtd.core.records import OpRecorded
 from crdtd.sim.cluster import Cluster, address_of
 

@@ -54,7 +54,8 @@ from crdtd.core.ids import Origin
 from crdtd.core.node import Node
 from crdtd.core.settings import Key
 from crdtd.daemon.config import Config, ConfigError, default_config_path, load_config
-from crdtd.daemon.handler import Handler, NetInfo
+from crdtd.daemon.diagnosis import NetInfo
+from crdtd.daemon.handler import Handler
 from crdtd.daemon.keys import describe_keys, load_keys, write_new_key_file
 from crdtd.daemon.logs import (
     FORMATS,

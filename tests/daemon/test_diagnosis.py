@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from crdtd.cli import render
-from crdtd.daemon.handler import (
+from crdtd.daemon.diagnosis import (
     PROC_NET,
     STATUSES,
     NetInfo,

@@ -10,8 +10,9 @@ Rules:
 - the socket is ``--socket``, else ``$CRDTD_SOCKET``, else ``/run/crdtd/crdtd.sock``;
 - the seed's syntax works: ``crdtctl +5 x`` and ``crdtctl -- -3 x`` mean ``add x ±N``;
   ``shell`` reads the same lines (``create x``, ``+5 x``, ``get x``, ...) from stdin;
-- ``add`` carries a fresh random ``request_id`` and is retried once, with the same id,
-  after a connection failure: the daemon applies a request id once;
+- ``add`` carries a ``request_id`` (``--request-id``, else a fresh random one) and is
+  retried once, with the same id, after a connection failure: the daemon applies a
+  request id once, also across its restarts;
 - starts fast: imports the standard library, `crdtd.control.client`,
   `crdtd.control.protocol` and `crdtd.cli` only (a test enforces it).
 """
@@ -30,12 +31,11 @@ from typing import Any, TextIO
 from crdtd.cli import render
 from crdtd.control.client import DEFAULT_SOCKET, Client, DaemonUnreachable
 from crdtd.control.protocol import (
+    COMMANDS,
     ControlError,
     ErrorCode,
     InvalidArgument,
-    check_variable,
-    parse_count,
-    parse_delta,
+    check_request_id,
     parse_timeout,
 )
 
@@ -56,7 +56,6 @@ HISTORY_PAGES_MAX = 10_000  # a log that keeps folding under us: give up, do not
 VERIFY_POLL_S = 0.5
 READY_TIMEOUT_S = 30.0
 READY_POLL_S = 0.1
-POPULATE_COUNT = 100
 
 _SEED_DELTA = re.compile(r"[+-][0-9]+\Z")
 _VALUED_GLOBALS = ("--socket", "--timeout")
@@ -125,7 +124,8 @@ def run_before(client: Client, options: argparse.Namespace) -> Data:
 
 
 def run_add(client: Client, options: argparse.Namespace) -> Data:
-    args = {"variable": options.variable, "delta": options.delta, "request_id": os.urandom(8).hex()}
+    request_id = options.request_id or os.urandom(8).hex()
+    args = {"variable": options.variable, "delta": options.delta, "request_id": request_id}
     return client.call("add", args, retry=True)
 
 
@@ -263,51 +263,46 @@ def build_parser(*, shell: bool = False) -> _Parser:
             f"sync {SLOW_TIMEOUT_S['sync']:g})",
         )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    variable = _checked(check_variable)
 
-    def command(name: str, summary: str) -> _Parser:
+    def command(name: str, summary: str = "") -> _Parser:
+        """A subcommand; a protocol command's help and arguments come from its table."""
+        declared = COMMANDS.get(name)
+        summary = summary or (declared.summary if declared else "")
         sub: _Parser = commands.add_parser(name, help=summary, description=summary)
+        for argument in declared.arguments if declared else ():
+            if argument.metavar is None or argument.parse is None:
+                continue  # not taken from the command line (request_id, after)
+            optional = {"nargs": "?", "default": argument.default}
+            sub.add_argument(
+                argument.name,
+                metavar=argument.metavar,
+                type=_checked(argument.parse),
+                **(optional if argument.default is not None else {}),
+            )
         return sub
 
-    command("create", "create a counter").add_argument("variable", metavar="VAR", type=variable)
-    command("variables", "list the counters")
-    command("get", "show a counter").add_argument("variable", metavar="VAR", type=variable)
-    command("history", "ops since the last full sync").add_argument(
-        "variable", metavar="VAR", type=variable
+    for name in COMMANDS:
+        if name not in ("watch", "ping"):  # watch: not in the shell; ping: no command
+            command(name)
+    commands.choices["add"].add_argument(
+        "--request-id",
+        metavar="ID",
+        type=_checked(check_request_id),
+        help="name this add: the daemon applies an ID once, also across its restarts, "
+        "so a script may retry with the same ID (default: a fresh random one)",
     )
-    command("before", "value at the last full sync").add_argument(
-        "variable", metavar="VAR", type=variable
-    )
-    add = command("add", "add DELTA to a counter (seed syntax: +5 VAR, -- -3 VAR)")
-    add.add_argument("variable", metavar="VAR", type=variable)
-    add.add_argument("delta", metavar="DELTA", type=_checked(parse_delta))
-    populate = command("populate", "add COUNT random ops to a counter")
-    populate.add_argument("variable", metavar="VAR", type=variable)
-    populate.add_argument(
-        "count", metavar="COUNT", nargs="?", default=POPULATE_COUNT, type=_checked(parse_count)
-    )
-    command("sync", "run a full sync and wait for its outcome")
-    command("peers", "the peers this node knows")
-    command("status", "this node's state")
-    command("keys", "the key ids this node signs with and accepts, and rejected datagrams")
-    verify = command(
-        "verify", "ask every node for its values; exit 0 if all agree, 4 if not (who is behind)"
-    )
+    verify = commands.choices["verify"]
     verify.add_argument(
         "--wait",
         metavar="S",
         type=_checked(parse_timeout),
         help="repeat until the nodes agree or S seconds pass",
     )
-    command("stats", "ops, datagrams, repairs and barriers counted since start")
-    command("net-test", "check the multicast and unicast paths; exit 0 if all OK, 1 if not")
     if shell:
         command("help", "list the commands")
         command("quit", "leave the shell")
         return parser
-    command("watch", "print each change of a counter until Ctrl-C").add_argument(
-        "variable", metavar="VAR", type=variable
-    )
+    command("watch")
     ready = command("wait-ready", "wait until the daemon answers in mode work")
     ready.add_argument(
         "--timeout",

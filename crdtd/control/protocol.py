@@ -233,56 +233,107 @@ def parse_timeout(text: str) -> float:
 
 
 _Check = Callable[[object], object]
-_REQUIRED, _OPTIONAL = True, False
 
-COMMANDS: Mapping[str, Mapping[str, tuple[_Check, bool]]] = {
-    "create": {"variable": (check_variable, _REQUIRED)},
-    "variables": {},
-    "get": {"variable": (check_variable, _REQUIRED)},
-    "history": {"variable": (check_variable, _REQUIRED), "after": (check_cursor, _OPTIONAL)},
-    "before": {"variable": (check_variable, _REQUIRED)},
-    "add": {
-        "variable": (check_variable, _REQUIRED),
-        "delta": (check_delta, _REQUIRED),
-        "request_id": (check_request_id, _OPTIONAL),
-    },
-    "populate": {"variable": (check_variable, _REQUIRED), "count": (check_count, _REQUIRED)},
-    "sync": {},
-    "peers": {},
-    "status": {},
-    "keys": {},
-    "verify": {},
-    "stats": {},
-    "net-test": {},
-    "watch": {"variable": (check_variable, _REQUIRED)},
-    "ping": {},
+
+@dataclass(frozen=True, slots=True)
+class Argument:
+    """One argument of a command: its name on the wire, its check, and, when crdtctl
+    takes it from the command line, its ``metavar`` and the parse of its text."""
+
+    name: str
+    check: _Check
+    required: bool = True
+    metavar: str | None = None
+    parse: Callable[[str], object] | None = None
+    default: object = None
+    """crdtctl's value when the argument is left out (None: it may not be)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A command, declared once: its arguments, whether it changes counters (a
+    read-only socket refuses it), whether its answer is small and cheap (the server
+    starts it as soon as it is read), and crdtctl's one-line help. The daemon's
+    handler and crdtctl's runner and renderer are tables keyed by `name`, checked
+    against this one by tests/control/test_commands.py."""
+
+    name: str
+    summary: str
+    writes: bool = False
+    small: bool = False
+    arguments: tuple[Argument, ...] = ()
+
+
+_VARIABLE = Argument("variable", check_variable, metavar="VAR", parse=check_variable)
+
+COMMANDS: Mapping[str, Command] = {
+    command.name: command
+    for command in (
+        Command("create", "create a counter", writes=True, small=True, arguments=(_VARIABLE,)),
+        Command("variables", "list the counters"),
+        Command("get", "show a counter", small=True, arguments=(_VARIABLE,)),
+        Command(
+            "history",
+            "ops since the last full sync",
+            arguments=(_VARIABLE, Argument("after", check_cursor, required=False)),
+        ),
+        Command("before", "value at the last full sync", small=True, arguments=(_VARIABLE,)),
+        Command(
+            "add",
+            "add DELTA to a counter (seed syntax: +5 VAR, -- -3 VAR)",
+            writes=True,
+            small=True,
+            arguments=(
+                _VARIABLE,
+                Argument("delta", check_delta, metavar="DELTA", parse=parse_delta),
+                Argument("request_id", check_request_id, required=False),
+            ),
+        ),
+        Command(
+            "populate",
+            "add COUNT random ops to a counter",
+            writes=True,
+            arguments=(
+                _VARIABLE,
+                Argument("count", check_count, metavar="COUNT", parse=parse_count, default=100),
+            ),
+        ),
+        Command("sync", "run a full sync and wait for its outcome", writes=True),
+        Command("peers", "the peers this node knows"),
+        Command("status", "this node's state"),
+        Command("keys", "the key ids this node signs with and accepts, and rejected datagrams"),
+        Command(
+            "verify",
+            "ask every node for its values; exit 0 if all agree, 4 if not (who is behind)",
+        ),
+        Command("stats", "ops, datagrams, repairs and barriers counted since start"),
+        Command("net-test", "check the multicast and unicast paths; exit 0 if all OK, 1 if not"),
+        Command("watch", "print each change of a counter until Ctrl-C", arguments=(_VARIABLE,)),
+        Command("ping", "answered by the server itself: is the daemon there", small=True),
+    )
 }
-"""Each command's arguments: name -> (check, required)."""
+"""Every command of the control protocol."""
 
-WRITES = frozenset({"create", "add", "populate", "sync"})
+WRITES = frozenset(name for name, command in COMMANDS.items() if command.writes)
 """The commands that change counters: a read-only socket answers them ``read_only``."""
 
-READS = frozenset(
-    {"variables", "get", "history", "before", "peers", "status", "keys", "verify", "stats"}
-    | {"net-test", "watch", "ping"}
-)
-"""The commands a read-only socket serves. Every command is in exactly one of the two
-sets (a test checks it), and the read-only socket serves only `READS`, so a new command
-is refused there until someone decides it only reads."""
+READS = frozenset(name for name, command in COMMANDS.items() if not command.writes)
+"""The commands a read-only socket serves: every command is a read or a write, so a
+new command is served there only if it is declared not to write."""
 
 
 def validate_args(cmd: str, args: Mapping[str, object]) -> dict[str, Any]:
     """Return a checked copy of *args* for *cmd*, or raise `InvalidArgument`. The
     message does not repeat *cmd*: it answers that request, and crdtctl names it."""
-    rules = COMMANDS[cmd]
-    if unexpected := sorted(set(args) - set(rules)):
+    arguments = COMMANDS[cmd].arguments
+    if unexpected := sorted(set(args) - {argument.name for argument in arguments}):
         raise InvalidArgument(f"unexpected argument(s) {', '.join(unexpected)}")
     checked: dict[str, Any] = {}
-    for name, (check, required) in rules.items():
-        if name in args:
-            checked[name] = check(args[name])
-        elif required:
-            raise InvalidArgument(f"missing argument {name}")
+    for argument in arguments:
+        if argument.name in args:
+            checked[argument.name] = argument.check(args[argument.name])
+        elif argument.required:
+            raise InvalidArgument(f"missing argument {argument.name}")
     return checked
 
 

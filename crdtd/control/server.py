@@ -51,6 +51,7 @@ from typing import Any, Protocol
 import structlog
 
 from crdtd.control.protocol import (
+    COMMANDS,
     READS,
     REQUEST_BYTES_MAX,
     ControlError,
@@ -67,7 +68,7 @@ from crdtd.control.protocol import (
 
 SOCKET_MODE = 0o660
 PIPELINE_MAX = 256  # requests of one connection read and not yet answered
-STARTED_AT_ONCE = frozenset({"add", "create", "get", "before", "ping"})
+STARTED_AT_ONCE = frozenset(name for name, command in COMMANDS.items() if command.small)
 """Commands started as soon as they are read: their answers are a few hundred bytes."""
 PROBE_TIMEOUT_S = 1.0
 

@@ -63,10 +63,3 @@ def check_delta(value: object) -> int:
     if not INT64_MIN <= value <= INT64_MAX:
         raise InvalidInput(f"delta: expected a signed 64-bit integer, got {value}")
     return value
-
-
-def parse_delta(text: str) -> int:
-    """Parse a delta typed by a person (``+5``, ``-3``, ``7``); refuse ``5.0`` or ``0x5``."""
-    if not re.fullmatch(r"[+-]?[0-9]+", text.strip()):
-        raise InvalidInput(f"delta: expected an integer such as 5 or -3, got {text!r}")
-    return check_delta(int(text))

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from crdtd.control.protocol import HISTORY_PAGE_OPS, ControlError, ErrorCode, Request
@@ -78,9 +78,8 @@ class Handler(CoroutineHandler):
         return super().answer(request)
 
     async def handle(self, request: Request) -> dict[str, Any]:
-        method = getattr(self, f"_cmd_{request.cmd.replace('-', '_')}")
         try:
-            result: dict[str, Any] = await method(**request.args)
+            result = await ANSWERS[request.cmd](self, **request.args)
         except UnknownVariable as error:
             raise ControlError(ErrorCode.NOT_FOUND, str(error)) from None
         except InvalidInput as error:
@@ -289,6 +288,26 @@ class Handler(CoroutineHandler):
             "ttl": self._net.ttl,
             "checks": checks,
         }
+
+
+ANSWERS: dict[str, Callable[..., Awaitable[dict[str, Any]]]] = {
+    "create": Handler._cmd_create,
+    "variables": Handler._cmd_variables,
+    "get": Handler._cmd_get,
+    "history": Handler._cmd_history,
+    "before": Handler._cmd_before,
+    "add": Handler._cmd_add,
+    "populate": Handler._cmd_populate,
+    "sync": Handler._cmd_sync,
+    "peers": Handler._cmd_peers,
+    "status": Handler._cmd_status,
+    "keys": Handler._cmd_keys,
+    "verify": Handler._cmd_verify,
+    "stats": Handler._cmd_stats,
+    "net-test": Handler._cmd_net_test,
+}
+"""The daemon's answer to each command of `crdtd.control.protocol.COMMANDS` (``watch``
+and ``ping`` are the server's); tests/control/test_commands.py checks both tables."""
 
 
 def collect_stats(state: NodeState, driver: Driver, barriers: BarrierStats) -> dict[str, Any]:

@@ -125,6 +125,16 @@ def test_each_add_has_a_fresh_request_id(crdtctl: Crdtctl, counter: Daemon) -> N
     assert first != second
 
 
+def test_a_script_names_its_add_and_a_retry_counts_once(crdtctl: Crdtctl, counter: Daemon) -> None:
+    first = crdtctl("--json", "add", "--request-id", "order-17", "x", "5")
+    again = crdtctl("--json", "add", "--request-id", "order-17", "x", "5")
+    assert first.code == again.code == 0 and first.out == again.out
+    assert [r.args["request_id"] for r in counter.handler.requests] == ["order-17"] * 2
+    assert json.loads(first.out)["data"]["nonce"] == json.loads(again.out)["data"]["nonce"]
+    refused = crdtctl("add", "--request-id", "x" * 65, "x", "5")
+    assert refused.code == 2 and "request_id" in refused.err
+
+
 def test_history_is_a_table_with_signed_deltas(crdtctl: Crdtctl, counter: Daemon) -> None:
     crdtctl("--", "-12", "x")
     assert crdtctl("history", "x").out == (

@@ -24,107 +24,78 @@ Rules:
 from __future__ import annotations
 
 import hmac
-import ipaddress
-import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-from crdtd.core.ids import NAME_MAX, NONCE_MAX, Origin, is_name
+from crdtd.core.decoding import _DECODERS, decode
+from crdtd.core.ids import Origin
+from crdtd.core.layout import (
+    _OP,
+    _PREFIX,
+    _SYNC_TYPES,
+    _U8,
+    _U16,
+    _U64,
+    _U64X2,
+    BASE_BYTES,
+    DIGEST_BYTES,
+    FLAG_MAC,
+    MAC_BYTES,
+    MAGIC,
+    MODES,
+    OP_BYTES,
+    OPS_HASH_BYTES,
+    T_ANNOUNCE,
+    T_BASES,
+    T_DIGEST_REPLY,
+    T_DIGEST_REQUEST,
+    T_NACK,
+    T_OPS,
+    T_PEERS,
+    T_SYNC_ABORT,
+    T_SYNC_START,
+    TOTAL_PER_OP_MAX,
+    VERSION,
+    MalformedDatagram,
+    SyncMessage,
+    _barrier,
+    _bigint,
+    _name,
+    _ops_struct,
+    _origin,
+)
 from crdtd.core.messages import (
-    Announce,
     BarrierId,
     BaseEntry,
-    Bases,
-    DigestReply,
-    DigestRequest,
-    Envelope,
-    Message,
-    Nack,
     NackRange,
-    OpBatch,
     OpGroup,
-    PeerList,
-    SyncAbort,
-    SyncCommit,
-    SyncDone,
-    SyncJoin,
-    SyncReady,
-    SyncReadyAck,
-    SyncStart,
     VariableDigest,
     VariableReport,
 )
 from crdtd.core.modes import Mode
 from crdtd.core.settings import DATAGRAM_BYTES_MAX, Key
 
-MAGIC = b"cR"
-VERSION = 1
-FLAG_MAC = 0x01
-MAC_BYTES = 32
-DIGEST_BYTES = 16
-BIGINT_BYTES_MAX = 32
-TOTAL_PER_OP_MAX = 2**63
-"""A base's total is at most this much per op it folds, in either direction."""
-MODES = (Mode.WORK, Mode.SYNC, Mode.READY)
-"""Each mode's index on the wire: append a new one, never reorder."""
-
-T_ANNOUNCE, T_OPS, T_BASES, T_NACK = 1, 2, 3, 4
-T_PEERS, T_DIGEST_REQUEST, T_DIGEST_REPLY = 5, 6, 7
-OPS_HASH_BYTES = 8
-T_SYNC_START, T_SYNC_JOIN, T_SYNC_READY, T_SYNC_READY_ACK = 10, 11, 12, 13
-T_SYNC_COMMIT, T_SYNC_DONE, T_SYNC_ABORT = 14, 15, 16
-
-SyncMessage = SyncStart | SyncJoin | SyncReady | SyncReadyAck | SyncCommit | SyncDone | SyncAbort
-
-_PREFIX = struct.Struct(">2sBBB")
-_U8 = struct.Struct(">B")
-_U16 = struct.Struct(">H")
-_U64 = struct.Struct(">Q")
-_U64X2 = struct.Struct(">QQ")
-_OP = struct.Struct(">Qq")
-OP_BYTES = _OP.size
-"""What one op costs inside an OpBatch: what a repair's byte budget counts per op."""
-BASE_BYTES = 64
-"""What a repair's byte budget counts per base entry: its fixed fields, a short name
-and a total (an estimate on the generous side; a base stands for many ops)."""
-_OPS_CACHE: dict[int, struct.Struct] = {}
-
-
-class MalformedDatagram(Exception):
-    """A datagram that must be dropped; ``reason`` names the counter to bump.
-
-    ``key_id`` is the key id a signed datagram names in its trailer, when the MAC check
-    refused it (``unknown_key``, ``bad_mac``, ``unexpected_mac``) and the trailer holds a
-    plausible one: the operator's clue to which key file a node lacks. It is the
-    sender's claim, unchecked, and is only ever reported.
-    """
-
-    def __init__(self, reason: str, detail: str = "", *, key_id: str | None = None) -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.key_id = key_id
-
-
-# --- encoding ---------------------------------------------------------------------
-
-
-def _name(value: str) -> bytes:
-    raw = value.encode("ascii")
-    return _U8.pack(len(raw)) + raw
-
-
-def _bigint(value: int) -> bytes:
-    # The fewest bytes that hold *value* in two's complement (-(2**255) fits in 32).
-    raw = value.to_bytes((value + (value < 0)).bit_length() // 8 + 1, "big", signed=True)
-    assert len(raw) <= BIGINT_BYTES_MAX, "total beyond 255 bits"
-    return _U8.pack(len(raw)) + raw
-
-
-def _origin(origin: Origin) -> bytes:
-    return _name(origin.node_id) + _U64.pack(origin.incarnation)
-
-
-def _barrier(barrier: BarrierId) -> bytes:
-    return _U64.pack(barrier.epoch) + _name(barrier.initiator) + _U64.pack(barrier.serial)
+__all__ = [
+    "BASE_BYTES",
+    "FLAG_MAC",
+    "MODES",
+    "OP_BYTES",
+    "TOTAL_PER_OP_MAX",
+    "T_ANNOUNCE",
+    "T_BASES",
+    "T_NACK",
+    "T_OPS",
+    "T_SYNC_ABORT",
+    "T_SYNC_START",
+    "VERSION",
+    "_DECODERS",
+    "_SYNC_TYPES",
+    "Encoder",
+    "MalformedDatagram",
+    "SyncMessage",
+    "decode",
+]
+"""The wire format's one door: building here, reading in `crdtd.core.decoding`, the
+layout in `crdtd.core.layout`."""
 
 
 class Encoder:
@@ -269,288 +240,3 @@ def _chunks(items: Sequence[bytes], budget: int) -> list[list[bytes]]:
         chunks[-1].append(item)
         size += len(item)
     return chunks
-
-
-def _ops_struct(count: int) -> struct.Struct:
-    cached = _OPS_CACHE.get(count)
-    if cached is None:
-        cached = _OPS_CACHE[count] = struct.Struct(">" + "Qq" * count)
-    return cached
-
-
-# --- decoding ---------------------------------------------------------------------
-
-
-class _Reader:
-    """A cursor over a datagram; every read checks bounds and raises MalformedDatagram."""
-
-    __slots__ = ("data", "end", "pos")
-
-    def __init__(self, data: bytes, end: int) -> None:
-        self.data = data
-        self.pos = 0
-        self.end = end
-
-    def take(self, fmt: struct.Struct) -> tuple[int, ...]:
-        if self.pos + fmt.size > self.end:
-            raise MalformedDatagram("malformed", "truncated")
-        values = fmt.unpack_from(self.data, self.pos)
-        self.pos += fmt.size
-        return values
-
-    def u8(self) -> int:
-        return self.take(_U8)[0]
-
-    def u16(self) -> int:
-        return self.take(_U16)[0]
-
-    def u64(self) -> int:
-        return self.take(_U64)[0]
-
-    def raw(self, size: int) -> bytes:
-        if self.pos + size > self.end:
-            raise MalformedDatagram("malformed", "truncated")
-        value = self.data[self.pos : self.pos + size]
-        self.pos += size
-        return value
-
-    def name(self) -> str:
-        raw = self.raw(self.u8())
-        try:
-            value = raw.decode("ascii")
-        except UnicodeDecodeError:
-            raise MalformedDatagram("malformed", "non-ascii name") from None
-        if not is_name(value):
-            raise MalformedDatagram("malformed", f"bad name {value!r}")
-        return value
-
-    def origin(self) -> Origin:
-        return Origin(self.name(), self.u64())
-
-    def nonce(self) -> int:
-        value = self.u64()
-        if not 1 <= value <= NONCE_MAX:
-            raise MalformedDatagram("malformed", "nonce out of range")
-        return value
-
-    def mark(self) -> int:
-        value = self.u64()
-        if value > NONCE_MAX:
-            raise MalformedDatagram("malformed", "watermark out of range")
-        return value
-
-    def bigint(self) -> int:
-        size = self.u8()
-        if not 1 <= size <= BIGINT_BYTES_MAX:
-            raise MalformedDatagram("malformed", "integer length")
-        return int.from_bytes(self.raw(size), "big", signed=True)
-
-    def barrier(self) -> BarrierId:
-        return BarrierId(self.u64(), self.name(), self.u64())
-
-    def count(self, item_bytes_min: int) -> int:
-        value = self.u16()
-        if value * item_bytes_min > self.end - self.pos:
-            raise MalformedDatagram("malformed", "count beyond datagram")
-        return value
-
-
-def _decode_ops(r: _Reader) -> OpBatch:
-    groups = []
-    for _ in range(r.count(12)):
-        variable, origin, count = r.name(), r.origin(), r.u16()
-        if count * _OP.size > r.end - r.pos:
-            raise MalformedDatagram("malformed", "op count beyond datagram")
-        flat = r.take(_ops_struct(count)) if count else ()
-        ops = tuple(zip(flat[0::2], flat[1::2], strict=True))
-        previous = 0
-        for nonce, _delta in ops:
-            if nonce <= previous:
-                raise MalformedDatagram("malformed", "nonces not ascending")
-            previous = nonce
-        if previous > NONCE_MAX:
-            raise MalformedDatagram("malformed", "nonce out of range")
-        groups.append(OpGroup(variable, origin, ops))
-    return OpBatch(tuple(groups))
-
-
-def _decode_bases(r: _Reader) -> Bases:
-    entries = []
-    for _ in range(r.count(20)):
-        variable, origin, upto, total = r.name(), r.origin(), r.nonce(), r.bigint()
-        if abs(total) > upto * TOTAL_PER_OP_MAX:
-            # More than *upto* int64 deltas can sum to: sums of such claims would
-            # outgrow what a digest or a repair can carry.
-            raise MalformedDatagram("malformed", "total beyond its ops")
-        entries.append(BaseEntry(variable, origin, upto, total))
-    return Bases(tuple(entries))
-
-
-def _decode_nack(r: _Reader) -> Nack:
-    ranges = []
-    for _ in range(r.count(28)):
-        variable, origin = r.name(), r.origin()
-        first, last = r.take(_U64X2)
-        if not 1 <= first <= last <= NONCE_MAX:
-            raise MalformedDatagram("malformed", "bad range")
-        ranges.append(NackRange(variable, origin, first, last))
-    return Nack(tuple(ranges))
-
-
-def _decode_announce(r: _Reader) -> Announce:
-    mode_index, epoch = r.u8(), r.u64()
-    if mode_index >= len(MODES):
-        raise MalformedDatagram("malformed", "mode")
-    has_barrier = r.u8()
-    if has_barrier > 1:
-        raise MalformedDatagram("malformed", "barrier flag")
-    barrier = r.barrier() if has_barrier else None
-    digests = []
-    for _ in range(r.count(4)):
-        variable = r.name()
-        marks = tuple((r.origin(), r.mark()) for _ in range(r.count(18)))
-        digests.append(VariableDigest(variable, marks))
-    return Announce(MODES[mode_index], epoch, barrier, tuple(digests))
-
-
-def _decode_peers(r: _Reader) -> PeerList:
-    peers = []
-    for _ in range(r.count(7)):
-        node_id, host, port, heard = r.name(), r.name(), r.u16(), r.u8()
-        if port == 0 or heard > 1 or not _is_unicast_ipv4(host):
-            raise MalformedDatagram("malformed", "peer entry")
-        peers.append((node_id, host, port, bool(heard)))
-    return PeerList(tuple(peers))
-
-
-def _is_unicast_ipv4(host: str) -> bool:
-    """True for a dotted-quad IPv4 literal a datagram may be sent to."""
-    try:
-        address = ipaddress.IPv4Address(host)
-    except ValueError:
-        return False
-    return not (address.is_multicast or address.is_unspecified or address == _BROADCAST)
-
-
-_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
-
-
-def _decode_digest_request(r: _Reader) -> DigestRequest:
-    return DigestRequest(r.u64())
-
-
-def _decode_digest_reply(r: _Reader) -> DigestReply:
-    token, page, pages = r.u64(), r.u16(), r.u16()
-    if not page < pages:
-        raise MalformedDatagram("malformed", "page beyond count")
-    reports = []
-    for _ in range(r.count(13)):
-        variable, value, ops_hash = r.name(), r.bigint(), r.raw(OPS_HASH_BYTES)
-        marks = tuple((r.origin(), r.mark()) for _ in range(r.count(18)))
-        reports.append(VariableReport(variable, value, ops_hash, marks))
-    return DigestReply(token, page, pages, tuple(reports))
-
-
-def _sync_decoder(cls: type, with_digest: bool) -> Callable[[_Reader], Message]:
-    def decode(r: _Reader) -> Message:
-        barrier = r.barrier()
-        if with_digest:
-            return cls(barrier, r.raw(DIGEST_BYTES))  # type: ignore[no-any-return]
-        return cls(barrier)  # type: ignore[no-any-return]
-
-    return decode
-
-
-_SYNC_TYPES: dict[type, int] = {
-    SyncStart: T_SYNC_START,
-    SyncJoin: T_SYNC_JOIN,
-    SyncReady: T_SYNC_READY,
-    SyncReadyAck: T_SYNC_READY_ACK,
-    SyncCommit: T_SYNC_COMMIT,
-    SyncDone: T_SYNC_DONE,
-    SyncAbort: T_SYNC_ABORT,
-}
-
-_DECODERS: dict[int, Callable[[_Reader], Message]] = {
-    T_ANNOUNCE: _decode_announce,
-    T_OPS: _decode_ops,
-    T_BASES: _decode_bases,
-    T_NACK: _decode_nack,
-    T_PEERS: _decode_peers,
-    T_DIGEST_REQUEST: _decode_digest_request,
-    T_DIGEST_REPLY: _decode_digest_reply,
-    **{
-        kind: _sync_decoder(cls, cls in (SyncReady, SyncReadyAck, SyncCommit))
-        for cls, kind in _SYNC_TYPES.items()
-    },
-}
-
-
-def decode(data: bytes, keys: Sequence[Key] = ()) -> Envelope:
-    """Parse and authenticate one datagram, or raise `MalformedDatagram`."""
-    if len(data) > DATAGRAM_BYTES_MAX:
-        raise MalformedDatagram("oversized")
-    if len(data) < _PREFIX.size:
-        raise MalformedDatagram("malformed", "short")
-    magic, version, kind, flags = _PREFIX.unpack_from(data)
-    if magic != MAGIC:
-        raise MalformedDatagram("malformed", "magic")
-    if version != VERSION:
-        raise MalformedDatagram("unknown_version", str(version))
-    if flags & ~FLAG_MAC:
-        raise MalformedDatagram("malformed", "flags")
-    end = _check_mac(data, flags, keys)
-    r = _Reader(data, end)
-    r.pos = _PREFIX.size
-    sender, seq = r.origin(), r.u64()
-    decoder = _DECODERS.get(kind)
-    if decoder is None:
-        raise MalformedDatagram("unknown_type", str(kind))
-    message = decoder(r)
-    if r.pos != end:
-        raise MalformedDatagram("malformed", "trailing bytes")
-    return Envelope(sender, seq, message)
-
-
-def _check_mac(data: bytes, flags: int, keys: Sequence[Key]) -> int:
-    """Return where the body ends, after checking the MAC the flags and keys call for."""
-    if not flags & FLAG_MAC:
-        if keys:
-            raise MalformedDatagram("unauthenticated")
-        return len(data)
-    mac_at = len(data) - MAC_BYTES
-    if not keys:
-        raise MalformedDatagram("unexpected_mac", key_id=_trailer_key_id(data, mac_at))
-    # The trailer is key_id (u8 length + name) then the MAC; find it from the end.
-    # One key id's encoding can be the tail of another's, so try every key that fits.
-    named = False
-    for key in keys:
-        name = _name(key.key_id)
-        start = mac_at - len(name)
-        if start > _PREFIX.size and data[start:mac_at] == name:
-            named = True
-            expected = hmac.digest(key.secret, data[:mac_at], "sha256")  # one-shot, in C
-            if hmac.compare_digest(expected, data[mac_at:]):
-                return start
-    raise MalformedDatagram(
-        "bad_mac" if named else "unknown_key", key_id=_trailer_key_id(data, mac_at)
-    )
-
-
-def _trailer_key_id(data: bytes, mac_at: int) -> str | None:
-    """The key id the trailer before *mac_at* names, or None if there is no plausible one.
-
-    Read from the end: the shortest length L whose byte sits L bytes before the MAC and
-    whose L bytes form a name. Another reading can fit only where a byte that is a name
-    character also equals a length (45..57: ``-``, ``.`` or a digit), which takes an id
-    of 45 characters or more; shorter ids read one way.
-    """
-    for length in range(1, NAME_MAX + 1):
-        start = mac_at - length
-        if start - 1 <= _PREFIX.size:
-            return None
-        if data[start - 1] == length:
-            name = data[start:mac_at].decode("ascii", "replace")
-            if is_name(name):
-                return name
-    return None

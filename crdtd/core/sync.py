@@ -2,7 +2,9 @@
 initiator side.
 
 `crdtd.core.barrier` holds the vocabulary: modes, phases, inputs, what a cut is, and the
-state kept per barrier. This module holds the two transition tables and applies them. A
+state kept per barrier. This module holds the participant's table (`PARTICIPANT`) and
+applies it; `crdtd.core.initiator` is the initiator's side, which `Syncer` inherits,
+and `crdtd.core.barrier_io` what the Syncer reads and returns. A
 `Node` owns one `Syncer` and hands it what concerns barriers: every barrier message, its
 timer, peers appearing and expiring, ``start_sync``, and a note each time a watermark or
 base moves (which makes any cut taken before stale).
@@ -22,8 +24,6 @@ Rules (the node's, too): no clock, no IO, ``now`` comes in; peer input never rai
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
 
 from crdtd.core import wire
 from crdtd.core.barrier import (
@@ -38,10 +38,21 @@ from crdtd.core.barrier import (
     Status,
     take_cut,
 )
-from crdtd.core.counters import Counter
+from crdtd.core.barrier_io import (
+    NOTHING,
+    AnnounceNow,
+    Effect,
+    Fold,
+    Inbound,
+    NodeView,
+    Send,
+    Thaw,
+    UseSerial,
+)
 from crdtd.core.effects import Count, Report
-from crdtd.core.events import Event, SyncFinished, SyncStarted
-from crdtd.core.ids import Address, Origin
+from crdtd.core.events import SyncFinished, SyncStarted
+from crdtd.core.ids import Origin
+from crdtd.core.initiator import INITIATOR, Initiator
 from crdtd.core.messages import (
     BarrierId,
     SyncAbort,
@@ -54,7 +65,6 @@ from crdtd.core.messages import (
 )
 from crdtd.core.modes import Mode
 from crdtd.core.peers import Peer
-from crdtd.core.settings import Settings
 
 __all__ = [
     "INITIATOR",
@@ -73,85 +83,7 @@ __all__ = [
 ]
 
 
-class NodeView(Protocol):
-    """What a `Syncer` reads of the node that owns it; it writes nothing there."""
-
-    @property
-    def node_id(self) -> str: ...
-
-    @property
-    def origin(self) -> Origin: ...
-
-    @property
-    def settings(self) -> Settings: ...
-
-    @property
-    def epoch(self) -> int: ...
-
-    @property
-    def counters(self) -> dict[str, Counter]: ...
-
-    @property
-    def peers(self) -> dict[Origin, Peer]: ...
-
-    @property
-    def last_seq(self) -> int:
-        """The latest datagram sequence number used; it grows across restarts."""
-
-    def live_peers(self) -> list[Peer]:
-        """The peers not suspected, by origin: the ones a barrier invites."""
-
-
-@dataclass(frozen=True, slots=True)
-class Send:
-    message: wire.SyncMessage
-    address: Address
-
-
-@dataclass(frozen=True, slots=True)
-class AnnounceNow:
-    """Multicast our digest now, so every participant learns what we hold."""
-
-
-@dataclass(frozen=True, slots=True)
-class Fold:
-    """Replace the ops *cut* names by their sums, and advance to *epoch*."""
-
-    cut: Cut
-    epoch: int
-
-
-@dataclass(frozen=True, slots=True)
-class Thaw:
-    """Apply the local writes held while this node was frozen."""
-
-
-@dataclass(frozen=True, slots=True)
-class UseSerial:
-    """A barrier took *serial* (``last_seq + 1``): the node's next datagram must use a
-    higher sequence number."""
-
-    serial: int
-
-
-Effect = Send | AnnounceNow | Fold | Thaw | Report | Count | UseSerial
-
-
-@dataclass(frozen=True, slots=True)
-class Inbound:
-    """What came with an input: whom to answer, the digest it names, why a barrier is
-    left, and which member sent it (None: nobody, or our own participant)."""
-
-    address: Address | None = None
-    digest: bytes = b""
-    reason: str = ""
-    sender: Origin | None = None
-
-
-NOTHING = Inbound()
-
-
-class Syncer:
+class Syncer(Initiator):
     """The barriers of one node. Only `mode` and `phase` are for reading from outside.
 
     Both sides are driven by a table (`PARTICIPANT`, `INITIATOR`, below the class):
@@ -162,8 +94,8 @@ class Syncer:
     """
 
     def __init__(self, node: NodeView, now: float) -> None:
+        super().__init__()
         self._node = node
-        self._effects: list[Effect] = []
         self.mode = Mode.WORK
         self.phase = Phase.IDLE
         self._part: Participation | None = None
@@ -273,18 +205,6 @@ class Syncer:
             self._count(f"barrier_ignored_{event.value}")
             return
         actions, self.mode = entry
-        for action in actions:
-            action(self, barrier, now, inbound)
-
-    def _coordinate(
-        self, event: Call, barrier: BarrierId, now: float, inbound: Inbound = NOTHING
-    ) -> None:
-        """Apply `INITIATOR`; inputs not in it are counted and ignored."""
-        entry = INITIATOR.get((self.phase, event))
-        if entry is None:
-            self._count(f"coordinator_ignored_{event.value}")
-            return
-        actions, self.phase = entry
         for action in actions:
             action(self, barrier, now, inbound)
 
@@ -458,153 +378,6 @@ class Syncer:
             elif now >= closing.next_send:
                 self._repeat_closing(closing, now)
 
-    # --- initiator: inputs --------------------------------------------------------
-
-    def _initiate(self, now: float) -> None:
-        # The serial is a datagram sequence number, which grows across restarts, so a
-        # restarted initiator never reuses an earlier barrier's id.
-        node = self._node
-        serial = node.last_seq + 1
-        self._effects.append(UseSerial(serial))
-        epoch = max([node.epoch, *(peer.epoch for peer in node.peers.values())]) + 1
-        self._coordinate(Call.INITIATE, BarrierId(epoch, node.node_id, serial), now)
-
-    def _on_sync_join(self, barrier: BarrierId, peer: Peer, now: float) -> None:
-        if self._member(barrier, peer.origin) is None:
-            self._turn_away(barrier, peer)
-        else:
-            self._coordinate(Call.JOIN, barrier, now, Inbound(peer.address, sender=peer.origin))
-
-    def _on_sync_ready(self, message: SyncReady, peer: Peer | None, now: float) -> None:
-        """A member's SyncReady; *peer* None: our own participant's."""
-        origin = self._node.origin if peer is None else peer.origin
-        if self._member(message.barrier, origin) is None:
-            if peer is not None:
-                self._turn_away(message.barrier, peer)
-            return
-        inbound = Inbound(None if peer is None else peer.address, message.digest, sender=origin)
-        self._coordinate(Call.READY, message.barrier, now, inbound)
-
-    def _member(self, barrier: BarrierId, origin: Origin) -> Member | None:
-        """The member *origin* of the barrier we coordinate, if *barrier* is that one."""
-        coord = self._coord
-        if coord is None or coord.barrier != barrier:
-            return None
-        return coord.members.get(origin)
-
-    def _on_sync_done(self, barrier: BarrierId, peer: Peer) -> None:
-        closing = self._closing.get(barrier)
-        if closing is not None:
-            closing.pending.pop(peer.origin, None)
-
-    # --- initiator: actions -------------------------------------------------------
-
-    def _open(self, barrier: BarrierId, now: float, inbound: Inbound) -> None:
-        """Coordinate *barrier*: we are a member, joined; every live peer is invited."""
-        node = self._node
-        members = {node.origin: Member(None, Status.JOINED, now)}
-        for peer in node.live_peers():
-            members[peer.origin] = Member(peer.address, Status.INVITED, now)
-        self._coord = Coordination(barrier, now, now + node.settings.sync_freeze_max_s, members)
-        self._count("barriers_started")
-
-    def _join_own(self, barrier: BarrierId, now: float, inbound: Inbound) -> None:
-        self._step(Input.START, barrier, now)
-
-    def _invite(self, barrier: BarrierId, now: float, inbound: Inbound) -> None:
-        """(Re)send SyncStart to members that have not joined; drop the long-silent."""
-        coord = self._coord
-        assert coord is not None
-        join_timeout = self._node.settings.sync_freeze_max_s / 4
-        for origin, member in list(coord.members.items()):
-            if member.status is not Status.INVITED:
-                continue
-            if now - member.invited_at >= join_timeout:
-                del coord.members[origin]
-                self._count("barrier_members_dropped")
-            elif member.address is not None:
-                self._send(SyncStart(coord.barrier), member.address)
-        coord.next_send = now + self._node.settings.sync_retry_s
-
-    def _mark_joined(self, barrier: BarrierId, now: float, inbound: Inbound) -> None:
-        coord = self._coord
-        assert coord is not None
-        assert inbound.sender is not None
-        member = coord.members[inbound.sender]
-        if member.status is Status.INVITED:
-            member.status = Status.JOINED
-
-    def _record_ready(self, barrier: BarrierId, now: float, inbound: Inbound) -> None:
-        """Note the member's digest and acknowledge it."""
-        coord = self._coord
-        assert coord is not None
-        assert inbound.sender is not None
-        own = inbound.sender == self._node.origin
-        member = coord.members[inbound.sender]
-        member.status = Status.JOINED
-        member.digest = inbound.digest
-        if own:
-            assert self._part is not None
-            self._part.acked = True
-        else:
-            assert inbound.address is not None
-            self._send(SyncReadyAck(barrier, inbound.digest), inbound.address)
-
-    def _check_agreement(self, barrier: BarrierId, now: float, inbound: Inbound) -> None:
-        coord = self._coord
-        assert coord is not None
-        digest = coord.agreed_digest()
-        if digest is not None:
-            self._coordinate(Call.AGREED, barrier, now, Inbound(digest=digest))
-
-    def _close_commit(self, barrier: BarrierId, now: float, inbound: Inbound) -> None:
-        self._close(now, inbound.digest)
-
-    def _close_abort(self, barrier: BarrierId, now: float, inbound: Inbound) -> None:
-        self._close(now, None)
-
-    def _commit_own(self, barrier: BarrierId, now: float, inbound: Inbound) -> None:
-        self._step(Input.COMMIT, barrier, now, Inbound(None, inbound.digest))
-
-    def _abort_own(self, barrier: BarrierId, now: float, inbound: Inbound) -> None:
-        self._step(Input.ABORT, barrier, now, Inbound(reason=inbound.reason))
-
-    # --- initiator: helpers -------------------------------------------------------
-
-    def _close(self, now: float, digest: bytes | None) -> None:
-        """Stop coordinating: tell every member to commit *digest* (or abort, if None)
-        and keep telling them until each acknowledges. Our own part is the caller's."""
-        coord = self._coord
-        assert coord is not None
-        self._coord = None
-        pending = {
-            origin: member.address
-            for origin, member in coord.members.items()
-            if member.address is not None
-        }
-        give_up_at = now + 2 * self._node.settings.sync_freeze_max_s
-        closing = Closing(coord.barrier, digest, pending, give_up_at)
-        self._closing[coord.barrier] = closing
-        self._repeat_closing(closing, now)
-
-    def _repeat_closing(self, closing: Closing, now: float) -> None:
-        for address in closing.pending.values():
-            if closing.digest is None:
-                self._send(SyncAbort(closing.barrier), address)
-            else:
-                self._send(SyncCommit(closing.barrier, closing.digest), address)
-        closing.next_send = now + self._node.settings.sync_retry_s
-
-    def _turn_away(self, barrier: BarrierId, peer: Peer) -> None:
-        """A peer took part in a barrier of ours that no longer counts it (it was dropped,
-        or the barrier ended without it, as after a stall): tell it to leave, so it
-        does not sit frozen until its own deadline, refusing every later barrier."""
-        closing = self._closing.get(barrier)
-        if barrier.initiator != self._node.node_id or (closing and peer.origin in closing.pending):
-            return  # not ours, or a member the closing message is still on its way to
-        self._count("barrier_strays_turned_away")
-        self._send(SyncAbort(barrier), peer.address)
-
     # --- scheduling ---------------------------------------------------------------
 
     def _sync_gap(self) -> float:
@@ -622,21 +395,6 @@ class Syncer:
             self._last_barrier_at = now  # someone else's turn; check again an interval later
             return
         self._initiate(now)
-
-    # --- effects ------------------------------------------------------------------
-
-    def _send(self, message: wire.SyncMessage, address: Address) -> None:
-        self._effects.append(Send(message, address))
-
-    def _report_event(self, event: Event) -> None:
-        self._effects.append(Report(event))
-
-    def _count(self, name: str) -> None:
-        self._effects.append(Count(name))
-
-    def _drain(self) -> list[Effect]:
-        effects, self._effects = self._effects, []
-        return effects
 
 
 Action = Callable[[Syncer, BarrierId, float, Inbound], None]
@@ -664,40 +422,3 @@ PARTICIPANT: dict[tuple[Mode, Input], tuple[tuple[Action, ...], Mode]] = {
 (``barrier_ignored_<input>``) and ignored. Messages about *another* barrier never reach
 it: a commit for one we already left is acknowledged, and folded if we still hold the
 cut it names; an abort for one is only acknowledged."""
-
-_CLOSE_ABORT = (Syncer._close_abort, Syncer._abort_own)
-
-INITIATOR: dict[tuple[Phase, Call], tuple[tuple[Action, ...], Phase]] = {
-    (Phase.IDLE, Call.INITIATE): (
-        (Syncer._open, Syncer._join_own, Syncer._invite, Syncer._check_agreement),
-        Phase.COORDINATING,
-    ),
-    # Our participant left our barrier early (a stray commit or abort): start afresh.
-    (Phase.COORDINATING, Call.INITIATE): (
-        (
-            Syncer._close_abort,
-            Syncer._open,
-            Syncer._join_own,
-            Syncer._invite,
-            Syncer._check_agreement,
-        ),
-        Phase.COORDINATING,
-    ),
-    (Phase.COORDINATING, Call.JOIN): ((Syncer._mark_joined,), Phase.COORDINATING),
-    (Phase.COORDINATING, Call.READY): (
-        (Syncer._record_ready, Syncer._check_agreement),
-        Phase.COORDINATING,
-    ),
-    (Phase.COORDINATING, Call.RETRY): (
-        (Syncer._invite, Syncer._check_agreement),
-        Phase.COORDINATING,
-    ),
-    (Phase.COORDINATING, Call.AGREED): ((Syncer._close_commit, Syncer._commit_own), Phase.IDLE),
-    (Phase.COORDINATING, Call.REFUSED): (_CLOSE_ABORT, Phase.IDLE),
-    (Phase.COORDINATING, Call.DEADLINE): (_CLOSE_ABORT, Phase.IDLE),
-    (Phase.COORDINATING, Call.LOST): ((Syncer._close_abort,), Phase.IDLE),
-}
-"""The initiator side: (phase, input) -> (actions, next phase); anything else is counted
-(``coordinator_ignored_<input>``) and ignored. A SyncJoin or SyncReady about a barrier
-we do not coordinate, or from a node that is not (or no longer) a member, never reaches
-it: the sender is turned away (`Syncer._turn_away`)."""

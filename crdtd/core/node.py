@@ -49,7 +49,7 @@ from dataclasses import dataclass
 
 from crdtd.core import wire
 from crdtd.core.barrier import Cut
-from crdtd.core.counters import Applied, Counter
+from crdtd.core.counters import Counter
 from crdtd.core.effects import Count, Report
 from crdtd.core.events import (
     AddApplied,
@@ -59,7 +59,6 @@ from crdtd.core.events import (
     StateRewound,
     ValueChanged,
     VariableAdded,
-    VariablesOverLimit,
     VerifyFinished,
 )
 from crdtd.core.identity import SALT_BITS, choose_incarnation
@@ -95,6 +94,15 @@ from crdtd.core.records import (
 from crdtd.core.repair import Effect as RepairEffect
 from crdtd.core.repair import Repairs, SendBases, SendNack, SendOps
 from crdtd.core.replay import FLOOR_SAVE_INTERVAL_S, ReplayWindow
+from crdtd.core.replication import (
+    Created,
+    NoteChange,
+    Persist,
+    Refused,
+    Replication,
+    Rewound,
+)
+from crdtd.core.replication import Effect as ReplicaEffect
 from crdtd.core.settings import Key, Settings
 from crdtd.core.sync import (
     AnnounceNow,
@@ -109,9 +117,6 @@ from crdtd.core.verify import AskReports, Finished, SendReports, Verifier
 from crdtd.core.verify import Effect as VerifyEffect
 
 __all__ = ["Datagram", "Mode", "Node", "PeerView"]
-
-VARIABLES_HARD_FACTOR = 2
-"""Peers may bring a node to this many times ``variables_max`` (see `Node.create`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +162,6 @@ class Node:
         self.counters: dict[str, Counter] = {}
         self._rng = rng
         self._members = Membership(self.node_id, settings, now)
-        self._over_limit = False
         self._windows: dict[Origin, ReplayWindow] = {}  # outlive peers; bounded, LRU
         self._floors_saved: dict[Origin, int] = {}
         self._next_floor_save = now + FLOOR_SAVE_INTERVAL_S
@@ -166,6 +170,7 @@ class Node:
         self._events: list[Event] = []
         self._fresh: dict[str, list[tuple[int, int]]] = {}
         self._repairs = Repairs(settings, rng)
+        self._replication = Replication(settings, self.counters, self.peers, self._repairs)
         self._tickets = 0
         self._held: list[tuple[int, str, int, str | None]] = []  # while frozen:
         # (ticket, variable, delta, request_id); indexed below, so each add is O(1)
@@ -182,7 +187,7 @@ class Node:
             origin.incarnation, self._used_incarnation, rng.getrandbits(SALT_BITS)
         )
         self.origin = Origin(self.node_id, incarnation)
-        self._members.origin = self.origin
+        self._members.origin = self._replication.origin = self.origin
         self._verifier = Verifier(self.origin, settings.verify_timeout_s, now)
         self.booted_at = now
         self._encoder = wire.Encoder(self.origin, settings.keys, seq_start)
@@ -247,7 +252,7 @@ class Node:
         """Create *variable* here and everywhere; False (a no-op) if it exists.
 
         ``variables_max`` bounds the names made *here*: at the limit a new one raises
-        `InvalidInput`. Names made elsewhere are kept up to `VARIABLES_HARD_FACTOR`
+        `InvalidInput`. Names made elsewhere are kept up to `replication.VARIABLES_HARD_FACTOR`
         times the limit, so two halves of a cluster that each stayed under it still
         merge into one set of variables instead of diverging.
         """
@@ -343,6 +348,7 @@ class Node:
     def set_keys(self, keys: tuple[Key, ...]) -> None:
         """Rotate cluster keys: sign with ``keys[0]`` from now on, accept any of them."""
         self.settings = dataclasses.replace(self.settings, keys=keys)
+        self._members.settings = self._replication.settings = self.settings
         self._encoder = wire.Encoder(self.origin, keys, self._encoder.seq)
 
     # --- outputs ------------------------------------------------------------------
@@ -460,12 +466,16 @@ class Node:
         counter = self.counters.get(variable)
         if counter is None:
             counter = self.counters[variable] = Counter(variable)
-            self._held_new.pop(variable, None)  # a held add's name now counts as a counter
-            self._records.append(VariableCreated(variable))
-            self._events.append(VariableAdded(variable))
-            if local:
-                self._fresh.setdefault(variable, [])
+            self._created(variable, local)
         return counter
+
+    def _created(self, variable: str, local: bool) -> None:
+        """*variable*'s counter was just made (here, or by `Replication`)."""
+        self._held_new.pop(variable, None)  # a held add's name now counts as a counter
+        self._records.append(VariableCreated(variable))
+        self._events.append(VariableAdded(variable))
+        if local:
+            self._fresh.setdefault(variable, [])
 
     def _apply_local(
         self, ticket: int, variable: str, delta: int, request_id: str | None = None
@@ -512,22 +522,6 @@ class Node:
         O(1): a barrier may hold many adds, and scanning them on each add was O(n^2)."""
         if len(self.counters) + len(self._held_new) >= self.settings.variables_max:
             raise InvalidInput(f"variables_max ({self.settings.variables_max}) reached")
-
-    def _remote_variable(self, variable: str) -> Counter | None:
-        """The counter a peer's message names, created if there is room for it."""
-        if variable in self.counters:
-            return self.counters[variable]
-        limit = self.settings.variables_max
-        hard = VARIABLES_HARD_FACTOR * limit
-        if len(self.counters) >= hard:
-            self._count("variables_hard_max_reached")
-            return None
-        if len(self.counters) >= limit:
-            self._count("variables_over_limit")
-            if not self._over_limit:
-                self._over_limit = True
-                self._events.append(VariablesOverLimit(len(self.counters) + 1, limit, hard))
-        return self._ensure(variable, local=False)
 
     # --- peers --------------------------------------------------------------------
 
@@ -591,13 +585,13 @@ class Node:
 
     def _dispatch(self, message: Message, peer: Peer, now: float) -> None:
         if isinstance(message, OpBatch):
-            self._on_ops(message, peer, now)
+            self._apply_replication(self._replication.on_ops(message, peer, now), now)
         elif isinstance(message, Announce):
-            self._on_announce(message, peer, now)
+            self._apply_replication(self._replication.on_announce(message, peer, now), now)
         elif isinstance(message, Nack):
             self._apply_repair(self._repairs.serve(message, peer.address, self.counters, now))
         elif isinstance(message, Bases):
-            self._on_bases(message, peer, now)
+            self._apply_replication(self._replication.on_bases(message, peer, now), now)
         elif isinstance(message, PeerList):
             self._apply_members(self._members.on_peer_list(message, peer, now), now)
         elif isinstance(message, DigestRequest):
@@ -612,103 +606,32 @@ class Node:
         else:
             self._count("messages_unhandled")  # decodable but not ours to act on
 
-    def _on_ops(self, batch: OpBatch, peer: Peer, now: float) -> None:
-        for group in batch.groups:
-            if group.origin == self.origin:
-                self._check_own_ops(group, peer, now)
-                continue
-            counter = self._remote_variable(group.variable)
-            if counter is None:
-                continue
-            origin = group.origin
-            before = counter.value
-            for nonce, delta in group.ops:
-                result = counter.apply(origin, nonce, delta)
-                if result is Applied.NEW:
-                    self._records.append(OpRecorded(group.variable, origin, nonce, delta))
-                    self._count("ops_applied")
-                elif result is Applied.DUPLICATE:
-                    self._count("ops_duplicate")
-                else:
-                    self._count("ops_conflicting")
-            if group.ops:
-                self._sync.note_change()
-                seen = group.ops[-1][0]
-                self._apply_repair(self._repairs.changed(counter, origin, seen, peer.origin, now))
-            if counter.value != before:
-                self._events.append(ValueChanged(group.variable, counter.value))
-
-    def _check_own_ops(self, group: OpGroup, peer: Peer, now: float) -> None:
-        """Ops of our current origin come back to us (repairs, copies); we hold each one
-        we issued, so any other is a claim we refuse, never an op we store."""
-        counter = self.counters.get(group.variable)
-        log = counter.logs.get(self.origin, {}) if counter is not None else {}
-        for nonce, delta in group.ops:
-            if log.get(nonce) == delta or (counter and nonce <= counter.base_upto(self.origin)):
-                self._count("ops_duplicate")
-            else:
-                self._refuse_claim("op", group.variable, nonce, peer, now)
-
     def _refuse_claim(self, kind: str, variable: str, nonce: int, peer: Peer, now: float) -> None:
         self._count("claims_refused")
         if self._members.due_report("claim", peer.node_id, now):
             self._events.append(ClaimRefused(kind, variable, nonce, peer.node_id, peer.address))
 
-    def _on_bases(self, message: Bases, peer: Peer, now: float) -> None:
-        for entry in message.entries:
-            if entry.origin == self.origin:
-                # Only a barrier we took part in folds our own ops (`fold`); a base for
-                # them from a peer is at best an echo and at worst a forgery.
-                counter = self.counters.get(entry.variable)
-                if counter is None or entry.upto > counter.watermark(self.origin):
-                    self._refuse_claim("base", entry.variable, entry.upto, peer, now)
-                else:
-                    self._count("bases_duplicate")
-                continue
-            counter = self._remote_variable(entry.variable)
-            if counter is None:
-                continue
-            before = counter.value
-            if counter.adopt_base(entry.origin, entry.upto, entry.total):
-                self._sync.note_change()
-                self._records.append(
-                    BaseFolded(entry.variable, entry.origin, entry.upto, entry.total)
-                )
-                self._count("bases_adopted")
-                effects = self._repairs.changed(counter, entry.origin, entry.upto, None, now)
-                self._apply_repair(effects)
-            if counter.value != before:
-                self._events.append(ValueChanged(entry.variable, counter.value))
-
-    def _on_announce(self, message: Announce, peer: Peer, now: float) -> None:
-        peer.mode, peer.epoch, peer.barrier = message.mode, message.epoch, message.barrier
-        peer.announced_at = now
-        for digest in message.digests:
-            counter = self._remote_variable(digest.variable)
-            if counter is None:
-                continue
-            for origin, mark in digest.marks:
-                held = counter.watermark(origin)
-                if origin.node_id == self.node_id and mark > held:
-                    if origin == self.origin:
-                        self._refuse_claim("mark", digest.variable, mark, peer, now)
-                        continue  # never wanted: nobody can hold more of us than we do
-                    if origin not in self.peers:
-                        self._rewound(origin, digest.variable, held, mark, peer, now)
-                key = (digest.variable, origin)
-                if mark > peer.marks.get(key, 0):
-                    peer.marks[key] = mark
-                if mark > held:
-                    self._apply_repair(self._repairs.want(counter, origin, mark, peer.origin, now))
-
-    def _rewound(
-        self, origin: Origin, variable: str, held: int, seen: int, peer: Peer, now: float
-    ) -> None:
-        """A peer holds more of an earlier incarnation of ours than we do: our state is
-        older than the one that issued those ops. Repair brings them back; say so."""
-        self._count("state_rewound")
-        if self._members.due_report("rewound", self.node_id, now):
-            self._events.append(StateRewound(origin, variable, held, seen, peer.node_id))
+    def _apply_replication(self, effects: list[ReplicaEffect], now: float) -> None:
+        """Carry out what `Replication` asked for, in its order."""
+        for effect in effects:
+            match effect:
+                case Persist(record):
+                    self._records.append(record)
+                case Created(variable):
+                    self._created(variable, local=False)
+                case NoteChange():
+                    self._sync.note_change()
+                case Refused(kind, variable, nonce, peer):
+                    self._refuse_claim(kind, variable, nonce, peer, now)
+                case Rewound(origin, variable, held, seen, peer):
+                    # Our state is older than the one that issued those ops; repair
+                    # brings them back: say so.
+                    self._count("state_rewound")
+                    if self._members.due_report("rewound", self.node_id, now):
+                        event = StateRewound(origin, variable, held, seen, peer.node_id)
+                        self._events.append(event)
+                case _:
+                    self._apply_repair([effect])
 
     def _announce(
         self,

@@ -19,6 +19,7 @@ class Report:
 
 @dataclass(frozen=True, slots=True)
 class Count:
-    """Bump the node's counter *name* by one."""
+    """Bump the node's counter *name* by *amount*."""
 
     name: str
+    amount: int = 1

@@ -41,7 +41,6 @@ Rules:
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import random
 from collections.abc import Iterable, Sequence
@@ -52,17 +51,15 @@ from crdtd.core.barrier import Cut
 from crdtd.core.counters import Counter
 from crdtd.core.effects import Count, Report
 from crdtd.core.events import (
-    AddApplied,
     ClaimRefused,
     DatagramRejected,
     Event,
     StateRewound,
-    ValueChanged,
     VariableAdded,
     VerifyFinished,
 )
 from crdtd.core.identity import SALT_BITS, choose_incarnation
-from crdtd.core.ids import Address, InvalidInput, Origin, check_delta, check_name
+from crdtd.core.ids import Address, Origin
 from crdtd.core.membership import Effect as MemberEffect
 from crdtd.core.membership import Forgotten, Joined, Membership, Welcome
 from crdtd.core.messages import (
@@ -81,7 +78,6 @@ from crdtd.core.messages import (
 from crdtd.core.modes import Mode
 from crdtd.core.peers import Peer
 from crdtd.core.records import (
-    REQUESTS_KEPT,
     AddNamed,
     BaseFolded,
     EpochAdvanced,
@@ -115,6 +111,8 @@ from crdtd.core.sync import (
 from crdtd.core.sync import Effect as SyncEffect
 from crdtd.core.verify import AskReports, Finished, SendReports, Verifier
 from crdtd.core.verify import Effect as VerifyEffect
+from crdtd.core.writes import Effect as WriteEffect
+from crdtd.core.writes import Fresh, Writes
 
 __all__ = ["Datagram", "Mode", "Node", "PeerView"]
 
@@ -172,11 +170,7 @@ class Node:
         self._repairs = Repairs(settings, rng)
         self._replication = Replication(settings, self.counters, self.peers, self._repairs)
         self._tickets = 0
-        self._held: list[tuple[int, str, int, str | None]] = []  # while frozen:
-        # (ticket, variable, delta, request_id); indexed below, so each add is O(1)
-        self._held_new: dict[str, None] = {}  # held adds' names that have no counter yet
-        self._held_requests: dict[str, tuple[str, int]] = {}  # request id -> (var, delta)
-        self._named: collections.OrderedDict[str, AddNamed] = collections.OrderedDict()
+        self._writes = Writes(settings, self.counters)
         self._sync = Syncer(self, now)
         self._next_announce = now
         self._used_incarnation = 0
@@ -187,7 +181,7 @@ class Node:
             origin.incarnation, self._used_incarnation, rng.getrandbits(SALT_BITS)
         )
         self.origin = Origin(self.node_id, incarnation)
-        self._members.origin = self._replication.origin = self.origin
+        self._members.origin = self._replication.origin = self._writes.origin = self.origin
         self._verifier = Verifier(self.origin, settings.verify_timeout_s, now)
         self.booted_at = now
         self._encoder = wire.Encoder(self.origin, settings.keys, seq_start)
@@ -252,85 +246,41 @@ class Node:
         """Create *variable* here and everywhere; False (a no-op) if it exists.
 
         ``variables_max`` bounds the names made *here*: at the limit a new one raises
-        `InvalidInput`. Names made elsewhere are kept up to `replication.VARIABLES_HARD_FACTOR`
-        times the limit, so two halves of a cluster that each stayed under it still
-        merge into one set of variables instead of diverging.
+        `InvalidInput`. Names made elsewhere are kept up to
+        `crdtd.core.replication.VARIABLES_HARD_FACTOR` times the limit, so two halves
+        of a cluster that each stayed under it still merge into one set of variables.
         """
-        check_name(variable)
-        if variable in self.counters:
-            return False
-        self._check_room(variable)
-        self._ensure(variable, local=True)
-        return True
+        created, effects = self._writes.create(variable)
+        self._apply_writes(effects)
+        return created
 
     def add(self, variable: str, delta: int, now: float, request_id: str | None = None) -> int:
         """Add *delta* to *variable* (created if new); `AddApplied` carries the ticket.
 
         During a barrier the add is held, and applied when this node is back in Work
         (at most ``sync_freeze_max_s`` later): never refused, never dropped. An add its
-        client named with *request_id* is applied once: sent again, it is answered with
-        the op it became (see `AddNamed`); with another variable or delta, it raises
-        `InvalidInput`.
+        client named with *request_id* is applied once (`crdtd.core.writes`).
         """
-        check_name(variable)
-        check_delta(delta)
-        if request_id is not None:
-            self._check_same_add(request_id, variable, delta)
-            named = self._named.get(request_id)
-            if named is not None:
-                self._tickets += 1
-                self._answer_named(self._tickets, named)
-                self._count("adds_repeated")
-                return self._tickets
-        if variable not in self.counters and variable not in self._held_new:
-            self._check_room(variable)
-        self._tickets += 1
-        if self.mode is Mode.WORK:
-            self._apply_local(self._tickets, variable, delta, request_id)
-        else:
-            self._held.append((self._tickets, variable, delta, request_id))
-            if variable not in self.counters:
-                self._held_new[variable] = None
-            if request_id is not None:
-                self._held_requests[request_id] = (variable, delta)
-        return self._tickets
+        ticket = self._tickets + 1
+        effects = self._writes.add(ticket, variable, delta, request_id, self.mode)
+        self._tickets = ticket
+        self._apply_writes(effects)
+        return ticket
 
     def add_many(self, variable: str, deltas: Sequence[int], now: float) -> int:
         """Add each of *deltas* to *variable*, in order, as ops of their own; one ticket,
         whose `AddApplied` carries the last op (the others are durable with it).
 
         For bulk loads (``populate``): the name is checked once and one `AddApplied`
-        and one `ValueChanged` stand for the whole batch, so a step of thousands of ops
-        costs about a third of as many `add` calls. During a barrier each op is held
-        like any `add`.
+        and one `ValueChanged` stand for the whole batch. During a barrier each op is
+        held like any `add`, with a ticket of its own; the last one is returned.
         """
-        if not deltas:
-            raise InvalidInput("add_many: expected at least one delta")
-        check_name(variable)
-        for delta in deltas:
-            check_delta(delta)
-        if self.mode is not Mode.WORK:
-            *first, last = deltas
-            for delta in first:
-                self.add(variable, delta, now)
-            return self.add(variable, last, now)
-        if variable not in self.counters:
-            self._check_room(variable)
-        self._tickets += 1
-        counter = self._ensure(variable, local=True)
-        origin = self.origin
-        nonce = counter.watermark(origin)
-        fresh = self._fresh.setdefault(variable, [])
-        for delta in deltas:
-            nonce += 1
-            counter.apply(origin, nonce, delta)
-            self._records.append(OpRecorded(variable, origin, nonce, delta))
-            fresh.append((nonce, delta))
-        self._sync.note_change()
-        self._count("ops_local", len(deltas))
-        self._events.append(AddApplied(self._tickets, variable, origin, nonce, counter.value))
-        self._events.append(ValueChanged(variable, counter.value))
-        return self._tickets
+        count = 1 if self.mode is Mode.WORK else len(deltas)
+        tickets = range(self._tickets + 1, self._tickets + 1 + count)
+        effects = self._writes.add_many(tickets, variable, deltas, self.mode)
+        self._tickets = tickets[-1]
+        self._apply_writes(effects)
+        return tickets[-1]
 
     def start_verify(self, now: float) -> int:
         """Ask every live peer for its reports; `VerifyFinished` carries the ticket."""
@@ -349,6 +299,7 @@ class Node:
         """Rotate cluster keys: sign with ``keys[0]`` from now on, accept any of them."""
         self.settings = dataclasses.replace(self.settings, keys=keys)
         self._members.settings = self._replication.settings = self.settings
+        self._writes.settings = self.settings
         self._encoder = wire.Encoder(self.origin, keys, self._encoder.seq)
 
     # --- outputs ------------------------------------------------------------------
@@ -452,7 +403,7 @@ class Node:
                 record.origin, record.upto, record.total
             )
         elif isinstance(record, AddNamed):
-            self._remember_named(record)
+            self._writes.remember(record)
         elif isinstance(record, ReplayFloor):
             self._window(record.sender).raise_floor(record.seq)
             self._floors_saved[record.sender] = record.seq
@@ -470,58 +421,12 @@ class Node:
         return counter
 
     def _created(self, variable: str, local: bool) -> None:
-        """*variable*'s counter was just made (here, or by `Replication`)."""
-        self._held_new.pop(variable, None)  # a held add's name now counts as a counter
+        """*variable*'s counter was just made (by a write, a peer, or the restore)."""
+        self._writes.counted(variable)  # a held add's name now counts as a counter
         self._records.append(VariableCreated(variable))
         self._events.append(VariableAdded(variable))
         if local:
             self._fresh.setdefault(variable, [])
-
-    def _apply_local(
-        self, ticket: int, variable: str, delta: int, request_id: str | None = None
-    ) -> None:
-        counter = self._ensure(variable, local=True)
-        nonce = counter.watermark(self.origin) + 1
-        counter.apply(self.origin, nonce, delta)
-        self._sync.note_change()
-        self._records.append(OpRecorded(variable, self.origin, nonce, delta))
-        if request_id is not None:
-            named = AddNamed(
-                request_id, variable, delta, nonce, counter.value, self.origin.incarnation
-            )
-            self._records.append(named)
-            self._remember_named(named)
-        self._fresh.setdefault(variable, []).append((nonce, delta))
-        self._count("ops_local")
-        self._events.append(AddApplied(ticket, variable, self.origin, nonce, counter.value))
-        self._events.append(ValueChanged(variable, counter.value))
-
-    def _remember_named(self, named: AddNamed) -> None:
-        self._named[named.request_id] = named
-        while len(self._named) > REQUESTS_KEPT:
-            self._named.popitem(last=False)
-
-    def _check_same_add(self, request_id: str, variable: str, delta: int) -> None:
-        """A request id names one add: reused for another, it is an error, not a retry."""
-        named = self._named.get(request_id)
-        earlier = [] if named is None else [(named.variable, named.delta)]
-        held = self._held_requests.get(request_id)  # every held add of an id is the same
-        earlier += [] if held is None else [held]
-        if any(add != (variable, delta) for add in earlier):
-            raise InvalidInput(f"request_id {request_id!r} was already used for another add")
-
-    def _answer_named(self, ticket: int, named: AddNamed) -> None:
-        """Answer a repeat exactly as the first add was answered (also by an earlier
-        incarnation of ours)."""
-        origin = Origin(self.node_id, named.incarnation)
-        self._events.append(AddApplied(ticket, named.variable, origin, named.nonce, named.value))
-
-    def _check_room(self, variable: str) -> None:
-        """Refuse a new local name at ``variables_max`` (held adds' new names count).
-
-        O(1): a barrier may hold many adds, and scanning them on each add was O(n^2)."""
-        if len(self.counters) + len(self._held_new) >= self.settings.variables_max:
-            raise InvalidInput(f"variables_max ({self.settings.variables_max}) reached")
 
     # --- peers --------------------------------------------------------------------
 
@@ -611,14 +516,31 @@ class Node:
         if self._members.due_report("claim", peer.node_id, now):
             self._events.append(ClaimRefused(kind, variable, nonce, peer.node_id, peer.address))
 
+    def _apply_writes(self, effects: list[WriteEffect]) -> None:
+        """Carry out what `Writes` asked for, in its order."""
+        for effect in effects:
+            match effect:
+                case Persist(record):
+                    self._records.append(record)
+                case Fresh(variable, nonce, delta):
+                    self._fresh.setdefault(variable, []).append((nonce, delta))
+                case Created(variable, local):
+                    self._created(variable, local)
+                case NoteChange():
+                    self._sync.note_change()
+                case Report(event):
+                    self._events.append(event)
+                case Count(name, amount):
+                    self._count(name, amount)
+
     def _apply_replication(self, effects: list[ReplicaEffect], now: float) -> None:
         """Carry out what `Replication` asked for, in its order."""
         for effect in effects:
             match effect:
                 case Persist(record):
                     self._records.append(record)
-                case Created(variable):
-                    self._created(variable, local=False)
+                case Created(variable, local):
+                    self._created(variable, local)
                 case NoteChange():
                     self._sync.note_change()
                 case Refused(kind, variable, nonce, peer):
@@ -711,7 +633,7 @@ class Node:
                 case Fold(cut, epoch):
                     self._fold(cut, epoch)
                 case Thaw():
-                    self._thaw()
+                    self._apply_writes(self._writes.thaw())
                 case Report(event):
                     self._events.append(event)
                 case Count(name):
@@ -728,18 +650,6 @@ class Node:
         if epoch > self.epoch:
             self.epoch = epoch
             self._records.append(EpochAdvanced(self.epoch))
-
-    def _thaw(self) -> None:
-        """Apply the writes held during a barrier, in the order they were made."""
-        held, self._held = self._held, []
-        self._held_new.clear()
-        self._held_requests.clear()
-        for ticket, variable, delta, request_id in held:
-            named = None if request_id is None else self._named.get(request_id)
-            if named is not None:  # sent twice while held: the first one is applied
-                self._answer_named(ticket, named)
-            else:
-                self._apply_local(ticket, variable, delta, request_id)
 
     # --- plumbing -----------------------------------------------------------------
 

@@ -47,9 +47,11 @@ class Persist:
 
 @dataclass(frozen=True, slots=True)
 class Created:
-    """A peer named *variable*, new to us: its counter exists now."""
+    """*variable* is new here: its counter exists now (*local*: made by a local write,
+    so it is announced with this step's ops even if it has none)."""
 
     variable: str
+    local: bool = False
 
 
 @dataclass(frozen=True, slots=True)

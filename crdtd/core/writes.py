@@ -1,0 +1,204 @@
+"""Local writes: ``create``, ``add`` and ``add_many``, named adds, and holding.
+
+Theory of operation. A local add takes the next nonce of this node's origin for its
+variable and becomes an op: a record to persist, an op to multicast with the step's
+others (`Fresh`), and an `AddApplied` carrying the caller's ticket. While the node is
+in a barrier (not `Mode.WORK`) an add is *held*, in order, and applied when the
+barrier ends (`Writes.thaw`): never refused, never dropped.
+
+An add its client named with a request id is applied once: sent again, before or
+after a restart (the `AddNamed` records come back with the state), it is answered
+with the op it became; the same id with another variable or delta is refused. That
+check lives here alone: the control side passes the id through.
+
+``variables_max`` bounds the names made here, held adds' new names included; a name
+a peer made is `crdtd.core.replication`'s to admit.
+
+Every call returns effects for the node to carry out, in order: `Persist`,
+`Created`, `NoteChange` (from `crdtd.core.replication`), `Fresh`, `Count` and
+`Report`; misuse by the local caller (a bad name or delta, a full node, a reused
+request id) raises `InvalidInput`.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from crdtd.core.counters import Counter
+from crdtd.core.effects import Count, Report
+from crdtd.core.events import AddApplied, ValueChanged
+from crdtd.core.ids import InvalidInput, Origin, check_delta, check_name
+from crdtd.core.modes import Mode
+from crdtd.core.records import REQUESTS_KEPT, AddNamed, OpRecorded
+from crdtd.core.replication import Created, NoteChange, Persist
+from crdtd.core.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Fresh:
+    """A local op to multicast with the step's others."""
+
+    variable: str
+    nonce: int
+    delta: int
+
+
+Effect = Persist | Created | NoteChange | Fresh | Count | Report
+
+
+class Writes:
+    """The local writes of one node: applied, held during a barrier, or named."""
+
+    def __init__(self, settings: Settings, counters: dict[str, Counter]) -> None:
+        self.origin = Origin("", 0)  # set by the node once it chose its incarnation
+        self.settings = settings
+        self._counters = counters
+        self._held: list[tuple[int, str, int, str | None]] = []  # (ticket, var, delta, id)
+        # Indexes of the held adds, so that each add stays O(1) however many are held:
+        self._held_new: dict[str, None] = {}  # held adds' names that have no counter yet
+        self._held_requests: dict[str, tuple[str, int]] = {}  # request id -> (var, delta)
+        self._named: collections.OrderedDict[str, AddNamed] = collections.OrderedDict()
+
+    def create(self, variable: str) -> tuple[bool, list[Effect]]:
+        """Create *variable*; False (and no effect) if it exists."""
+        check_name(variable)
+        if variable in self._counters:
+            return False, []
+        self._check_room()
+        effects: list[Effect] = []
+        self._ensure(variable, effects)
+        return True, effects
+
+    def add(
+        self, ticket: int, variable: str, delta: int, request_id: str | None, mode: Mode
+    ) -> list[Effect]:
+        """Add *delta* to *variable* (created if new): now in Work, else held."""
+        check_name(variable)
+        check_delta(delta)
+        effects: list[Effect] = []
+        if request_id is not None:
+            self._check_same_add(request_id, variable, delta)
+            named = self._named.get(request_id)
+            if named is not None:
+                effects += [self._answer_named(ticket, named), Count("adds_repeated")]
+                return effects
+        if variable not in self._counters and variable not in self._held_new:
+            self._check_room()
+        if mode is Mode.WORK:
+            self._apply(ticket, variable, delta, request_id, effects)
+            return effects
+        self._held.append((ticket, variable, delta, request_id))
+        if variable not in self._counters:
+            self._held_new[variable] = None
+        if request_id is not None:
+            self._held_requests[request_id] = (variable, delta)
+        return effects
+
+    def add_many(
+        self, tickets: Sequence[int], variable: str, deltas: Sequence[int], mode: Mode
+    ) -> list[Effect]:
+        """Each of *deltas* as an op of its own, in order; in Work one `AddApplied`
+        (for ``tickets[-1]``) and one `ValueChanged` stand for them all, held each is
+        an add of its own (``tickets[i]``)."""
+        if not deltas:
+            raise InvalidInput("add_many: expected at least one delta")
+        check_name(variable)
+        for delta in deltas:
+            check_delta(delta)
+        if mode is not Mode.WORK:
+            effects: list[Effect] = []
+            for ticket, delta in zip(tickets, deltas, strict=True):
+                effects += self.add(ticket, variable, delta, None, mode)
+            return effects
+        if variable not in self._counters:
+            self._check_room()
+        effects = []
+        counter = self._ensure(variable, effects)
+        origin = self.origin
+        nonce = counter.watermark(origin)
+        for delta in deltas:
+            nonce += 1
+            counter.apply(origin, nonce, delta)
+            effects += [Persist(OpRecorded(variable, origin, nonce, delta))]
+            effects.append(Fresh(variable, nonce, delta))
+        effects.append(NoteChange())
+        effects.append(Count("ops_local", len(deltas)))
+        effects.append(Report(AddApplied(tickets[-1], variable, origin, nonce, counter.value)))
+        effects.append(Report(ValueChanged(variable, counter.value)))
+        return effects
+
+    def thaw(self) -> list[Effect]:
+        """Apply the writes held during a barrier, in the order they were made."""
+        held, self._held = self._held, []
+        self._held_new.clear()
+        self._held_requests.clear()
+        effects: list[Effect] = []
+        for ticket, variable, delta, request_id in held:
+            named = None if request_id is None else self._named.get(request_id)
+            if named is not None:  # sent twice while held: the first one is applied
+                effects.append(self._answer_named(ticket, named))
+            else:
+                self._apply(ticket, variable, delta, request_id, effects)
+        return effects
+
+    def remember(self, named: AddNamed) -> None:
+        """A named add, applied (restored from disk, or just now)."""
+        self._named[named.request_id] = named
+        while len(self._named) > REQUESTS_KEPT:
+            self._named.popitem(last=False)
+
+    def counted(self, variable: str) -> None:
+        """*variable* has a counter now: a held add's name no longer counts as new."""
+        self._held_new.pop(variable, None)
+
+    def _apply(
+        self,
+        ticket: int,
+        variable: str,
+        delta: int,
+        request_id: str | None,
+        effects: list[Effect],
+    ) -> None:
+        counter = self._ensure(variable, effects)
+        origin = self.origin
+        nonce = counter.watermark(origin) + 1
+        counter.apply(origin, nonce, delta)
+        effects += [NoteChange(), Persist(OpRecorded(variable, origin, nonce, delta))]
+        if request_id is not None:
+            named = AddNamed(request_id, variable, delta, nonce, counter.value, origin.incarnation)
+            effects.append(Persist(named))
+            self.remember(named)
+        effects += [Fresh(variable, nonce, delta), Count("ops_local")]
+        effects.append(Report(AddApplied(ticket, variable, origin, nonce, counter.value)))
+        effects.append(Report(ValueChanged(variable, counter.value)))
+
+    def _ensure(self, variable: str, effects: list[Effect]) -> Counter:
+        counter = self._counters.get(variable)
+        if counter is None:
+            counter = self._counters[variable] = Counter(variable)
+            effects.append(Created(variable, local=True))
+        return counter
+
+    def _check_same_add(self, request_id: str, variable: str, delta: int) -> None:
+        """A request id names one add: reused for another, it is an error, not a retry."""
+        named = self._named.get(request_id)
+        earlier = [] if named is None else [(named.variable, named.delta)]
+        held = self._held_requests.get(request_id)  # every held add of an id is the same
+        earlier += [] if held is None else [held]
+        if any(add != (variable, delta) for add in earlier):
+            raise InvalidInput(f"request_id {request_id!r} was already used for another add")
+
+    def _answer_named(self, ticket: int, named: AddNamed) -> Report:
+        """Answer a repeat exactly as the first add was answered (also by an earlier
+        incarnation of ours)."""
+        origin = Origin(self.origin.node_id, named.incarnation)
+        return Report(AddApplied(ticket, named.variable, origin, named.nonce, named.value))
+
+    def _check_room(self) -> None:
+        """Refuse a new local name at ``variables_max`` (held adds' new names count).
+
+        O(1): a barrier may hold many adds, and scanning them on each add was O(n^2)."""
+        if len(self._counters) + len(self._held_new) >= self.settings.variables_max:
+            raise InvalidInput(f"variables_max ({self.settings.variables_max}) reached")

@@ -27,7 +27,7 @@ and unicast-only nodes converges.
 Full sync. Barriers (``start_sync``, and the scheduled ones) are run by the node's
 `crdtd.core.sync.Syncer`, which owns the node's ``mode``: the node hands it barrier
 messages, its timer and peer changes; the Syncer reads the node (`crdtd.core.sync.NodeView`)
-and returns effects, which ``_apply_sync`` carries out. While the node is frozen, local
+and returns effects, which ``_apply`` carries out. While the node is frozen, local
 adds are held here and applied when the Syncer says ``Thaw``.
 
 Rules:
@@ -115,6 +115,9 @@ from crdtd.core.writes import Effect as WriteEffect
 from crdtd.core.writes import Fresh, Writes
 
 __all__ = ["Datagram", "Mode", "Node", "PeerView"]
+
+Effect = MemberEffect | ReplicaEffect | WriteEffect | RepairEffect | VerifyEffect | SyncEffect
+"""Whatever a sub-machine may ask of the node (`Node._apply` carries it out)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,14 +219,14 @@ class Node:
             peer.unicast_copy_at = now
         self._count("datagrams_received")
         self._dispatch(envelope.message, peer, now)
-        self._apply_sync(self._sync.progress(now), now)
+        self._apply(self._sync.progress(now), now)
 
     def handle_timer(self, now: float) -> None:
         """Do whatever is due: announce, ask for repairs, expire peers, drive barriers."""
-        self._apply_members(self._members.expire(now), now)
-        self._apply_repair(self._repairs.ask(self.counters, self.peers, now))
-        self._apply_sync(self._sync.handle_timer(now), now)
-        self._apply_verify(self._verifier.handle_timer(self.counters, now), now)
+        self._apply(self._members.expire(now), now)
+        self._apply(self._repairs.ask(self.counters, self.peers, now), now)
+        self._apply(self._sync.handle_timer(now), now)
+        self._apply(self._verifier.handle_timer(self.counters, now), now)
         if now >= self._next_floor_save:
             self._save_floors()
             self._next_floor_save = now + FLOOR_SAVE_INTERVAL_S
@@ -240,7 +243,7 @@ class Node:
                 for address in members.candidates:
                     if members.may_welcome(address, now, limited):
                         self._unicast([*payloads, *peer_list], address)
-                self._apply_members(limited, now)
+                self._apply(limited, now)
 
     def create(self, variable: str, now: float) -> bool:
         """Create *variable* here and everywhere; False (a no-op) if it exists.
@@ -251,7 +254,7 @@ class Node:
         of a cluster that each stayed under it still merge into one set of variables.
         """
         created, effects = self._writes.create(variable)
-        self._apply_writes(effects)
+        self._apply(effects, now)
         return created
 
     def add(self, variable: str, delta: int, now: float, request_id: str | None = None) -> int:
@@ -264,7 +267,7 @@ class Node:
         ticket = self._tickets + 1
         effects = self._writes.add(ticket, variable, delta, request_id, self.mode)
         self._tickets = ticket
-        self._apply_writes(effects)
+        self._apply(effects, now)
         return ticket
 
     def add_many(self, variable: str, deltas: Sequence[int], now: float) -> int:
@@ -279,20 +282,20 @@ class Node:
         tickets = range(self._tickets + 1, self._tickets + 1 + count)
         effects = self._writes.add_many(tickets, variable, deltas, self.mode)
         self._tickets = tickets[-1]
-        self._apply_writes(effects)
+        self._apply(effects, now)
         return tickets[-1]
 
     def start_verify(self, now: float) -> int:
         """Ask every live peer for its reports; `VerifyFinished` carries the ticket."""
         self._tickets += 1
         effects = self._verifier.start(self._tickets, self.live_peers(), self.counters, now)
-        self._apply_verify(effects, now)
+        self._apply(effects, now)
         return self._tickets
 
     def start_sync(self, now: float) -> int:
         """Run a full sync now; `SyncFinished` lists the returned ticket."""
         self._tickets += 1
-        self._apply_sync(self._sync.start(self._tickets, now), now)
+        self._apply(self._sync.start(self._tickets, now), now)
         return self._tickets
 
     def set_keys(self, keys: tuple[Key, ...]) -> None:
@@ -432,26 +435,8 @@ class Node:
 
     def _touch_peer(self, sender: Origin, address: Address, now: float) -> Peer | None:
         peer, effects = self._members.touch(sender, address, now)
-        self._apply_members(effects, now)
+        self._apply(effects, now)
         return peer
-
-    def _apply_members(self, effects: list[MemberEffect], now: float) -> None:
-        """Carry out what `Membership` asked for, in its order."""
-        for effect in effects:
-            match effect:
-                case Welcome(address):
-                    self._welcome(address)
-                case Joined(peer):
-                    self._apply_sync(self._sync.pull_in(peer, now), now)
-                case Forgotten(origin, address, address_free):
-                    self._verifier.forget(origin)
-                    if address_free:
-                        self._repairs.forget(address)
-                    self._sync.drop_member(origin)
-                case Report(event):
-                    self._events.append(event)
-                case Count(name):
-                    self._count(name)
 
     def conflicts(self, now: float) -> list[str]:
         """Node ids that two live origins hold right now (ours included)."""
@@ -490,70 +475,26 @@ class Node:
 
     def _dispatch(self, message: Message, peer: Peer, now: float) -> None:
         if isinstance(message, OpBatch):
-            self._apply_replication(self._replication.on_ops(message, peer, now), now)
+            self._apply(self._replication.on_ops(message, peer, now), now)
         elif isinstance(message, Announce):
-            self._apply_replication(self._replication.on_announce(message, peer, now), now)
+            self._apply(self._replication.on_announce(message, peer, now), now)
         elif isinstance(message, Nack):
-            self._apply_repair(self._repairs.serve(message, peer.address, self.counters, now))
+            self._apply(self._repairs.serve(message, peer.address, self.counters, now), now)
         elif isinstance(message, Bases):
-            self._apply_replication(self._replication.on_bases(message, peer, now), now)
+            self._apply(self._replication.on_bases(message, peer, now), now)
         elif isinstance(message, PeerList):
-            self._apply_members(self._members.on_peer_list(message, peer, now), now)
+            self._apply(self._members.on_peer_list(message, peer, now), now)
         elif isinstance(message, DigestRequest):
             answer = self._verifier.on_request(message.token, peer, self.counters, now)
-            self._apply_verify(answer, now)
+            self._apply(answer, now)
         elif isinstance(message, DigestReply):
-            self._apply_verify(self._verifier.on_reply(message, peer, now), now)
+            self._apply(self._verifier.on_reply(message, peer, now), now)
         elif isinstance(message, SyncStart) and (peer.announced_at is None or peer.suspected):
             self._count("barrier_start_from_stranger")  # only a live peer may freeze us
         elif isinstance(message, wire.SyncMessage):
-            self._apply_sync(self._sync.receive(message, peer, now), now)
+            self._apply(self._sync.receive(message, peer, now), now)
         else:
             self._count("messages_unhandled")  # decodable but not ours to act on
-
-    def _refuse_claim(self, kind: str, variable: str, nonce: int, peer: Peer, now: float) -> None:
-        self._count("claims_refused")
-        if self._members.due_report("claim", peer.node_id, now):
-            self._events.append(ClaimRefused(kind, variable, nonce, peer.node_id, peer.address))
-
-    def _apply_writes(self, effects: list[WriteEffect]) -> None:
-        """Carry out what `Writes` asked for, in its order."""
-        for effect in effects:
-            match effect:
-                case Persist(record):
-                    self._records.append(record)
-                case Fresh(variable, nonce, delta):
-                    self._fresh.setdefault(variable, []).append((nonce, delta))
-                case Created(variable, local):
-                    self._created(variable, local)
-                case NoteChange():
-                    self._sync.note_change()
-                case Report(event):
-                    self._events.append(event)
-                case Count(name, amount):
-                    self._count(name, amount)
-
-    def _apply_replication(self, effects: list[ReplicaEffect], now: float) -> None:
-        """Carry out what `Replication` asked for, in its order."""
-        for effect in effects:
-            match effect:
-                case Persist(record):
-                    self._records.append(record)
-                case Created(variable, local):
-                    self._created(variable, local)
-                case NoteChange():
-                    self._sync.note_change()
-                case Refused(kind, variable, nonce, peer):
-                    self._refuse_claim(kind, variable, nonce, peer, now)
-                case Rewound(origin, variable, held, seen, peer):
-                    # Our state is older than the one that issued those ops; repair
-                    # brings them back: say so.
-                    self._count("state_rewound")
-                    if self._members.due_report("rewound", self.node_id, now):
-                        event = StateRewound(origin, variable, held, seen, peer.node_id)
-                        self._events.append(event)
-                case _:
-                    self._apply_repair([effect])
 
     def _announce(
         self,
@@ -585,10 +526,57 @@ class Node:
 
     # --- multicast-less networks and verify ------------------------------------------
 
-    def _apply_verify(self, effects: list[VerifyEffect], now: float) -> None:
-        """Carry out what the Verifier asked for, in its order."""
+    # --- for the barriers: what crdtd.core.sync reads, and its effects ------------
+
+    @property
+    def last_seq(self) -> int:
+        """The latest datagram sequence number: it grows across restarts (*seq_start*)."""
+        return self._encoder.seq
+
+    def _apply(self, effects: Sequence[Effect], now: float) -> None:
+        """Carry out what a sub-machine asked for, in its order: the one place where
+        their effects become records, datagrams, events and calls on the others."""
         for effect in effects:
             match effect:
+                case Persist(record):
+                    self._records.append(record)
+                case Report(event):
+                    self._events.append(event)
+                case Count(name, amount):
+                    self._count(name, amount)
+                case Created(variable, local):
+                    self._created(variable, local)
+                case NoteChange():
+                    self._sync.note_change()
+                case Fresh(variable, nonce, delta):
+                    self._fresh.setdefault(variable, []).append((nonce, delta))
+                case Refused(kind, variable, nonce, peer):
+                    self._count("claims_refused")
+                    if self._members.due_report("claim", peer.node_id, now):
+                        event = ClaimRefused(kind, variable, nonce, peer.node_id, peer.address)
+                        self._events.append(event)
+                case Rewound(origin, variable, held, seen, peer):
+                    # Our state is older than the one that issued those ops; repair
+                    # brings them back: say so.
+                    self._count("state_rewound")
+                    if self._members.due_report("rewound", self.node_id, now):
+                        event = StateRewound(origin, variable, held, seen, peer.node_id)
+                        self._events.append(event)
+                case Welcome(address):
+                    self._welcome(address)
+                case Joined(peer):
+                    self._apply(self._sync.pull_in(peer, now), now)
+                case Forgotten(origin, address, address_free):
+                    self._verifier.forget(origin)
+                    if address_free:
+                        self._repairs.forget(address)
+                    self._sync.drop_member(origin)
+                case SendNack(ranges, address):
+                    self._unicast(self._encoder.nack(ranges), address)
+                case SendOps(groups, address):
+                    self._unicast(self._encoder.op_batch(groups), address)
+                case SendBases(entries, address):
+                    self._unicast(self._encoder.bases(entries), address)
                 case AskReports(token, addresses):
                     request = self._encoder.digest_request(token)
                     self._out.extend(Datagram(request, address) for address in addresses)
@@ -597,35 +585,6 @@ class Node:
                 case Finished(ticket, reports, silent):
                     conflicts = tuple(self.conflicts(now))
                     self._events.append(VerifyFinished(ticket, reports, silent, conflicts))
-                case Count(name):
-                    self._count(name)
-
-    def _apply_repair(self, effects: list[RepairEffect]) -> None:
-        """Carry out what `Repairs` asked for, in its order."""
-        for effect in effects:
-            match effect:
-                case SendNack(ranges, address):
-                    self._unicast(self._encoder.nack(ranges), address)
-                case SendOps(groups, address):
-                    self._unicast(self._encoder.op_batch(groups), address)
-                case SendBases(entries, address):
-                    self._unicast(self._encoder.bases(entries), address)
-                case Report(event):
-                    self._events.append(event)
-                case Count(name):
-                    self._count(name)
-
-    # --- for the barriers: what crdtd.core.sync reads, and its effects ------------
-
-    @property
-    def last_seq(self) -> int:
-        """The latest datagram sequence number: it grows across restarts (*seq_start*)."""
-        return self._encoder.seq
-
-    def _apply_sync(self, effects: list[SyncEffect], now: float) -> None:
-        """Carry out what the Syncer asked for, in its order."""
-        for effect in effects:
-            match effect:
                 case Send(message, address):
                     self._out.append(Datagram(self._encoder.sync(message), address))
                 case AnnounceNow():
@@ -633,11 +592,7 @@ class Node:
                 case Fold(cut, epoch):
                     self._fold(cut, epoch)
                 case Thaw():
-                    self._apply_writes(self._writes.thaw())
-                case Report(event):
-                    self._events.append(event)
-                case Count(name):
-                    self._count(name)
+                    self._apply(self._writes.thaw(), now)
                 case UseSerial(serial):
                     self._encoder.seq = max(self._encoder.seq, serial)
 

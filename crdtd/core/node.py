@@ -1,34 +1,27 @@
 """The node: one replica's whole protocol state, driven by its caller.
 
 Theory of operation. Inputs are method calls that each carry ``now``:
-``receive_datagram``, ``handle_timer``, and the local commands ``create``, ``add`` and
-``start_sync``. Outputs are pulled, and the driver must pull them in this order after
-every input (or batch of inputs): ``records_to_persist`` (write and sync them first),
-``datagrams_to_send``, ``events``; then re-arm one timer at ``get_timer()``.
+``receive_datagram``, ``handle_timer``, and the local commands ``create``, ``add``,
+``add_many``, ``start_verify`` and ``start_sync``. Outputs are pulled, in the order of
+a `crdtd.core.step.Flush`: ``records_to_persist`` (write and sync them first),
+``datagrams_to_send``, ``events``; then one timer is re-armed at ``get_timer()``.
 
-Replication, in one paragraph. A local add takes the next nonce of this node's origin
-for that variable, becomes a durable record, and is multicast in an ``OpBatch`` together
-with every other op of the same step. Receivers apply ops idempotently. A hole in an
-origin's nonces (seen from a later op, or from a peer's periodic ``Announce`` digest,
-which is how a lost *last* op is noticed) becomes a *want*: after a random delay (so
-that many nodes missing the same datagram do not ask at once) the node asks one holder
-(the origin if alive, else a random peer whose digest covers it) by unicast ``Nack`` for
-exactly the missing ranges, and retries with exponential backoff and jitter, changing
-holder, until the hole is filled. A holder answers with the ops it has and, for nonces
-it has folded, its base; it never sends more than ``repair_bytes_max`` per request. A new
-node is just a node with every hole: the same path brings it everything.
+The node routes; its sub-machines hold the protocol, each with its own state, each
+returning effects that `Node._apply` carries out in one place:
 
-Multicast-less networks. A peer from which no multicast datagram arrived for a while
-(``via_multicast`` tells the node how each datagram came) is sent by unicast a copy of
-everything we multicast, and our ``PeerList``; configured seeds get the same until they
-answer. So a node that knows one seed reaches everyone, and a cluster mixing multicast
-and unicast-only nodes converges.
+- `crdtd.core.membership.Membership`: peers, identity conflicts, welcomes, and the
+  unicast fan-out for networks where multicast does not pass;
+- `crdtd.core.writes.Writes`: local adds, named adds, and the adds held in a barrier;
+- `crdtd.core.replication.Replication`: peers' ops, bases and digests, and gap
+  repair (`crdtd.core.repair.Repairs`: a hole in an origin's nonces becomes a unicast
+  ``Nack`` to one holder, retried with backoff until it is filled; a new node is just
+  a node with every hole);
+- `crdtd.core.verify.Verifier`: ``crdtctl verify``'s comparison with every peer;
+- `crdtd.core.sync.Syncer`: the full sync (barriers), which owns the node's ``mode``
+  and reads the node through `crdtd.core.barrier_io.NodeView`.
 
-Full sync. Barriers (``start_sync``, and the scheduled ones) are run by the node's
-`crdtd.core.sync.Syncer`, which owns the node's ``mode``: the node hands it barrier
-messages, its timer and peer changes; the Syncer reads the node (`crdtd.core.sync.NodeView`)
-and returns effects, which ``_apply`` carries out. While the node is frozen, local
-adds are held here and applied when the Syncer says ``Thaw``.
+What stays here: the datagram's way in (verify, decode, replay window, peer, route),
+the timer's, our announce, the fold of a cut, the replay floors, the output queues.
 
 Rules:
 - peer input never raises out of here: a bad datagram is dropped and counted in
@@ -523,8 +516,6 @@ class Node:
                 interval = min(interval, self.settings.sync_freeze_max_s / 8)
             self._next_announce = now + interval * self._rng.uniform(0.9, 1.1)
         return payloads
-
-    # --- multicast-less networks and verify ------------------------------------------
 
     # --- for the barriers: what crdtd.core.sync reads, and its effects ------------
 

@@ -325,6 +325,7 @@ def collect_stats(state: NodeState, driver: Driver, barriers: BarrierStats) -> d
     live = sum(1 for peer in state.peers if not peer.suspected)
     return {
         "node_id": state.node_id,
+        "incarnation": state.incarnation,
         "mode": state.mode.value,
         "epoch": state.epoch,
         "ops": {

@@ -3,8 +3,8 @@
 Rules:
 - off unless configured; the server binds exactly the configured address (keep it on
   loopback unless the scraper is elsewhere: there is no authentication);
-- a scrape reads the stats inside the owner task (`Driver.call`), so it sees a
-  consistent step;
+- a scrape reads the stats as one request of the owner task (a frozen `NodeState`),
+  so it sees a consistent step;
 - every metric is named ``crdtd_...``; counters end in ``_total``; the list is in
   docs/operations.md;
 - served on the event loop, not in threads: at most `CONNECTIONS_MAX` connections (one
@@ -27,7 +27,7 @@ import contextlib
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -36,6 +36,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
+
+from crdtd import __version__
 
 SCRAPE_TIMEOUT_S = 5.0
 CONNECTIONS_MAX = 16
@@ -67,6 +69,13 @@ class StatsCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         stats = self._read()
+        info = GaugeMetricFamily(
+            "crdtd_info",
+            "Always 1: who this daemon is (its incarnation changes at every start).",
+            labels=["node_id", "incarnation", "version"],
+        )
+        info.add_metric([stats["node_id"], str(stats["incarnation"]), __version__], 1)
+        yield info
         for name, (section, key), text in _COUNTERS:
             family = CounterMetricFamily(f"crdtd_{name}", text)
             family.add_metric([], stats[section][key])
@@ -197,6 +206,9 @@ class MetricsServer:
                 stats = await self._read()
             registry = CollectorRegistry(auto_describe=False)
             registry.register(StatsCollector(lambda: stats))
+            # process_* as node_exporter users know them (RSS, CPU, fds, start time):
+            # prometheus_client reads them from /proc/self, and skips what it cannot read.
+            ProcessCollector(registry=registry)
             reply = _response(200, encoder(registry), content_type)
         writer.write(reply)
         async with asyncio.timeout(WRITE_TIMEOUT_S):

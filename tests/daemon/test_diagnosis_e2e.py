@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from crdtd import __version__
 from tests.daemon.loopback import Cluster, Daemon, free_udp_port
 
 
@@ -89,5 +90,10 @@ def test_prometheus_endpoint_serves_the_stats(tmp_path: Path) -> None:
         assert re.search(r"^crdtd_datagrams_received_total [1-9]", text, re.MULTILINE), text
         assert "crdtd_barrier_duration_seconds_bucket" in text
         assert re.search(r'^crdtd_peers\{state="live"\} 1', text, re.MULTILINE), text
+        incarnation = cluster.daemons[0].data("status")["incarnation"]
+        info = f'crdtd_info{{incarnation="{incarnation}",node_id="n0",version="{__version__}"}} 1'
+        assert info in text, text
+        for process in ("resident_memory_bytes", "cpu_seconds_total", "open_fds", "max_fds"):
+            assert re.search(rf"^process_{process} [0-9]", text, re.MULTILINE), text
     finally:
         cluster.stop()

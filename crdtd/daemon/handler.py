@@ -18,6 +18,7 @@ client wait for it): ``history`` answers one page of `HISTORY_PAGE_OPS` ops at a
 from __future__ import annotations
 
 import asyncio
+import collections
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -66,13 +67,15 @@ class Handler(CoroutineHandler):
         self._add_timeout_s = freeze + 5.0
         self._sync_timeout_s = 3 * freeze + 5.0
         self._verify_timeout_s = settings.verify_timeout_s + 5.0
+        self._late_adds = Deadlines(
+            self._add_timeout_s, ControlError(ErrorCode.TIMEOUT, "the add was not applied in time")
+        )
 
     def answer(self, request: Request) -> asyncio.Future[dict[str, Any]]:
         args = request.args
         if request.cmd == "add":
             add = Add(args["variable"], (args["delta"],), args.get("request_id"))
-            late = ControlError(ErrorCode.TIMEOUT, "the add was not applied in time")
-            return _then(self._driver.submit(add), _add_data, self._add_timeout_s, late)
+            return self._late_adds.watch(_then(self._driver.submit(add), _add_data))
         if request.cmd == "get":
             return _then(self._driver.submit(ReadVariable(args["variable"])), _get_data)
         return super().answer(request)
@@ -380,20 +383,13 @@ def _get_data(view: VariableView) -> dict[str, Any]:
 
 
 def _then(
-    inner: asyncio.Future[Any],
-    convert: Callable[[Any], dict[str, Any]],
-    timeout_s: float | None = None,
-    late: ControlError | None = None,
+    inner: asyncio.Future[Any], convert: Callable[[Any], dict[str, Any]]
 ) -> asyncio.Future[dict[str, Any]]:
-    """The answer to a driver request, converted by *convert* in a callback (no task);
-    after *timeout_s* it is *late* instead. Cancelling it drops the driver's answer."""
-    loop = asyncio.get_running_loop()
-    out: asyncio.Future[dict[str, Any]] = loop.create_future()
-    timer = None if timeout_s is None else loop.call_later(timeout_s, _expire, out, late)
+    """The answer to a driver request, converted by *convert* in a callback (no task).
+    Cancelling it drops the driver's answer."""
+    out: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
 
     def settle(_: asyncio.Future[Any]) -> None:
-        if timer is not None:
-            timer.cancel()
         if out.done():
             return
         if inner.cancelled():
@@ -408,9 +404,37 @@ def _then(
     return out
 
 
-def _expire(out: asyncio.Future[dict[str, Any]], late: ControlError | None) -> None:
-    if not out.done():
-        out.set_exception(late or ControlError(ErrorCode.TIMEOUT, "no answer in time"))
+class Deadlines:
+    """Answers that must come within *timeout_s*, else they are *late*: one timer for
+    all of them, not one per request. They all wait as long, so they expire in the
+    order they came; the answered ones at the head are dropped as new ones come, so
+    the queue holds about what is in flight."""
+
+    def __init__(self, timeout_s: float, late: ControlError) -> None:
+        self._timeout_s = timeout_s
+        self._late = late
+        self._waiting: collections.deque[tuple[float, asyncio.Future[Any]]]
+        self._waiting = collections.deque()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def watch(self, future: asyncio.Future[dict[str, Any]]) -> asyncio.Future[dict[str, Any]]:
+        loop = asyncio.get_running_loop()
+        waiting = self._waiting
+        while waiting and waiting[0][1].done():
+            waiting.popleft()
+        waiting.append((loop.time() + self._timeout_s, future))
+        if self._timer is None:
+            self._timer = loop.call_at(waiting[0][0], self._expire)
+        return future
+
+    def _expire(self) -> None:
+        loop = asyncio.get_running_loop()
+        now, waiting = loop.time(), self._waiting
+        while waiting and (waiting[0][1].done() or waiting[0][0] <= now):
+            _, future = waiting.popleft()
+            if not future.done():
+                future.set_exception(ControlError(self._late.code, self._late.message))
+        self._timer = loop.call_at(waiting[0][0], self._expire) if waiting else None
 
 
 def _control_error(error: BaseException) -> BaseException:

@@ -1,9 +1,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from crdtd.control import protocol
 from crdtd.control.protocol import (
     COMMANDS,
     READS,
@@ -319,3 +323,29 @@ def test_every_command_is_either_a_read_or_a_write() -> None:
     """The read-only socket serves only READS: a new command must be classified here."""
     assert set(COMMANDS) == READS | WRITES
     assert not READS & WRITES
+
+
+@given(
+    st.one_of(st.integers(-(2**64), 2**64), st.text(min_size=1, max_size=3)),
+    st.one_of(st.from_regex(r"[A-Za-z0-9_.-]{1,66}", fullmatch=True), st.text(max_size=3)),
+    st.one_of(st.integers(-(2**64), 2**64), st.booleans()),
+    st.one_of(st.none(), st.from_regex(r"[A-Za-z0-9_.:-]{1,66}", fullmatch=True), st.text()),
+)
+@settings(max_examples=300, deadline=None)
+def test_the_add_fast_path_reads_every_line_as_the_general_path_does(
+    request_id: object, variable: object, delta: object, named: object
+) -> None:
+    args = {"variable": variable, "delta": delta}
+    if named is not None:
+        args["request_id"] = named
+    line = json.dumps(
+        {"v": 1, "id": request_id, "cmd": "add", "args": args}, separators=(",", ":")
+    ).encode()
+
+    def outcome(decode: Callable[[bytes], Request]) -> object:
+        try:
+            return decode(line)
+        except Rejected as rejected:
+            return (rejected.request_id, rejected.code, rejected.message)
+
+    assert outcome(decode_request) == outcome(protocol._decode_request)

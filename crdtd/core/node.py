@@ -20,8 +20,11 @@ returning effects that `Node._apply` carries out in one place:
 - `crdtd.core.sync.Syncer`: the full sync (barriers), which owns the node's ``mode``
   and reads the node through `crdtd.core.barrier_io.NodeView`.
 
+- `crdtd.core.replay.Replays`: each sender's replay window and its saved floor;
+- `crdtd.core.outbox.Outbox`: the datagrams to send, encoded in the order asked for.
+
 What stays here: the datagram's way in (verify, decode, replay window, peer, route),
-the timer's, our announce, the fold of a cut, the replay floors, the output queues.
+the timer's, our announce, the fold of a cut, and the records and events queued.
 
 Rules:
 - peer input never raises out of here: a bad datagram is dropped and counted in
@@ -37,7 +40,6 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 from crdtd.core import wire
 from crdtd.core.barrier import Cut
@@ -63,12 +65,11 @@ from crdtd.core.messages import (
     Message,
     Nack,
     OpBatch,
-    OpGroup,
     PeerList,
     SyncStart,
-    VariableDigest,
 )
 from crdtd.core.modes import Mode
+from crdtd.core.outbox import Datagram, Outbox
 from crdtd.core.peers import Peer
 from crdtd.core.records import (
     AddNamed,
@@ -82,7 +83,7 @@ from crdtd.core.records import (
 )
 from crdtd.core.repair import Effect as RepairEffect
 from crdtd.core.repair import Repairs, SendBases, SendNack, SendOps
-from crdtd.core.replay import FLOOR_SAVE_INTERVAL_S, ReplayWindow
+from crdtd.core.replay import Replays
 from crdtd.core.replication import (
     Created,
     NoteChange,
@@ -107,29 +108,10 @@ from crdtd.core.verify import Effect as VerifyEffect
 from crdtd.core.writes import Effect as WriteEffect
 from crdtd.core.writes import Fresh, Writes
 
-__all__ = ["Datagram", "Mode", "Node", "PeerView"]
+__all__ = ["Datagram", "Mode", "Node"]
 
 Effect = MemberEffect | ReplicaEffect | WriteEffect | RepairEffect | VerifyEffect | SyncEffect
 """Whatever a sub-machine may ask of the node (`Node._apply` carries it out)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Datagram:
-    """A payload to send; ``destination`` None means the multicast group."""
-
-    payload: bytes
-    destination: Address | None
-
-
-@dataclass(frozen=True, slots=True)
-class PeerView:
-    node_id: str
-    incarnation: int
-    address: Address
-    mode: Mode
-    epoch: int
-    last_seen_ms: int
-    suspected: bool
 
 
 class Node:
@@ -156,13 +138,9 @@ class Node:
         self.counters: dict[str, Counter] = {}
         self._rng = rng
         self._members = Membership(self.node_id, settings, now)
-        self._windows: dict[Origin, ReplayWindow] = {}  # outlive peers; bounded, LRU
-        self._floors_saved: dict[Origin, int] = {}
-        self._next_floor_save = now + FLOOR_SAVE_INTERVAL_S
+        self._replays = Replays(4 * settings.peers_max, now)
         self._records: list[Record] = []
-        self._out: list[Datagram] = []
         self._events: list[Event] = []
-        self._fresh: dict[str, list[tuple[int, int]]] = {}
         self._repairs = Repairs(settings, rng)
         self._replication = Replication(settings, self.counters, self.peers, self._repairs)
         self._tickets = 0
@@ -179,8 +157,7 @@ class Node:
         self.origin = Origin(self.node_id, incarnation)
         self._members.origin = self._replication.origin = self._writes.origin = self.origin
         self._verifier = Verifier(self.origin, settings.verify_timeout_s, now)
-        self.booted_at = now
-        self._encoder = wire.Encoder(self.origin, settings.keys, seq_start)
+        self._outbox = Outbox(self.origin, wire.Encoder(self.origin, settings.keys, seq_start))
         # On disk in the first flush, before the first datagram: the next boot of this
         # state, or of a copy of it, takes a larger incarnation.
         self._records.append(IncarnationStarted(incarnation))
@@ -199,7 +176,7 @@ class Node:
         sender = envelope.sender
         if sender == self.origin:
             return  # our own multicast, looped back (a copy of us has another origin)
-        if self.settings.keys and not self._window(sender).accept(envelope.seq):
+        if self.settings.keys and not self._replays.accept(sender, envelope.seq):
             self._reject("replayed", address)
             return
         peer = self._touch_peer(sender, address, now)
@@ -220,22 +197,21 @@ class Node:
         self._apply(self._repairs.ask(self.counters, self.peers, now), now)
         self._apply(self._sync.handle_timer(now), now)
         self._apply(self._verifier.handle_timer(self.counters, now), now)
-        if now >= self._next_floor_save:
-            self._save_floors()
-            self._next_floor_save = now + FLOOR_SAVE_INTERVAL_S
+        self._records.extend(self._replays.floors(now))
         if now >= self._next_announce:
             members = self._members
             members.plan_fanout(now)
             payloads = self._announce(now)
             if members.fanout or members.candidates:
-                peer_list = self._encoder.peer_list(members.peer_list(now))
-                self._unicast_each(peer_list, members.fanout)
+                peer_list = self._outbox.encoder.peer_list(members.peer_list(now))
+                for address in members.fanout:
+                    self._outbox.unicast(peer_list, address)
                 # Gossiped addresses get a probe, not a copy of everything: only once
                 # one answers as a peer does it get more (a PeerList cannot aim us).
                 limited: list[MemberEffect] = []
                 for address in members.candidates:
                     if members.may_welcome(address, now, limited):
-                        self._unicast([*payloads, *peer_list], address)
+                        self._outbox.unicast([*payloads, *peer_list], address)
                 self._apply(limited, now)
 
     def create(self, variable: str, now: float) -> bool:
@@ -296,38 +272,25 @@ class Node:
         self.settings = dataclasses.replace(self.settings, keys=keys)
         self._members.settings = self._replication.settings = self.settings
         self._writes.settings = self.settings
-        self._encoder = wire.Encoder(self.origin, keys, self._encoder.seq)
+        self._outbox.encoder = wire.Encoder(self.origin, keys, self._outbox.encoder.seq)
 
     # --- outputs ------------------------------------------------------------------
 
     def records_to_persist(self) -> list[Record]:
         if self._records:
-            self._save_floors()  # rides along: one transaction either way
+            self._records.extend(self._replays.floors())  # one transaction either way
         records, self._records = self._records, []
         return records
 
     def checkpoint(self) -> None:
         """Ask for the records otherwise written lazily (the replay floors); call it
         before a clean stop, then flush once more."""
-        self._save_floors()
+        self._records.extend(self._replays.floors())
 
     def datagrams_to_send(self) -> list[Datagram]:
-        if self._fresh:
-            groups = [
-                OpGroup(variable, self.origin, tuple(ops)) for variable, ops in self._fresh.items()
-            ]
-            self._fresh = {}
-            self._out.extend(Datagram(p, None) for p in self._encoder.op_batch(groups))
+        out, batched = self._outbox.drain(self._members.fanout)
+        if batched:
             self._count("ops_batches_sent")
-        out, self._out = self._out, []
-        fanout = self._members.fanout
-        if fanout:
-            out += [
-                Datagram(datagram.payload, address)
-                for datagram in out
-                if datagram.destination is None
-                for address in fanout
-            ]
         self._count("datagrams_sent", len(out))
         return out
 
@@ -339,7 +302,7 @@ class Node:
         """The one next deadline at which ``handle_timer`` must be called."""
         deadlines = [self._next_announce]
         if self.settings.keys:
-            deadlines.append(self._next_floor_save)
+            deadlines.append(self._replays.deadline)
         deadlines.extend(self._repairs.deadlines())
         deadlines.extend(self._members.deadlines())
         deadlines.extend(self._sync.deadlines())
@@ -371,20 +334,6 @@ class Node:
     def ops_in_log(self) -> int:
         return sum(counter.log_len for counter in self.counters.values())
 
-    def peer_views(self, now: float) -> list[PeerView]:
-        return [
-            PeerView(
-                peer.node_id,
-                peer.incarnation,
-                peer.address,
-                peer.mode,
-                peer.epoch,
-                int((now - peer.last_seen) * 1000),
-                peer.suspected,
-            )
-            for _, peer in sorted(self.peers.items())
-        ]
-
     # --- local state changes ------------------------------------------------------
 
     def _restore(self, record: Record) -> None:
@@ -401,8 +350,7 @@ class Node:
         elif isinstance(record, AddNamed):
             self._writes.remember(record)
         elif isinstance(record, ReplayFloor):
-            self._window(record.sender).raise_floor(record.seq)
-            self._floors_saved[record.sender] = record.seq
+            self._replays.restore(record)
         elif isinstance(record, IncarnationStarted):
             self._used_incarnation = max(self._used_incarnation, record.incarnation)
         else:
@@ -422,7 +370,7 @@ class Node:
         self._records.append(VariableCreated(variable))
         self._events.append(VariableAdded(variable))
         if local:
-            self._fresh.setdefault(variable, [])
+            self._outbox.fresh(variable)
 
     # --- peers --------------------------------------------------------------------
 
@@ -444,25 +392,7 @@ class Node:
 
     def _welcome(self, address: Address) -> None:
         """The first datagram of our announce, by unicast to *address*."""
-        self._unicast(self._announce(0.0, reschedule=False, send=False)[:1], address)
-
-    def _window(self, sender: Origin) -> ReplayWindow:
-        """The replay window of *sender*, kept even after the peer expires, so an old
-        datagram captured before a long silence is still refused."""
-        window = self._windows.pop(sender, None) or ReplayWindow()
-        self._windows[sender] = window
-        while len(self._windows) > 4 * self.settings.peers_max:
-            oldest = next(iter(self._windows))
-            del self._windows[oldest]
-            self._floors_saved.pop(oldest, None)
-        return window
-
-    def _save_floors(self) -> None:
-        highest = {sender: window.highest for sender, window in self._windows.items()}
-        for sender, seq in highest.items():
-            if seq > self._floors_saved.get(sender, 0):
-                self._records.append(ReplayFloor(sender, seq))
-                self._floors_saved[sender] = seq
+        self._outbox.unicast(self._digest()[:1], address)
 
     # --- messages -----------------------------------------------------------------
 
@@ -489,32 +419,18 @@ class Node:
         else:
             self._count("messages_unhandled")  # decodable but not ours to act on
 
-    def _announce(
-        self,
-        now: float,
-        destination: Address | None = None,
-        reschedule: bool = True,
-        send: bool = True,
-    ) -> list[bytes]:
-        """Send our digest (multicast, or to *destination*, or nowhere when not *send*);
-        return its datagrams."""
-        digests = [
-            VariableDigest(
-                name,
-                tuple((origin, counter.watermark(origin)) for origin in counter.origins()),
-            )
-            for name, counter in sorted(self.counters.items())
-        ]
-        barrier = self._sync.barrier
-        payloads = self._encoder.announce(self.mode, self.epoch, barrier, digests)
-        if send:
-            self._out.extend(Datagram(payload, destination) for payload in payloads)
-            self._count("announces_sent")
-        if reschedule:
-            interval = self.settings.announce_interval_s
-            if self.mode is not Mode.WORK:
-                interval = min(interval, self.settings.sync_freeze_max_s / 8)
-            self._next_announce = now + interval * self._rng.uniform(0.9, 1.1)
+    def _digest(self) -> list[bytes]:
+        return self._outbox.announce(self.mode, self.epoch, self._sync.barrier, self.counters)
+
+    def _announce(self, now: float) -> list[bytes]:
+        """Multicast our digest and schedule the next; return its datagrams."""
+        payloads = self._digest()
+        self._outbox.multicast(payloads)
+        self._count("announces_sent")
+        interval = self.settings.announce_interval_s
+        if self.mode is not Mode.WORK:
+            interval = min(interval, self.settings.sync_freeze_max_s / 8)
+        self._next_announce = now + interval * self._rng.uniform(0.9, 1.1)
         return payloads
 
     # --- for the barriers: what crdtd.core.sync reads, and its effects ------------
@@ -522,7 +438,7 @@ class Node:
     @property
     def last_seq(self) -> int:
         """The latest datagram sequence number: it grows across restarts (*seq_start*)."""
-        return self._encoder.seq
+        return self._outbox.encoder.seq
 
     def _apply(self, effects: Sequence[Effect], now: float) -> None:
         """Carry out what a sub-machine asked for, in its order: the one place where
@@ -540,7 +456,7 @@ class Node:
                 case NoteChange():
                     self._sync.note_change()
                 case Fresh(variable, nonce, delta):
-                    self._fresh.setdefault(variable, []).append((nonce, delta))
+                    self._outbox.fresh(variable, (nonce, delta))
                 case Refused(kind, variable, nonce, peer):
                     self._count("claims_refused")
                     if self._members.due_report("claim", peer.node_id, now):
@@ -562,22 +478,11 @@ class Node:
                     if address_free:
                         self._repairs.forget(address)
                     self._sync.drop_member(origin)
-                case SendNack(ranges, address):
-                    self._unicast(self._encoder.nack(ranges), address)
-                case SendOps(groups, address):
-                    self._unicast(self._encoder.op_batch(groups), address)
-                case SendBases(entries, address):
-                    self._unicast(self._encoder.bases(entries), address)
-                case AskReports(token, addresses):
-                    request = self._encoder.digest_request(token)
-                    self._out.extend(Datagram(request, address) for address in addresses)
-                case SendReports(token, reports, address):
-                    self._unicast(self._encoder.digest_reply(token, reports), address)
+                case SendNack() | SendOps() | SendBases() | AskReports() | SendReports() | Send():
+                    self._outbox.send(effect)
                 case Finished(ticket, reports, silent):
                     conflicts = tuple(self.conflicts(now))
                     self._events.append(VerifyFinished(ticket, reports, silent, conflicts))
-                case Send(message, address):
-                    self._out.append(Datagram(self._encoder.sync(message), address))
                 case AnnounceNow():
                     self._announce(now)
                 case Fold(cut, epoch):
@@ -585,7 +490,8 @@ class Node:
                 case Thaw():
                     self._apply(self._writes.thaw(), now)
                 case UseSerial(serial):
-                    self._encoder.seq = max(self._encoder.seq, serial)
+                    encoder = self._outbox.encoder
+                    encoder.seq = max(encoder.seq, serial)
 
     def _fold(self, cut: Cut, epoch: int) -> None:
         """Fold *cut* into the bases; safe at any time, since a cut is a held prefix."""
@@ -598,13 +504,6 @@ class Node:
             self._records.append(EpochAdvanced(self.epoch))
 
     # --- plumbing -----------------------------------------------------------------
-
-    def _unicast(self, payloads: list[bytes], address: Address) -> None:
-        self._out.extend(Datagram(payload, address) for payload in payloads)
-
-    def _unicast_each(self, payloads: list[bytes], addresses: list[Address]) -> None:
-        for address in addresses:
-            self._unicast(payloads, address)
 
     def _reject(self, reason: str, address: Address, key_id: str | None = None) -> None:
         self._count(f"rejected_{reason}")

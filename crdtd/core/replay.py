@@ -20,6 +20,9 @@ last interval can be replayed once (docs/protocol.md says what that can do).
 
 from __future__ import annotations
 
+from crdtd.core.ids import Origin
+from crdtd.core.records import ReplayFloor
+
 WINDOW = 1024
 FLOOR_SAVE_INTERVAL_S = 30.0
 _ALL_SEEN = (1 << WINDOW) - 1
@@ -50,3 +53,56 @@ class ReplayWindow:
         if seq > self.highest:
             self.highest = seq
             self.seen = _ALL_SEEN
+
+
+class Replays:
+    """Every sender's window, and the floors already saved of them.
+
+    Windows outlive their peers (an old datagram captured before a long silence is
+    still refused) but not without bound: past *senders_max* the least recently heard
+    sender's window goes, with its saved floor.
+    """
+
+    __slots__ = ("_next_save", "_saved", "_senders_max", "_windows")
+
+    def __init__(self, senders_max: int, now: float) -> None:
+        self._senders_max = senders_max
+        self._windows: dict[Origin, ReplayWindow] = {}  # least recently heard first
+        self._saved: dict[Origin, int] = {}
+        self._next_save = now + FLOOR_SAVE_INTERVAL_S
+
+    def accept(self, sender: Origin, seq: int) -> bool:
+        """True the first time *sender*'s *seq* is offered inside its window."""
+        return self._window(sender).accept(seq)
+
+    def restore(self, floor: ReplayFloor) -> None:
+        self._window(floor.sender).raise_floor(floor.seq)
+        self._saved[floor.sender] = floor.seq
+
+    @property
+    def deadline(self) -> float:
+        """When the floors are next saved even if nothing else is written."""
+        return self._next_save
+
+    def floors(self, now: float | None = None) -> list[ReplayFloor]:
+        """The floors that rose since they were last saved; with *now*, only once the
+        save is due (and then the next one is scheduled)."""
+        if now is not None:
+            if now < self._next_save:
+                return []
+            self._next_save = now + FLOOR_SAVE_INTERVAL_S
+        floors = []
+        for sender, window in self._windows.items():
+            if window.highest > self._saved.get(sender, 0):
+                floors.append(ReplayFloor(sender, window.highest))
+                self._saved[sender] = window.highest
+        return floors
+
+    def _window(self, sender: Origin) -> ReplayWindow:
+        window = self._windows.pop(sender, None) or ReplayWindow()
+        self._windows[sender] = window
+        while len(self._windows) > self._senders_max:
+            oldest = next(iter(self._windows))
+            del self._windows[oldest]
+            self._saved.pop(oldest, None)
+        return window

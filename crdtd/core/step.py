@@ -37,7 +37,8 @@ from crdtd.core.requests import Request, apply
 from crdtd.core.settings import DATAGRAM_BYTES_MAX
 
 if TYPE_CHECKING:
-    from crdtd.core.node import Datagram, Node
+    from crdtd.core.node import Node
+    from crdtd.core.outbox import Datagram
 
 T = TypeVar("T")
 

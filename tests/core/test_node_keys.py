@@ -15,6 +15,7 @@ from crdtd.core.node import Node
 from crdtd.core.records import IncarnationStarted, Record, ReplayFloor
 from crdtd.core.replay import FLOOR_SAVE_INTERVAL_S
 from crdtd.core.settings import Key, Settings
+from crdtd.core.view import node_state
 
 START = 1_000.0
 CLUSTER = Key("k2026a", b"c" * 32)
@@ -51,7 +52,7 @@ def test_a_sender_without_the_cluster_key_never_becomes_a_peer(
     for payload in payloads:
         receiver.receive_datagram(payload, ADDRESS, START)
     assert receiver.peers == {}
-    assert receiver.peer_views(START) == []
+    assert node_state(receiver, START).peers == ()
     assert receiver.value("x") is None
     assert receiver.stats == {f"rejected_{reason}": len(payloads)}
     assert receiver.events() == [DatagramRejected(reason, ADDRESS, key_id)] * len(payloads)

@@ -50,7 +50,7 @@ from crdtd.core.messages import BarrierId
 
 
 class Input(enum.Enum):
-    """What moves a participant; `crdtd.core.sync.PARTICIPANT` says where to."""
+    """What moves a participant; `crdtd.core.participant.PARTICIPANT` says where to."""
 
     START = "start"  # SyncStart for a barrier better than ours (or any, in Work)
     START_WORSE = "start_worse"  # SyncStart for a barrier that loses to ours
@@ -69,7 +69,7 @@ class Phase(enum.Enum):
 
 
 class Call(enum.Enum):
-    """What moves the initiator side; `crdtd.core.sync.INITIATOR` says where to."""
+    """What moves the initiator side; `crdtd.core.initiator.INITIATOR` says where to."""
 
     INITIATE = "initiate"  # start_sync, or our turn in the schedule
     JOIN = "join"  # a member's SyncJoin

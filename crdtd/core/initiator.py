@@ -5,12 +5,13 @@ live peer and itself, waits until every member that joined reported a cut, and, 
 all the digests agree, tells each member to commit that cut; else, or when
 ``sync_freeze_max_s`` passes, to abort. It repeats the closing message until each
 member acknowledges. `INITIATOR` is the only authority on the phase; `Syncer` (which
-inherits this side and adds the participant) applies it.
+inherits this side and the participant's, `crdtd.core.participant`) applies it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from crdtd.core.barrier import (
     Call,
@@ -37,11 +38,11 @@ class Initiator(Effects):
     _part: Participation | None
     phase: Phase
 
-    def _step(
-        self, event: Input, barrier: BarrierId, now: float, inbound: Inbound = NOTHING
-    ) -> None:
-        """Feed our own participant (`Syncer._step`)."""
-        raise NotImplementedError
+    if TYPE_CHECKING:  # the participant's side, which `Syncer` also inherits
+
+        def _step(
+            self, event: Input, barrier: BarrierId, now: float, inbound: Inbound = NOTHING
+        ) -> None: ...
 
     def _coordinate(
         self, event: Call, barrier: BarrierId, now: float, inbound: Inbound = NOTHING

@@ -75,7 +75,10 @@ class ReadVariables:
 
 @dataclass(frozen=True, slots=True)
 class ReadNode:
-    pass
+    """The node's `NodeState`; *values* adds every variable's value, read in the same
+    step as the rest."""
+
+    values: bool = False
 
 
 Request = (
@@ -115,5 +118,5 @@ def apply(node: Node, request: Request, now: float) -> object:
             return history_page(node, variable, after, limit)
         case ReadVariables():
             return tuple(node.variables())
-        case ReadNode():
-            return node_state(node, now)
+        case ReadNode(values):
+            return node_state(node, now, values)

@@ -68,7 +68,9 @@ class PeerState:
 
 @dataclass(frozen=True, slots=True)
 class NodeState:
-    """The node as a whole: identity, barrier mode, peers, sizes, keys and counters."""
+    """The node as a whole: identity, barrier mode, peers, sizes, keys and counters;
+    ``values`` (each variable's value) only when the read asked for them, since they
+    are as many as the variables."""
 
     node_id: str
     incarnation: int
@@ -81,6 +83,7 @@ class NodeState:
     key_ids: tuple[str, ...]
     seeds: tuple[Address, ...]
     multicast_quiet_s: float
+    values: Mapping[str, int] | None
 
 
 def variable_view(node: Node, variable: str) -> VariableView:
@@ -110,7 +113,7 @@ def history_page(node: Node, variable: str, after: str | None, limit: int) -> Hi
     return HistoryPage(variable, counter.before, tuple(page), cursor, restarted)
 
 
-def node_state(node: Node, now: float) -> NodeState:
+def node_state(node: Node, now: float, values: bool = False) -> NodeState:
     settings = node.settings
     holders: dict[str, int] = {}
     for peer in node.peers.values():
@@ -146,6 +149,11 @@ def node_state(node: Node, now: float) -> NodeState:
         key_ids=tuple(key.key_id for key in settings.keys),
         seeds=tuple(settings.seeds),
         multicast_quiet_s=settings.multicast_quiet_s,
+        values=(
+            MappingProxyType({name: counter.value for name, counter in node.counters.items()})
+            if values
+            else None
+        ),
     )
 
 

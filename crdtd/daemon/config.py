@@ -288,9 +288,15 @@ class LimitsConfig:
 
 @dataclass(frozen=True, slots=True)
 class MetricsConfig:
-    """The Prometheus endpoint."""
+    """The Prometheus endpoint.
+
+    ``variable_values`` is off by default: a series per counter is as many series as
+    there are variables (up to ``limits.variables_max``), which a Prometheus server pays
+    for whether anyone graphs them or not.
+    """
 
     listen: tuple[str, int] | None = field(default=None, metadata=_rule(_LISTEN))
+    variable_values: bool = field(default=False, metadata=_rule(_BOOL))
 
 
 @dataclass(frozen=True, slots=True)

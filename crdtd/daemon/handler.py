@@ -239,10 +239,12 @@ class Handler(CoroutineHandler):
             raise ControlError(ErrorCode.TIMEOUT, "the verify did not finish in time") from None
         return summarize(event.reports, event.silent, event.conflicts)
 
-    async def stats(self) -> dict[str, Any]:
-        """The numbers of ``crdtctl stats`` and of the Prometheus endpoint."""
+    async def stats(self, values: bool = False) -> dict[str, Any]:
+        """The numbers of ``crdtctl stats`` and of the Prometheus endpoint; *values*
+        adds each variable's value (``metrics.variable_values``), off for crdtctl: a
+        line per variable would bury the rest."""
         driver = self._driver
-        stats = collect_stats(await driver.state(), driver, self._reporter.barriers)
+        stats = collect_stats(await driver.state(values), driver, self._reporter.barriers)
         inodes = self._net.socket_inodes if self._net is not None else ()
         drops = udp_drops(inodes)
         kernel = 0 if isinstance(drops, Unreadable) else sum(drops.values())
@@ -314,7 +316,8 @@ and ``ping`` are the server's); tests/control/test_commands.py checks both table
 
 
 def collect_stats(state: NodeState, driver: Driver, barriers: BarrierStats) -> dict[str, Any]:
-    """Counters of the node and the driver, grouped; the raw ones under ``counters``."""
+    """Counters of the node and the driver, grouped; the raw ones under ``counters``,
+    and the variables' values under ``values`` when *state* has them."""
     counters = {**state.stats, **driver.stats}
     dropped = {
         name.removeprefix("rejected_"): count
@@ -326,7 +329,7 @@ def collect_stats(state: NodeState, driver: Driver, barriers: BarrierStats) -> d
             reason = name.removeprefix("dropped_")
             dropped[reason] = dropped.get(reason, 0) + count
     live = sum(1 for peer in state.peers if not peer.suspected)
-    return {
+    stats: dict[str, Any] = {
         "node_id": state.node_id,
         "incarnation": state.incarnation,
         "mode": state.mode.value,
@@ -361,6 +364,9 @@ def collect_stats(state: NodeState, driver: Driver, barriers: BarrierStats) -> d
         "peers": {"live": live, "suspected": len(state.peers) - live},
         "counters": dict(sorted(counters.items())),
     }
+    if state.values is not None:
+        stats["values"] = dict(sorted(state.values.items()))
+    return stats
 
 
 def _add_data(applied: AddApplied) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import os
 import random
 import re
@@ -358,11 +359,14 @@ def _read_only_servers(
 
 
 def _metrics_server(config: Config, handler: Handler) -> MetricsServer | None:
-    """The Prometheus endpoint of ``metrics.listen``, or None when it is off."""
+    """The Prometheus endpoint of ``metrics.listen``, or None when it is off; with
+    ``metrics.variable_values`` each scrape reads the variables' values too."""
     if config.metrics.listen is None:
         return None
     host, port = config.metrics.listen
-    return MetricsServer(host, port, handler.stats)
+    return MetricsServer(
+        host, port, functools.partial(handler.stats, values=config.metrics.variable_values)
+    )
 
 
 async def _start_metrics(metrics: MetricsServer) -> None:

@@ -7,6 +7,9 @@ Rules:
   so it sees a consistent step;
 - every metric is named ``crdtd_...``; counters end in ``_total``; the list is in
   docs/operations.md;
+- ``crdtd_variable_value{variable}`` only with ``metrics.variable_values``: a series per
+  variable is a cost the scraper's operator opts into; its label values (and every
+  other) are escaped by prometheus_client's encoders, never written here by hand;
 - served on the event loop, not in threads: at most `CONNECTIONS_MAX` connections (one
   more is answered 503 and closed), a request's line and headers must arrive within
   `HEADER_TIMEOUT_S` and fit `HEADER_BYTES_MAX`, one request per connection, and an
@@ -16,8 +19,8 @@ Rules:
 
 Theory of operation: each scrape awaits one stats snapshot
 (`crdtd.daemon.handler.Handler.stats`), turns it into metric families with a
-`StatsCollector` in a private registry, and encodes them with prometheus_client's
-encoder for the scraper's ``Accept`` header.
+`StatsCollector` in a private registry (`scrape_registry`), and encodes them with
+prometheus_client's encoder for the scraper's ``Accept`` header.
 """
 
 from __future__ import annotations
@@ -125,6 +128,13 @@ class StatsCollector(Collector):
         )
         longest.add_metric([], owner["max_ms"] / 1000)
         yield longest
+        if "values" in stats:
+            values = GaugeMetricFamily(
+                "crdtd_variable_value", "Each counter's value on this node.", labels=["variable"]
+            )
+            for variable, value in stats["values"].items():
+                values.add_metric([variable], value)
+            yield values
         peers = GaugeMetricFamily("crdtd_peers", "Peers known, by state.", labels=["state"])
         peers.add_metric(["live"], stats["peers"]["live"])
         peers.add_metric(["suspected"], stats["peers"]["suspected"])
@@ -137,6 +147,17 @@ class StatsCollector(Collector):
         for name, count in sorted(stats["counters"].items()):
             raw.add_metric([name], count)
         yield raw
+
+
+def scrape_registry(stats: dict[str, Any]) -> CollectorRegistry:
+    """Every family one scrape serves, from *stats*: a private registry, so what is
+    served is exactly this (and tests render the same thing without a server)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StatsCollector(lambda: stats))
+    # process_* as node_exporter users know them (RSS, CPU, fds, start time):
+    # prometheus_client reads them from /proc/self, and skips what it cannot read.
+    ProcessCollector(registry=registry)
+    return registry
 
 
 class MetricsServer:
@@ -204,12 +225,7 @@ class MetricsServer:
             encoder, content_type = choose_encoder(headers.get("accept", ""))
             async with asyncio.timeout(SCRAPE_TIMEOUT_S):
                 stats = await self._read()
-            registry = CollectorRegistry(auto_describe=False)
-            registry.register(StatsCollector(lambda: stats))
-            # process_* as node_exporter users know them (RSS, CPU, fds, start time):
-            # prometheus_client reads them from /proc/self, and skips what it cannot read.
-            ProcessCollector(registry=registry)
-            reply = _response(200, encoder(registry), content_type)
+            reply = _response(200, encoder(scrape_registry(stats)), content_type)
         writer.write(reply)
         async with asyncio.timeout(WRITE_TIMEOUT_S):
             await writer.drain()

@@ -219,8 +219,8 @@ class Driver:
     async def variables(self) -> tuple[str, ...]:
         return cast(tuple[str, ...], await self._ask(ReadVariables()))
 
-    async def state(self) -> NodeState:
-        return cast(NodeState, await self._ask(ReadNode()))
+    async def state(self, values: bool = False) -> NodeState:
+        return cast(NodeState, await self._ask(ReadNode(values)))
 
     def submit(self, request: Request) -> asyncio.Future[Any]:
         """Queue *request* for the next step; the future gets its answer after that

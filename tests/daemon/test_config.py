@@ -17,6 +17,7 @@ from crdtd.daemon.config import (
     ControlConfig,
     LimitsConfig,
     LogConfig,
+    MetricsConfig,
     NetworkConfig,
     NodeConfig,
     SecurityConfig,
@@ -98,6 +99,7 @@ def test_every_key_round_trips(write) -> None:
           missing_ranges_max: 8
           repair_bytes_per_request: 1400
           repair_bytes_per_s: 100000
+        metrics: {listen: '127.0.0.1:9477', variable_values: true}
         """
     )
     assert load_config(path) == Config(
@@ -124,6 +126,7 @@ def test_every_key_round_trips(write) -> None:
             repair_bytes_per_request=1400,
             repair_bytes_per_s=100_000,
         ),
+        metrics=MetricsConfig(listen=("127.0.0.1", 9477), variable_values=True),
     )
 
 
@@ -384,6 +387,14 @@ ERRORS = {
         "metrics:\n  listen: 9477\n",
         "crdtd.yaml:2: metrics.listen: expected null or 'ADDRESS:PORT' with an IPv4 address,"
         " got 9477",
+    ),
+    "metrics-variable-values-not-a-bool": (
+        "metrics:\n  variable_values: 1\n",
+        "crdtd.yaml:2: metrics.variable_values: expected true or false, got 1",
+    ),
+    "metrics-variable-values-a-string": (
+        "metrics:\n  variable_values: 'true'\n",
+        "crdtd.yaml:2: metrics.variable_values: expected true or false, got 'true'",
     ),
     "key-given-twice": (
         "network:\n  port: 1\n  port: 2\n",

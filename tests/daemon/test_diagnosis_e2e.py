@@ -89,11 +89,28 @@ def test_prometheus_endpoint_serves_the_stats(tmp_path: Path) -> None:
         assert re.search(r"^crdtd_ops_applied_total 1", text, re.MULTILINE), text
         assert re.search(r"^crdtd_datagrams_received_total [1-9]", text, re.MULTILINE), text
         assert "crdtd_barrier_duration_seconds_bucket" in text
+        assert "crdtd_variable_value" not in text  # off unless metrics.variable_values
         assert re.search(r'^crdtd_peers\{state="live"\} 1', text, re.MULTILINE), text
         incarnation = cluster.daemons[0].data("status")["incarnation"]
         info = f'crdtd_info{{incarnation="{incarnation}",node_id="n0",version="{__version__}"}} 1'
         assert info in text, text
         for process in ("resident_memory_bytes", "cpu_seconds_total", "open_fds", "max_fds"):
             assert re.search(rf"^process_{process} [0-9]", text, re.MULTILINE), text
+    finally:
+        cluster.stop()
+
+
+def test_prometheus_endpoint_serves_variable_values_when_asked(tmp_path: Path) -> None:
+    port = free_tcp_port()
+    extra = f"metrics: {{listen: '127.0.0.1:{port}', variable_values: true}}\n"
+    cluster = Cluster.start(tmp_path, 1, extra_config=extra)
+    try:
+        daemon = cluster.daemons[0]
+        daemon.ctl("add", "web-1.hits", "5")
+        daemon.ctl("add", "web-1.hits", "-2")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+            text = reply.read().decode()
+        assert 'crdtd_variable_value{variable="web-1.hits"} 3.0\n' in text, text
+        assert "values" not in daemon.data("stats")  # crdtctl stats stays one screen
     finally:
         cluster.stop()

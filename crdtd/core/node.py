@@ -20,11 +20,12 @@ returning effects that `Node._apply` carries out in one place:
 - `crdtd.core.sync.Syncer`: the full sync (barriers), which owns the node's ``mode``
   and reads the node through `crdtd.core.barrier_io.NodeView`.
 
+- `crdtd.core.replica.Replica`: the counters and the epoch, their restore and folds;
 - `crdtd.core.replay.Replays`: each sender's replay window and its saved floor;
 - `crdtd.core.outbox.Outbox`: the datagrams to send, encoded in the order asked for.
 
 What stays here: the datagram's way in (verify, decode, replay window, peer, route),
-the timer's, our announce, the fold of a cut, and the records and events queued.
+the timer's, our announce, and the records and events queued.
 
 Rules:
 - peer input never raises out of here: a bad datagram is dropped and counted in
@@ -42,8 +43,6 @@ import random
 from collections.abc import Iterable, Sequence
 
 from crdtd.core import wire
-from crdtd.core.barrier import Cut
-from crdtd.core.counters import Counter
 from crdtd.core.effects import Count, Report
 from crdtd.core.events import (
     ClaimRefused,
@@ -84,6 +83,7 @@ from crdtd.core.records import (
 from crdtd.core.repair import Effect as RepairEffect
 from crdtd.core.repair import Repairs, SendBases, SendNack, SendOps
 from crdtd.core.replay import Replays
+from crdtd.core.replica import Replica
 from crdtd.core.replication import (
     Created,
     NoteChange,
@@ -133,9 +133,9 @@ class Node:
         (the driver derives it from the wall clock): barrier ids are built from it."""
         self.node_id = origin.node_id
         self.settings = settings
-        self.epoch = 0
         self.stats: dict[str, int] = {}
-        self.counters: dict[str, Counter] = {}
+        self._replica = Replica()
+        self.counters = self._replica.counters
         self._rng = rng
         self._members = Membership(self.node_id, settings, now)
         self._replays = Replays(4 * settings.peers_max, now)
@@ -316,53 +316,38 @@ class Node:
         """Work, or frozen in a barrier (Sync, then Ready); `crdtd.core.sync` moves it."""
         return self._sync.mode
 
+    @property
+    def epoch(self) -> int:
+        return self._replica.epoch
+
     def variables(self) -> list[str]:
-        return sorted(self.counters)
+        return self._replica.variables()
 
     def value(self, variable: str) -> int | None:
-        counter = self.counters.get(variable)
-        return None if counter is None else counter.value
+        return self._replica.value(variable)
 
     def before(self, variable: str) -> int | None:
-        counter = self.counters.get(variable)
-        return None if counter is None else counter.before
+        return self._replica.before(variable)
 
     def history(self, variable: str) -> list[tuple[Origin, int, int]] | None:
-        counter = self.counters.get(variable)
-        return None if counter is None else counter.history()
+        return self._replica.history(variable)
 
     def ops_in_log(self) -> int:
-        return sum(counter.log_len for counter in self.counters.values())
+        return self._replica.ops_in_log()
 
     # --- local state changes ------------------------------------------------------
 
     def _restore(self, record: Record) -> None:
-        if isinstance(record, VariableCreated):
-            self._ensure(record.variable, local=False)
-        elif isinstance(record, OpRecorded):
-            self._ensure(record.variable, local=False).apply(
-                record.origin, record.nonce, record.delta
-            )
-        elif isinstance(record, BaseFolded):
-            self._ensure(record.variable, local=False).adopt_base(
-                record.origin, record.upto, record.total
-            )
+        if isinstance(record, VariableCreated | OpRecorded | BaseFolded | EpochAdvanced):
+            made = self._replica.restore(record)
+            if made is not None:
+                self._writes.counted(made)
         elif isinstance(record, AddNamed):
             self._writes.remember(record)
         elif isinstance(record, ReplayFloor):
             self._replays.restore(record)
-        elif isinstance(record, IncarnationStarted):
-            self._used_incarnation = max(self._used_incarnation, record.incarnation)
         else:
-            self.epoch = max(self.epoch, record.epoch)
-        self._events.clear()
-
-    def _ensure(self, variable: str, local: bool) -> Counter:
-        counter = self.counters.get(variable)
-        if counter is None:
-            counter = self.counters[variable] = Counter(variable)
-            self._created(variable, local)
-        return counter
+            self._used_incarnation = max(self._used_incarnation, record.incarnation)
 
     def _created(self, variable: str, local: bool) -> None:
         """*variable*'s counter was just made (by a write, a peer, or the restore)."""
@@ -486,22 +471,15 @@ class Node:
                 case AnnounceNow():
                     self._announce(now)
                 case Fold(cut, epoch):
-                    self._fold(cut, epoch)
+                    folded = self._replica.fold(cut, epoch)
+                    if any(isinstance(record, BaseFolded) for record in folded):
+                        self._sync.note_change()
+                    self._records += folded
                 case Thaw():
                     self._apply(self._writes.thaw(), now)
                 case UseSerial(serial):
                     encoder = self._outbox.encoder
                     encoder.seq = max(encoder.seq, serial)
-
-    def _fold(self, cut: Cut, epoch: int) -> None:
-        """Fold *cut* into the bases; safe at any time, since a cut is a held prefix."""
-        for (variable, origin), (upto, total) in cut.items():
-            if self.counters[variable].adopt_base(origin, upto, total):
-                self._sync.note_change()
-                self._records.append(BaseFolded(variable, origin, upto, total))
-        if epoch > self.epoch:
-            self.epoch = epoch
-            self._records.append(EpochAdvanced(self.epoch))
 
     # --- plumbing -----------------------------------------------------------------
 

@@ -132,7 +132,7 @@ class Replication:
         effects: list[Effect] = []
         for entry in message.entries:
             if entry.origin == self.origin:
-                # Only a barrier we took part in folds our own ops (`Node._fold`); a base
+                # Only a barrier we took part in folds our own ops (`Replica.fold`); a base
                 # for them from a peer is at best an echo and at worst a forgery.
                 counter = self._counters.get(entry.variable)
                 if counter is None or entry.upto > counter.watermark(self.origin):

@@ -23,6 +23,7 @@ from typing import TypeVar
 import pytest
 
 from crdtd.core import reports, wire
+from crdtd.core.barrier_io import Fold
 from crdtd.core.events import (
     AddApplied,
     DatagramRejected,
@@ -1224,7 +1225,7 @@ def test_a_fold_or_new_ops_while_reports_are_made_leave_no_stale_report(
     node.events()
     node.start_verify(START)
     node.handle_timer(START)
-    node._fold({("x", Origin("b", 1)): (5, 150)}, epoch=1)
+    node._apply([Fold({("x", Origin("b", 1)): (5, 150)}, epoch=1)], START)
     node.add("x", 1000, START)
     node.add("y", 1, START)
     disk = report_records() + node.records_to_persist()

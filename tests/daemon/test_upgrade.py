@@ -144,6 +144,7 @@ def build_previous(commit: str) -> Path:
                 # Its own source first: the crdtd of this interpreter never shadows it.
                 paths = [str(final / "src"), *dirs]
                 (site / "crdtd-previous.pth").write_text("".join(f"{p}\n" for p in paths))
+                shutil.rmtree(final, ignore_errors=True)  # a build cut short, if any
                 building.rename(final)
             finally:
                 shutil.rmtree(building, ignore_errors=True)

@@ -7,9 +7,18 @@ nonce <= ``upto`` folded into their sum. Two replicas that folded different pref
 the same origin still merge exactly, because a longer prefix replaces precisely the ops
 it covers: adopt the higher ``upto``, drop the logged ops at or below it.
 
+A deleted variable keeps a *grave*: per origin, the prefix ``(upto, total)`` its delete
+removed (`Counter.bury`). Those ops count zero from then on: ``offset`` (the graves'
+totals) is subtracted from what the bases and the log hold. The grave's prefixes are
+adopted as bases first, so the subtraction is exact also where some of those ops never
+arrived; graves of the same variable join per origin by the longer prefix, so they
+merge like bases do. A variable with a grave and nothing beyond it is *buried*: not
+shown, and not counted against ``variables_max``; an op beyond the grave makes it live
+again, starting from zero.
+
 Invariants (checked by the simulator after every step):
 - ``value == before + sum(every logged delta)``;
-- ``before == sum(total for each base)``;
+- ``before == sum(total for each base) - offset``, ``offset == sum(grave totals)``;
 - no logged nonce is at or below its origin's base;
 - ``watermark(origin)`` is the highest n such that every nonce 1..n is in the base or log;
 - ``dense_totals[origin]`` is the sum of the ops 1..watermark (base total plus the logged
@@ -21,7 +30,7 @@ from __future__ import annotations
 
 import enum
 import heapq
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from crdtd.core.ids import Origin
 
@@ -39,9 +48,11 @@ class Counter:
         "bases",
         "before",
         "dense_totals",
+        "grave",
         "log_len",
         "logs",
         "name",
+        "offset",
         "value",
         "version",
         "watermarks",
@@ -56,7 +67,9 @@ class Counter:
         self.value = 0
         self.before = 0
         self.log_len = 0
-        self.version = 0  # grows with every change of the log or the bases
+        self.version = 0  # grows with every change of the log, the bases or the grave
+        self.grave: dict[Origin, tuple[int, int]] | None = None  # None: never deleted
+        self.offset = 0  # the grave's totals: what `value` and `before` leave out
 
     def watermark(self, origin: Origin) -> int:
         return self.watermarks.get(origin, 0)
@@ -130,6 +143,45 @@ class Counter:
         self.watermarks[origin] = mark
         self.dense_totals[origin] = dense
         return True
+
+    def cut(self) -> list[tuple[Origin, int, int]]:
+        """Per origin, the prefix held in sequence and its total: what a delete buries."""
+        return [
+            (origin, mark, self.dense_totals.get(origin, 0))
+            for origin in self.origins()
+            if (mark := self.watermark(origin)) > 0
+        ]
+
+    def bury(self, marks: Iterable[tuple[Origin, int, int]]) -> list[tuple[Origin, int, int]]:
+        """Join *marks* (a grave: per origin, a prefix and its total) into ours; the
+        marks that grew it, whose prefixes were adopted as bases. Empty marks still make
+        the variable deleted (a grave with nothing in it)."""
+        grave = self.grave
+        if grave is None:
+            grave = self.grave = {}
+            self.version += 1
+        grown = []
+        for origin, upto, total in marks:
+            held_upto, held_total = grave.get(origin, (0, 0))
+            if upto <= held_upto:
+                continue
+            self.adopt_base(origin, upto, total)  # nothing if our base covers it
+            grave[origin] = (upto, total)
+            change = total - held_total
+            self.offset += change
+            self.value -= change
+            self.before -= change
+            self.version += 1
+            grown.append((origin, upto, total))
+        return grown
+
+    @property
+    def buried(self) -> bool:
+        """Deleted, and no op beyond the grave since."""
+        grave = self.grave
+        if grave is None or self.log_len:
+            return False
+        return all(upto <= grave.get(origin, (0, 0))[0] for origin, (upto, _) in self.bases.items())
 
     def prefix_total(self, origin: Origin, upto: int) -> int:
         """Sum of the ops 1..upto of *origin*; the caller guarantees they are all held.

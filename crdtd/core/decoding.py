@@ -33,6 +33,7 @@ from crdtd.core.layout import (
     T_BASES,
     T_DIGEST_REPLY,
     T_DIGEST_REQUEST,
+    T_GRAVES,
     T_NACK,
     T_OPS,
     T_PEERS,
@@ -50,6 +51,8 @@ from crdtd.core.messages import (
     DigestReply,
     DigestRequest,
     Envelope,
+    Grave,
+    Graves,
     Message,
     Nack,
     NackRange,
@@ -170,6 +173,20 @@ def _decode_bases(r: _Reader) -> Bases:
     return Bases(tuple(entries))
 
 
+def _decode_graves(r: _Reader) -> Graves:
+    graves = []
+    for _ in range(r.count(4)):
+        variable = r.name()
+        marks = []
+        for _ in range(r.count(20)):
+            origin, upto, total = r.origin(), r.nonce(), r.bigint()
+            if abs(total) > upto * TOTAL_PER_OP_MAX:
+                raise MalformedDatagram("malformed", "total beyond its ops")
+            marks.append((origin, upto, total))
+        graves.append(Grave(variable, tuple(marks)))
+    return Graves(tuple(graves))
+
+
 def _decode_nack(r: _Reader) -> Nack:
     ranges = []
     for _ in range(r.count(28)):
@@ -250,6 +267,7 @@ _DECODERS: dict[int, Callable[[_Reader], Message]] = {
     T_OPS: _decode_ops,
     T_BASES: _decode_bases,
     T_NACK: _decode_nack,
+    T_GRAVES: _decode_graves,
     T_PEERS: _decode_peers,
     T_DIGEST_REQUEST: _decode_digest_request,
     T_DIGEST_REPLY: _decode_digest_reply,

@@ -31,6 +31,14 @@ class VariableAdded:
 
 
 @dataclass(frozen=True, slots=True)
+class VariableDeleted:
+    """A variable is gone here (deleted here or by a peer); an add brings it back,
+    starting from zero."""
+
+    variable: str
+
+
+@dataclass(frozen=True, slots=True)
 class ValueChanged:
     """The value of a variable changed (a local add, a remote op, a repair, a base)."""
 
@@ -154,6 +162,7 @@ class VerifyFinished:
 Event = (
     AddApplied
     | VariableAdded
+    | VariableDeleted
     | ValueChanged
     | PeerJoined
     | PeerLost

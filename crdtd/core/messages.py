@@ -13,6 +13,8 @@ Replication:
 - ``Bases``: folded prefixes ``(variable, origin, upto, total)``, the repair answer for
   ops that were compacted away.
 - ``Nack``: a unicast request for exactly the missing nonce ranges.
+- ``Graves``: deleted variables, each with the cut its delete removed (per origin, the
+  prefix ``upto`` and its total); multicast when made and with every announce.
 
 Fleet operations:
 - ``PeerList``: the peers a node knows, sent by unicast to peers that do not hear our
@@ -64,6 +66,20 @@ class BaseEntry:
 @dataclass(frozen=True, slots=True)
 class Bases:
     entries: tuple[BaseEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Grave:
+    """*variable* was deleted: per origin, its ops 1..upto (summing to total) count no
+    more. Empty *marks*: it was deleted before it had any op."""
+
+    variable: str
+    marks: tuple[tuple[Origin, int, int], ...]  # (origin, upto, total)
+
+
+@dataclass(frozen=True, slots=True)
+class Graves:
+    graves: tuple[Grave, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +196,7 @@ Message = (
     | OpBatch
     | Bases
     | Nack
+    | Graves
     | SyncStart
     | SyncJoin
     | SyncReady

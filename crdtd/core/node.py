@@ -61,6 +61,7 @@ from crdtd.core.messages import (
     Bases,
     DigestReply,
     DigestRequest,
+    Graves,
     Message,
     Nack,
     OpBatch,
@@ -73,6 +74,7 @@ from crdtd.core.peers import Peer
 from crdtd.core.records import (
     AddNamed,
     BaseFolded,
+    Buried,
     EpochAdvanced,
     IncarnationStarted,
     OpRecorded,
@@ -106,7 +108,7 @@ from crdtd.core.sync import Effect as SyncEffect
 from crdtd.core.verify import AskReports, Finished, SendReports, Verifier
 from crdtd.core.verify import Effect as VerifyEffect
 from crdtd.core.writes import Effect as WriteEffect
-from crdtd.core.writes import Fresh, Writes
+from crdtd.core.writes import Fresh, Spread, Writes
 
 __all__ = ["Datagram", "Mode", "Node"]
 
@@ -222,9 +224,22 @@ class Node:
         `crdtd.core.replication.VARIABLES_HARD_FACTOR` times the limit, so two halves
         of a cluster that each stayed under it still merge into one set of variables.
         """
-        created, effects = self._writes.create(variable)
+        ticket = self._tickets + 1
+        created, effects = self._writes.create(ticket, variable, self.mode)
+        self._tickets = ticket
         self._apply(effects, now)
         return created
+
+    def delete(self, variable: str, now: float) -> bool:
+        """Delete *variable* here and everywhere; False (a no-op) if it is not shown.
+
+        The ops this node holds of it in sequence count zero from now on, on every
+        node that learns the grave (`crdtd.core.counters`); an add it had not seen yet,
+        or any later one, shows the variable again, starting from zero.
+        """
+        deleted, effects = self._writes.delete(variable)
+        self._apply(effects, now)
+        return deleted
 
     def add(self, variable: str, delta: int, now: float, request_id: str | None = None) -> int:
         """Add *delta* to *variable* (created if new); `AddApplied` carries the ticket.
@@ -338,7 +353,7 @@ class Node:
     # --- local state changes ------------------------------------------------------
 
     def _restore(self, record: Record) -> None:
-        if isinstance(record, VariableCreated | OpRecorded | BaseFolded | EpochAdvanced):
+        if isinstance(record, VariableCreated | OpRecorded | BaseFolded | Buried | EpochAdvanced):
             made = self._replica.restore(record)
             if made is not None:
                 self._writes.counted(made)
@@ -353,7 +368,8 @@ class Node:
         """*variable*'s counter was just made (by a write, a peer, or the restore)."""
         self._writes.counted(variable)  # a held add's name now counts as a counter
         self._records.append(VariableCreated(variable))
-        self._events.append(VariableAdded(variable))
+        if not self.counters[variable].buried:  # (a grave of a name new here)
+            self._events.append(VariableAdded(variable))
         if local:
             self._outbox.fresh(variable)
 
@@ -390,6 +406,8 @@ class Node:
             self._apply(self._repairs.serve(message, peer.address, self.counters, now), now)
         elif isinstance(message, Bases):
             self._apply(self._replication.on_bases(message, peer, now), now)
+        elif isinstance(message, Graves):
+            self._apply(self._replication.on_graves(message, peer, now), now)
         elif isinstance(message, PeerList):
             self._apply(self._members.on_peer_list(message, peer, now), now)
         elif isinstance(message, DigestRequest):
@@ -412,6 +430,9 @@ class Node:
         payloads = self._digest()
         self._outbox.multicast(payloads)
         self._count("announces_sent")
+        graves = self._replica.graves()
+        if graves:  # a node that missed a delete learns it here (graves are few)
+            self._outbox.multicast(self._outbox.encoder.graves(graves))
         interval = self.settings.announce_interval_s
         if self.mode is not Mode.WORK:
             interval = min(interval, self.settings.sync_freeze_max_s / 8)
@@ -442,6 +463,8 @@ class Node:
                     self._sync.note_change()
                 case Fresh(variable, nonce, delta):
                     self._outbox.fresh(variable, (nonce, delta))
+                case Spread(grave):
+                    self._outbox.multicast(self._outbox.encoder.graves([grave]))
                 case Refused(kind, variable, nonce, peer):
                     self._count("claims_refused")
                     if self._members.due_report("claim", peer.node_id, now):

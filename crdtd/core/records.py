@@ -58,6 +58,19 @@ class BaseFolded:
 
 
 @dataclass(frozen=True, slots=True)
+class Buried:
+    """*variable* was deleted: its grave, whole (it replaces the one kept before).
+
+    Per origin, the ops 1..upto summing to total count zero from now on (see
+    `crdtd.core.counters.Counter.bury`); restoring it buries them again, in any order
+    with the other records.
+    """
+
+    variable: str
+    marks: tuple[tuple[Origin, int, int], ...]  # (origin, upto, total)
+
+
+@dataclass(frozen=True, slots=True)
 class EpochAdvanced:
     """A full sync completed; ``epoch`` counts completed barriers this node took part in."""
 
@@ -103,6 +116,7 @@ Record = (
     | VariableCreated
     | OpRecorded
     | BaseFolded
+    | Buried
     | EpochAdvanced
     | ReplayFloor
     | AddNamed

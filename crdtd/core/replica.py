@@ -1,10 +1,9 @@
 """What one replica holds: its counters and its epoch, and how records rebuild them.
 
-Every sub-machine of the node reads ``counters`` (the same dict, shared); only three
-things change which counters exist or their bases, all through here: a counter made
-for a name first seen (`Replica.ensure`), the restore of the records a store kept
-(`Replica.restore`), and the fold of a barrier's cut (`Replica.fold`). The ops a
-counter takes go through the counter itself (`crdtd.core.counters.Counter.apply`).
+Every sub-machine of the node works on ``counters`` (the same dict, shared): writes
+and replication add counters and ops to it. Here are the two changes that are the
+node's own: the restore of the records a store kept (`Replica.restore`) and the fold
+of a barrier's cut (`Replica.fold`), and the queries the node answers.
 """
 
 from __future__ import annotations
@@ -12,8 +11,10 @@ from __future__ import annotations
 from crdtd.core.barrier import Cut
 from crdtd.core.counters import Counter
 from crdtd.core.ids import Origin
+from crdtd.core.messages import Grave
 from crdtd.core.records import (
     BaseFolded,
+    Buried,
     EpochAdvanced,
     OpRecorded,
     Record,
@@ -37,7 +38,7 @@ class Replica:
         return counter, True
 
     def restore(
-        self, record: VariableCreated | OpRecorded | BaseFolded | EpochAdvanced
+        self, record: VariableCreated | OpRecorded | BaseFolded | Buried | EpochAdvanced
     ) -> str | None:
         """Take one record of the counters back from the store; the name of the counter
         it made, if it made one."""
@@ -49,6 +50,8 @@ class Replica:
             counter.apply(record.origin, record.nonce, record.delta)
         elif isinstance(record, BaseFolded):
             counter.adopt_base(record.origin, record.upto, record.total)
+        elif isinstance(record, Buried):
+            counter.bury(record.marks)
         return record.variable if made else None
 
     def fold(self, cut: Cut, epoch: int) -> list[Record]:
@@ -65,20 +68,34 @@ class Replica:
 
     # --- queries ------------------------------------------------------------------
 
+    def shown(self, variable: str) -> Counter | None:
+        """*variable*'s counter, unless it has none or is buried (deleted)."""
+        counter = self.counters.get(variable)
+        return None if counter is None or counter.buried else counter
+
     def variables(self) -> list[str]:
-        return sorted(self.counters)
+        return sorted(name for name, counter in self.counters.items() if not counter.buried)
 
     def value(self, variable: str) -> int | None:
-        counter = self.counters.get(variable)
+        counter = self.shown(variable)
         return None if counter is None else counter.value
 
     def before(self, variable: str) -> int | None:
-        counter = self.counters.get(variable)
+        counter = self.shown(variable)
         return None if counter is None else counter.before
 
     def history(self, variable: str) -> list[tuple[Origin, int, int]] | None:
-        counter = self.counters.get(variable)
+        counter = self.shown(variable)
         return None if counter is None else counter.history()
+
+    def graves(self) -> list[Grave]:
+        """Every grave kept, buried or alive again: what a node that missed a delete
+        needs to bury the same ops."""
+        return [
+            Grave(name, tuple((o, upto, total) for o, (upto, total) in counter.grave.items()))
+            for name, counter in sorted(self.counters.items())
+            if counter.grave is not None
+        ]
 
     def ops_in_log(self) -> int:
         return sum(counter.log_len for counter in self.counters.values())

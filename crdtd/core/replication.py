@@ -2,9 +2,10 @@
 
 Theory of operation. An `OpBatch` is applied op by op (idempotently: a duplicate or an
 op at or below a base changes nothing); a `Bases` entry is adopted when it covers more
-than ours; an `Announce` digest tells which watermarks a peer holds, and every mark
-above ours becomes a *want* for `crdtd.core.repair.Repairs`, which this module owns
-and asks inline, so a repair is planned against exactly the state it was asked about.
+than ours; a `Graves` entry joins the variable's grave (`bury`); an `Announce` digest
+tells which watermarks a peer holds, and every mark above ours becomes a *want* for
+`crdtd.core.repair.Repairs`, which this module owns and asks inline, so a repair is
+planned against exactly the state it was asked about.
 A variable a peer names is created if there is room: up to ``variables_max`` as usual
 and, past it, up to `VARIABLES_HARD_FACTOR` times it (so two halves of a cluster that
 each stayed under the limit still merge), with one `VariablesOverLimit` report.
@@ -27,11 +28,11 @@ from dataclasses import dataclass
 
 from crdtd.core.counters import Applied, Counter
 from crdtd.core.effects import Count, Report
-from crdtd.core.events import ValueChanged, VariablesOverLimit
+from crdtd.core.events import ValueChanged, VariableDeleted, VariablesOverLimit
 from crdtd.core.ids import Origin
-from crdtd.core.messages import Announce, Bases, OpBatch, OpGroup
+from crdtd.core.messages import Announce, Bases, Graves, OpBatch, OpGroup
 from crdtd.core.peers import Peer
-from crdtd.core.records import BaseFolded, OpRecorded, Record
+from crdtd.core.records import BaseFolded, Buried, OpRecorded, Record
 from crdtd.core.repair import Effect as RepairEffect
 from crdtd.core.repair import Repairs
 from crdtd.core.settings import Settings
@@ -153,6 +154,31 @@ class Replication:
                 effects.append(Report(ValueChanged(entry.variable, counter.value)))
         return effects
 
+    def on_graves(self, message: Graves, peer: Peer, now: float) -> list[Effect]:
+        """Bury what a peer deleted. A mark of our own origin beyond what we issued is
+        a claim we refuse; below it, we hold those ops, so the total must be theirs."""
+        effects: list[Effect] = []
+        for grave in message.graves:
+            counter = self._remote_variable(grave.variable, effects)
+            if counter is None:
+                continue
+            marks = []
+            for origin, upto, total in grave.marks:
+                if origin == self.origin and not self._own_prefix(counter, upto, total):
+                    effects.append(Refused("grave", grave.variable, upto, peer))
+                    continue
+                marks.append((origin, upto, total))
+            effects += bury(counter, marks)
+        return effects
+
+    def _own_prefix(self, counter: Counter, upto: int, total: int) -> bool:
+        """Is (upto, total) a prefix of our own ops on *counter*? Below our base the ops
+        are folded: the upto is ours, the total can no longer be checked."""
+        origin = self.origin
+        if upto > counter.watermark(origin):
+            return False
+        return upto < counter.base_upto(origin) or counter.prefix_total(origin, upto) == total
+
     def on_announce(self, message: Announce, peer: Peer, now: float) -> list[Effect]:
         """Note the peer's mode, epoch, barrier and marks; want what it holds beyond us."""
         effects: list[Effect] = []
@@ -208,3 +234,29 @@ class Replication:
         counter = counters[variable] = Counter(variable)
         effects.append(Created(variable))
         return counter
+
+
+def bury(
+    counter: Counter, marks: list[tuple[Origin, int, int]]
+) -> list[Persist | NoteChange | Count | Report]:
+    """Join *marks* into *counter*'s grave (a delete, here or a peer's); the effects
+    that say so: the bases it adopted, the grave as it is now, and the variable gone
+    (or its value changed, when ops beyond the grave keep it alive)."""
+    fresh = counter.grave is None
+    shown, value = not counter.buried, counter.value
+    grown = counter.bury(marks)
+    effects: list[Persist | NoteChange | Count | Report] = []
+    if not grown and not fresh:
+        return effects
+    name = counter.name
+    for origin, upto, total in grown:
+        if counter.bases.get(origin) == (upto, total):
+            effects.append(Persist(BaseFolded(name, origin, upto, total)))
+    assert counter.grave is not None
+    grave = tuple((origin, upto, total) for origin, (upto, total) in sorted(counter.grave.items()))
+    effects += [Persist(Buried(name, grave)), NoteChange(), Count("graves_grown")]
+    if shown and counter.buried:
+        effects.append(Report(VariableDeleted(name)))
+    elif counter.value != value:
+        effects.append(Report(ValueChanged(name, counter.value)))
+    return effects

@@ -4,8 +4,12 @@ A report (`VariableReport`) names one variable's op set by an 8-byte blake2b has
 text lines, in this order (the bytes are compared across nodes and versions, so they
 are fixed):
 
+    g {origin} {upto} {total}\\n     per mark of its grave, origins sorted (deleted only)
     b {origin} {upto} {total}\\n     per base, origins sorted
     o {origin} {nonce} {delta}\\n    per logged op, origins sorted, then nonces sorted
+
+A variable never deleted has no ``g`` line, so its bytes are what they were before
+deletes existed; a deleted one's value leaves its grave out, as the node shows it.
 
 Hashing a million-op log takes a quarter of a second, longer than one step may hold the
 owner task (habit 18 of STYLE.md). So a `Reporter` makes the reports as a job that
@@ -15,7 +19,7 @@ again from ``handle_timer`` (its ``get_timer`` is due while a job remains).
 Why a report made over several steps is still right:
 - the ops of an origin between its base and its watermark are immutable (an
   ``(origin, nonce)`` has one delta forever) and only leave the log by a fold, which
-  changes the bases: any change of a variable's bases restarts that variable's report;
+  changes the bases: any change of a variable's bases (or grave) restarts its report;
 - so per origin the job hashes its dense part up to the watermark as it finds it (ops
   that arrive meanwhile extend it, and are hashed), then the ops above a hole, sorted;
 - the value and the watermarks in the report are those of the ops hashed, not read at
@@ -50,6 +54,7 @@ class _Variable:
     counter: Counter
     version: int  # the counter's version when this report began
     bases: dict[Origin, tuple[int, int]]  # as hashed: any change restarts the report
+    grave: dict[Origin, tuple[int, int]] | None  # likewise
     origins: list[Origin]  # still to hash, the next first
     digest: hashlib.blake2b
     value: int
@@ -99,7 +104,7 @@ class Reporter:
     def _hash(self, job: _Variable, budget: int) -> int:
         """Hash up to *budget* ops of *job*; finish it if it is done. Returns the budget left."""
         counter = job.counter
-        if counter.bases != job.bases:
+        if counter.bases != job.bases or counter.grave != job.grave:
             self._current = _begin(counter)  # a fold took ops we meant to hash: again
             return budget - 1
         while job.origins and budget > 0:
@@ -136,12 +141,15 @@ class Reporter:
 def _begin(counter: Counter) -> _Variable:
     """A report of *counter* with its base lines hashed; its ops come next."""
     digest = hashlib.blake2b(digest_size=8)
+    grave = None if counter.grave is None else dict(counter.grave)
+    for origin, (upto, total) in sorted((grave or {}).items()):
+        digest.update(f"g {origin} {upto} {total}\n".encode())
     bases = dict(counter.bases)
     for origin in sorted(bases):
         upto, total = bases[origin]
         digest.update(f"b {origin} {upto} {total}\n".encode())
-    value = sum(total for _, total in bases.values())
-    return _Variable(counter, counter.version, bases, counter.origins(), digest, value)
+    value = sum(total for _, total in bases.values()) - counter.offset
+    return _Variable(counter, counter.version, bases, grave, counter.origins(), digest, value)
 
 
 def _update(job: _Variable, origin: Origin, log: dict[int, int], nonces: range | list[int]) -> None:

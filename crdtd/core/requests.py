@@ -33,6 +33,11 @@ class Create:
 
 
 @dataclass(frozen=True, slots=True)
+class Delete:
+    variable: str
+
+
+@dataclass(frozen=True, slots=True)
 class Add:
     """One add, or several on one variable applied as one (*request_id*: one add only)."""
 
@@ -83,6 +88,7 @@ class ReadNode:
 
 Request = (
     Create
+    | Delete
     | Add
     | StartSync
     | StartVerify
@@ -105,6 +111,8 @@ def apply(node: Node, request: Request, now: float) -> object:
             raise ValueError("a request id names one add, not a batch")
         case Create(variable):
             return node.create(variable, now)
+        case Delete(variable):
+            return node.delete(variable, now)
         case StartSync():
             return Ticket(node.start_sync(now))
         case StartVerify():

@@ -144,13 +144,13 @@ def node_state(node: Node, now: float, values: bool = False) -> NodeState:
         epoch=node.epoch,
         peers=peers,
         ops_in_log=node.ops_in_log(),
-        variables=len(node.counters),
+        variables=sum(1 for counter in node.counters.values() if not counter.buried),
         stats=MappingProxyType(dict(node.stats)),
         key_ids=tuple(key.key_id for key in settings.keys),
         seeds=tuple(settings.seeds),
         multicast_quiet_s=settings.multicast_quiet_s,
         values=(
-            MappingProxyType({name: counter.value for name, counter in node.counters.items()})
+            MappingProxyType({name: c.value for name, c in node.counters.items() if not c.buried})
             if values
             else None
         ),
@@ -159,7 +159,7 @@ def node_state(node: Node, now: float, values: bool = False) -> NodeState:
 
 def _counter(node: Node, variable: str) -> Counter:
     counter = node.counters.get(variable)
-    if counter is None:
+    if counter is None or counter.buried:
         raise UnknownVariable(f"no variable {variable!r} on {node.node_id}")
     return counter
 

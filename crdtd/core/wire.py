@@ -48,6 +48,7 @@ from crdtd.core.layout import (
     T_BASES,
     T_DIGEST_REPLY,
     T_DIGEST_REQUEST,
+    T_GRAVES,
     T_NACK,
     T_OPS,
     T_PEERS,
@@ -66,6 +67,7 @@ from crdtd.core.layout import (
 from crdtd.core.messages import (
     BarrierId,
     BaseEntry,
+    Grave,
     NackRange,
     OpGroup,
     VariableDigest,
@@ -82,6 +84,7 @@ __all__ = [
     "TOTAL_PER_OP_MAX",
     "T_ANNOUNCE",
     "T_BASES",
+    "T_GRAVES",
     "T_NACK",
     "T_OPS",
     "T_SYNC_ABORT",
@@ -148,6 +151,28 @@ class Encoder:
             for e in entries
         ]
         return self._pack(T_BASES, b"", items)
+
+    def graves(self, graves: Sequence[Grave]) -> list[bytes]:
+        """A grave too large for one datagram is split by origins: each part is a grave
+        of its own, and graves join (`crdtd.core.counters.Counter.bury`)."""
+        budget = self.body_bytes_max - 2 * _U16.size
+        items: list[bytes] = []
+        for grave in graves:
+            head = _name(grave.variable)
+            marks = [
+                _origin(origin) + _U64.pack(upto) + _bigint(total)
+                for origin, upto, total in grave.marks
+            ]
+            part: list[bytes] = []
+            size = len(head)
+            for mark in marks:
+                if part and size + len(mark) > budget:
+                    items.append(head + _U16.pack(len(part)) + b"".join(part))
+                    part, size = [], len(head)
+                part.append(mark)
+                size += len(mark)
+            items.append(head + _U16.pack(len(part)) + b"".join(part))
+        return self._pack(T_GRAVES, b"", items)
 
     def nack(self, ranges: Sequence[NackRange]) -> list[bytes]:
         items = [

@@ -1,4 +1,4 @@
-"""Local writes: ``create``, ``add`` and ``add_many``, named adds, and holding.
+"""Local writes: ``create``, ``add``, ``add_many`` and ``delete``, named adds, and holding.
 
 Theory of operation. A local add takes the next nonce of this node's origin for its
 variable and becomes an op: a record to persist, an op to multicast with the step's
@@ -11,12 +11,19 @@ after a restart (the `AddNamed` records come back with the state), it is answere
 with the op it became; the same id with another variable or delta is refused. That
 check lives here alone: the control side passes the id through.
 
-``variables_max`` bounds the names made here, held adds' new names included; a name
-a peer made is `crdtd.core.replication`'s to admit.
+A delete buries what this node holds of the variable in sequence (`Counter.cut`) and
+multicasts the grave (`Spread`); it is not held in a barrier, since a grave moves
+bases only up to the watermarks, which leaves every cut as it was. An add not yet
+seen here when it ran, and any add after it, survives it: the variable lives again
+from zero. A ``create`` of a deleted name is such an add, of zero, so that every node
+shows the name again.
+
+``variables_max`` bounds the names made here, held adds' new names included (buried
+names do not count); a name a peer made is `crdtd.core.replication`'s to admit.
 
 Every call returns effects for the node to carry out, in order: `Persist`,
-`Created`, `NoteChange` (from `crdtd.core.replication`), `Fresh`, `Count` and
-`Report`; misuse by the local caller (a bad name or delta, a full node, a reused
+`Created`, `NoteChange` (from `crdtd.core.replication`), `Fresh`, `Spread`, `Count`
+and `Report`; misuse by the local caller (a bad name or delta, a full node, a reused
 request id) raises `InvalidInput`.
 """
 
@@ -30,9 +37,10 @@ from crdtd.core.counters import Counter
 from crdtd.core.effects import Count, Report
 from crdtd.core.events import AddApplied, ValueChanged
 from crdtd.core.ids import InvalidInput, Origin, check_delta, check_name
+from crdtd.core.messages import Grave
 from crdtd.core.modes import Mode
 from crdtd.core.records import REQUESTS_KEPT, AddNamed, OpRecorded
-from crdtd.core.replication import Created, NoteChange, Persist
+from crdtd.core.replication import Created, NoteChange, Persist, bury
 from crdtd.core.settings import Settings
 
 
@@ -45,7 +53,14 @@ class Fresh:
     delta: int
 
 
-Effect = Persist | Created | NoteChange | Fresh | Count | Report
+@dataclass(frozen=True, slots=True)
+class Spread:
+    """Multicast *grave*, a delete made here, with the step's datagrams."""
+
+    grave: Grave
+
+
+Effect = Persist | Created | NoteChange | Fresh | Spread | Count | Report
 
 
 class Writes:
@@ -61,14 +76,33 @@ class Writes:
         self._held_requests: dict[str, tuple[str, int]] = {}  # request id -> (var, delta)
         self._named: collections.OrderedDict[str, AddNamed] = collections.OrderedDict()
 
-    def create(self, variable: str) -> tuple[bool, list[Effect]]:
-        """Create *variable*; False (and no effect) if it exists."""
+    def create(self, ticket: int, variable: str, mode: Mode) -> tuple[bool, list[Effect]]:
+        """Create *variable*; False (and no effect) if it exists. A deleted name is
+        created again by an add of zero (*ticket*'s): an op beyond its grave, which
+        shows it again on every node."""
         check_name(variable)
-        if variable in self._counters:
-            return False, []
+        counter = self._counters.get(variable)
+        if counter is not None:
+            if not counter.buried:
+                return False, []
+            return True, self.add(ticket, variable, 0, None, mode)
         self._check_room()
         effects: list[Effect] = []
         self._ensure(variable, effects)
+        return True, effects
+
+    def delete(self, variable: str) -> tuple[bool, list[Effect]]:
+        """Bury what this node holds of *variable*; False (and no effect) if it is not
+        shown here."""
+        check_name(variable)
+        counter = self._counters.get(variable)
+        if counter is None or counter.buried:
+            return False, []
+        effects: list[Effect] = []
+        effects += bury(counter, counter.cut())
+        assert counter.grave is not None
+        marks = tuple((origin, upto, total) for origin, (upto, total) in counter.grave.items())
+        effects += [Spread(Grave(variable, marks)), Count("variables_deleted")]
         return True, effects
 
     def add(
@@ -84,14 +118,14 @@ class Writes:
             if named is not None:
                 effects += [self._answer_named(ticket, named), Count("adds_repeated")]
                 return effects
-        if variable not in self._counters and variable not in self._held_new:
+        if self._is_new(variable) and variable not in self._held_new:
             self._check_room()
         if mode is Mode.WORK:
             self._apply(ticket, variable, delta, request_id, effects)
             return effects
-        self._held.append((ticket, variable, delta, request_id))
-        if variable not in self._counters:
+        if self._is_new(variable):
             self._held_new[variable] = None
+        self._held.append((ticket, variable, delta, request_id))
         if request_id is not None:
             self._held_requests[request_id] = (variable, delta)
         return effects
@@ -112,7 +146,7 @@ class Writes:
             for ticket, delta in zip(tickets, deltas, strict=True):
                 effects += self.add(ticket, variable, delta, None, mode)
             return effects
-        if variable not in self._counters:
+        if self._is_new(variable):
             self._check_room()
         effects = []
         counter = self._ensure(variable, effects)
@@ -196,9 +230,20 @@ class Writes:
         origin = Origin(self.origin.node_id, named.incarnation)
         return Report(AddApplied(ticket, named.variable, origin, named.nonce, named.value))
 
-    def _check_room(self) -> None:
-        """Refuse a new local name at ``variables_max`` (held adds' new names count).
+    def _is_new(self, variable: str) -> bool:
+        """Would a write to *variable* make a name shown (a new one, or a buried one)?"""
+        counter = self._counters.get(variable)
+        return counter is None or counter.buried
 
-        O(1): a barrier may hold many adds, and scanning them on each add was O(n^2)."""
-        if len(self._counters) + len(self._held_new) >= self.settings.variables_max:
-            raise InvalidInput(f"variables_max ({self.settings.variables_max}) reached")
+    def _check_room(self) -> None:
+        """Refuse a new local name at ``variables_max`` (held adds' new names count,
+        buried names do not).
+
+        O(1) below the limit: a barrier may hold many adds, and scanning them on each
+        add was O(n^2); only at the limit are the buried ones counted out."""
+        limit = self.settings.variables_max
+        if len(self._counters) + len(self._held_new) < limit:
+            return
+        shown = sum(1 for counter in self._counters.values() if not counter.buried)
+        if shown + len(self._held_new) >= limit:
+            raise InvalidInput(f"variables_max ({limit}) reached")

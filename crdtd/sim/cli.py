@@ -91,6 +91,7 @@ def summarize(results: Sequence[RunResult], wall_s: float) -> dict[str, Any]:
         "datagrams_sent": datagrams,
         "crashes": sum(r.crashes for r in results),
         "crashes_mid_flush": sum(r.crashes_mid_flush for r in results),
+        "deletes": sum(r.deletes for r in results),
         "steps_batched": sum(r.steps_batched for r in results),
         "step_inputs_max": max((r.step_inputs_max for r in results), default=0),
         "wipes": sum(r.wipes for r in results),

@@ -42,7 +42,7 @@ from crdtd.core.messages import BarrierId, BaseEntry, OpGroup, SyncStart, Variab
 from crdtd.core.modes import Mode
 from crdtd.core.node import Node
 from crdtd.core.records import Record
-from crdtd.core.requests import Add, Create, Request, StartSync, Ticket
+from crdtd.core.requests import Add, Create, Delete, Request, StartSync, Ticket
 from crdtd.core.settings import Settings
 from crdtd.core.step import Flush, Stepper
 from crdtd.sim.clock import VirtualClock
@@ -120,6 +120,7 @@ class ClusterStats:
     adds_called: int = 0
     adds_acked: int = 0
     creates: int = 0
+    deletes: int = 0
     syncs_started: int = 0
     crashes: int = 0
     crashes_mid_flush: int = 0
@@ -352,6 +353,11 @@ class Cluster:
         self.stats.creates += 1
         self._request(index, Create(variable))
         self._kick(self.slots[index], f"create {variable}")
+
+    def delete(self, index: int, variable: str) -> None:
+        self.stats.deletes += 1
+        self._request(index, Delete(variable))
+        self._kick(self.slots[index], f"delete {variable}")
 
     def start_sync(self, index: int) -> None:
         self.stats.syncs_started += 1

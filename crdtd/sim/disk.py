@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from crdtd.core.ids import Origin
-from crdtd.core.records import BaseFolded, OpRecorded, Record
+from crdtd.core.records import BaseFolded, Buried, OpRecorded, Record
 
 OpKey = tuple[str, Origin, int]
 """``(variable, origin, nonce)``: the name of one op."""
@@ -37,6 +37,8 @@ class Disk:
     """For each ``(variable, origin)``, the synced base with the highest ``upto``."""
     base_sum: dict[str, int] = field(default_factory=dict)
     """For each variable, the sum of the totals of its bases in ``bases``."""
+    graves: dict[str, Buried] = field(default_factory=dict)
+    """For each deleted variable, its synced grave (each `Buried` is the whole grave)."""
     syncs: int = 0
     records_lost: int = 0
 
@@ -62,7 +64,14 @@ class Disk:
                     old = 0 if held is None else held.total
                     variable = record.variable
                     self.base_sum[variable] = self.base_sum.get(variable, 0) + record.total - old
+            elif isinstance(record, Buried):
+                self.graves[record.variable] = record
         return tail
+
+    def grave_sum(self, variable: str) -> int:
+        """What *variable*'s synced grave takes out of its bases (`Counter.offset`)."""
+        grave = self.graves.get(variable)
+        return 0 if grave is None else sum(total for _, _, total in grave.marks)
 
     def crash(self) -> int:
         """Lose the unsynced tail; return how many records were lost."""
@@ -83,6 +92,7 @@ class Disk:
         self.ops = {}
         self.bases = {}
         self.base_sum = {}
+        self.graves = {}
         self.unsynced = kept
         self.sync()
 

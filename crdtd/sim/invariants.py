@@ -5,10 +5,12 @@ changes only when it takes a step, so checking the stepped node is checking ever
 - every op a node holds, in its history or on its disk, is exactly an op its origin
   issued: no invented op, no altered delta, no ``(variable, origin, nonce)`` with two
   deltas (`Ledger.check_held`, `Ledger.issue`);
-- every base a node makes durable totals exactly the issued ops it claims to fold;
+- every base a node makes durable totals exactly the issued ops it claims to fold, and
+  so does every grave (what a delete buries);
 - ``value == before + sum(history deltas)``, ``before`` is the sum of the node's durable
-  bases, and no op is both in the history and under its origin's base or twice in the
-  history: so no value counts an op twice or misses one it claims to hold;
+  bases less its durable grave, and no op is both in the history and under its origin's
+  base or twice in the history: so no value counts an op twice or misses one it claims
+  to hold;
 - every acknowledged op was synced on its origin's disk when it was acknowledged (and
   synced records are never lost; a wipe is allowed only while every acknowledged op has
   a durable copy on another disk).
@@ -22,7 +24,7 @@ it would not write down is caught by the full scan of all its variables every
 
 Liveness, after the heal (no loss, no cuts, everyone up, no more adds): within a bounded
 virtual time every live node is in ``Mode.WORK``, knows the same variables, and holds for
-each the sum of its acknowledged ops.
+each the sum of its acknowledged ops that no delete buried: nothing deleted comes back.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from collections.abc import Iterable
 from crdtd.core.ids import Origin
 from crdtd.core.modes import Mode
 from crdtd.core.node import Node
-from crdtd.core.records import BaseFolded, OpRecorded, Record
+from crdtd.core.records import BaseFolded, Buried, OpRecorded, Record
 from crdtd.sim.disk import Disk, OpKey
 from crdtd.sim.failures import InvariantViolation
 from crdtd.sim.ledger import Ledger, describe
@@ -56,6 +58,16 @@ def check_durable(records: Iterable[Record], origin: Origin, ledger: Ledger) -> 
                     f"up to nonce {record.upto} totalling {record.total}, but the issued ops "
                     f"up to there total {expected}"
                 )
+        elif isinstance(record, Buried):
+            for grave_origin, upto, total in record.marks:
+                expected = ledger.base_total(record.variable, grave_origin, upto)
+                if total != expected:
+                    raise InvariantViolation(
+                        f"bad grave: {node_id} synced a grave of {record.variable} burying "
+                        f"{grave_origin} up to nonce {upto} as {total}, but the issued ops up "
+                        f"to there total {expected}"
+                    )
+            ledger.bury(record.variable, record.marks)
 
 
 def check_variable(node: Node, node_id: str, variable: str, disk: Disk, ledger: Ledger) -> int:
@@ -68,11 +80,11 @@ def check_variable(node: Node, node_id: str, variable: str, disk: Disk, ledger: 
             f"missing variable: {node_id} lists {variable!r} but value/before/history are "
             f"{value}/{before}/{'None' if history is None else 'a list'}"
         )
-    base_sum = disk.base_sum.get(variable, 0)
+    base_sum = disk.base_sum.get(variable, 0) - disk.grave_sum(variable)
     if before != base_sum:
         raise InvariantViolation(
             f"bad before: {node_id} reports before({variable}) = {before}, but the bases on "
-            f"its disk total {base_sum}"
+            f"its disk less its grave total {base_sum}"
         )
     total = before
     seen: set[OpKey] = set()
@@ -101,7 +113,8 @@ def check_variable(node: Node, node_id: str, variable: str, disk: Disk, ledger: 
 
 def convergence_gap(live: list[tuple[str, Node]], ledger: Ledger) -> str | None:
     """None when every live node agrees on the truth; else what still differs."""
-    expected = sorted(ledger.acked_total)
+    wants = ledger.expected()
+    expected = sorted(wants)
     reference: tuple[str, list[str]] | None = None
     for node_id, node in live:
         if node.mode is not Mode.WORK:
@@ -115,16 +128,17 @@ def convergence_gap(live: list[tuple[str, Node]], ledger: Ledger) -> str | None:
         return None
     missing = [v for v in expected if v not in reference[1]]
     if missing:
-        return f"no live node knows {missing}, which have acknowledged ops"
+        return f"no live node knows {missing}, which have acknowledged ops no delete buried"
     for variable in reference[1]:
-        want = ledger.acked_total.get(variable, 0)
+        want = wants.get(variable, 0)
         wrong = [(nid, n.value(variable)) for nid, n in live if n.value(variable) != want]
         if wrong:
             shown = ", ".join(f"{nid}={value}" for nid, value in wrong[:6])
             more = f" (+{len(wrong) - 6} more)" if len(wrong) > 6 else ""
             n_ops = sum(1 for key in ledger.acked if key[0] == variable)
+            buried = " less its grave" if variable in ledger.graves else ""
             return (
-                f"{variable} should be {want} (sum of {n_ops} acknowledged ops) but "
+                f"{variable} should be {want} (sum of {n_ops} acknowledged ops{buried}) but "
                 f"{len(wrong)}/{len(live)} nodes differ: {shown}{more}"
             )
     return None

@@ -9,7 +9,9 @@ Rules:
 - an op is *acknowledged* when its origin reports ``AddApplied``; at that moment it must
   be issued (synced on the origin's disk) with the delta the add was called with, and it
   must not have been acknowledged before;
-- the expected final value of a variable is the sum of its acknowledged ops.
+- a delete buries, per origin, a prefix of the issued ops (`Ledger.bury`: every synced
+  grave, joined); the expected final value of a variable is the sum of its acknowledged
+  ops that no grave buries, and it is shown if any of them exists.
 """
 
 from __future__ import annotations
@@ -35,6 +37,25 @@ class Ledger:
     acked: dict[OpKey, int] = field(default_factory=dict)
     acked_total: dict[str, int] = field(default_factory=dict)
     last_ack_s: float = 0.0
+    graves: dict[str, dict[Origin, int]] = field(default_factory=dict)
+    """Per deleted variable, per origin: the highest nonce any synced grave buries."""
+
+    def bury(self, variable: str, marks: tuple[tuple[Origin, int, int], ...]) -> None:
+        """A node synced this grave: join it into what every delete buried."""
+        grave = self.graves.setdefault(variable, {})
+        for origin, upto, _ in marks:
+            if upto > grave.get(origin, 0):
+                grave[origin] = upto
+
+    def expected(self) -> dict[str, int]:
+        """Per variable with an acknowledged op that no grave buries: their sum."""
+        totals: dict[str, int] = {}
+        graves = self.graves
+        for (variable, origin, nonce), delta in self.acked.items():
+            grave = graves.get(variable)
+            if grave is None or nonce > grave.get(origin, 0):
+                totals[variable] = totals.get(variable, 0) + delta
+        return totals
 
     def issue(self, key: OpKey, delta: int, node_id: str) -> None:
         """The origin *node_id* made op *key* durable on its own disk."""

@@ -1,13 +1,13 @@
 """One simulation run: plan a scenario's faults and workload from a seed, play, heal, check.
 
-Theory of operation: actions (adds, creates, crashes, restarts, cuts, clogs, joins, sync
-starts) sit on a heap of ``(time, seq, action)``. The run steps the cluster up to the next
-action's time, applies it (an action may schedule more, e.g. a crash schedules its
-restart), and repeats until the fault phase ends. Then it heals the cluster and waits for
-convergence. Random choices made while planning come from the ``workload`` and
-``faults`` streams; choices that depend on who is alive at the moment (which node gets the
-add, which node crashes) are drawn when the action runs, from the same streams, so the
-run stays a pure function of ``(scenario, seed, nodes)``.
+Theory of operation: actions (adds, creates, deletes, crashes, restarts, cuts, clogs,
+joins, sync starts) sit on a heap of ``(time, seq, action)``. The run steps the cluster
+up to the next action's time, applies it (an action may schedule more, e.g. a crash
+schedules its restart), and repeats until the fault phase ends. Then it heals the
+cluster and waits for convergence. Random choices made while planning come from the
+``workload`` and ``faults`` streams; choices that depend on who is alive at the moment
+(which node gets the add, which node crashes) are drawn when the action runs, from the
+same streams, so the run stays a pure function of ``(scenario, seed, nodes)``.
 """
 
 from __future__ import annotations
@@ -69,6 +69,7 @@ class RunResult:
     log_len_max: int
     crashes: int
     crashes_mid_flush: int
+    deletes: int
     wipes: int
     steps_batched: int
     """Node steps that took several inputs at once: the driver's batching, exercised."""
@@ -132,6 +133,8 @@ class _Run:
             self.plan.at(time, "clog", self._clog)
         for time in _poisson(faults, s.syncs_per_s, 0.5, self.fault_end):
             self.plan.at(time, "sync", self._sync)
+        for time in _poisson(self.workload, s.deletes_per_s, 0.3, self.fault_end):
+            self.plan.at(time, "delete", self._delete)
         for time in _poisson(faults, s.clones_per_s, 0.5, self.fault_end * 0.8):
             self.plan.at(time, "clone", self._clone)
         for time in _poisson(faults, s.forgeries_per_s, 0.3, self.fault_end):
@@ -196,6 +199,11 @@ class _Run:
             delta = rng.randint(-9, 9)
         totals[variable] = totals.get(variable, 0) + delta
         return variable, delta
+
+    def _delete(self, cluster: Cluster) -> None:
+        index = self._live_index(self.workload)
+        if index is not None:
+            cluster.delete(index, self.workload.choice(self.variables))
 
     def _crash(self, cluster: Cluster) -> None:
         s = self.scenario
@@ -435,6 +443,7 @@ def run(
         log_len_max=stats.log_len_max,
         crashes=stats.crashes,
         crashes_mid_flush=stats.crashes_mid_flush,
+        deletes=stats.deletes,
         wipes=stats.wipes,
         steps_batched=stats.steps_batched,
         step_inputs_max=stats.step_inputs_max,

@@ -38,6 +38,8 @@ class Scenario:
     burst_p: float = 0.03
     """Chance that an add is a burst: many adds at one node, flushed once (big batches)."""
     burst_max: int = 150
+    deletes_per_s: float = 0.0
+    """Rate of ``delete`` calls at random live nodes, each of a random variable."""
     # network
     loss_max: float = 0.0
     """Each run draws a loss level up to this; each link then loses level/2..level."""
@@ -204,6 +206,24 @@ _SCENARIOS = (
         forgeries_per_s=5.0,
         syncs_per_s=0.3,
         loss_max=0.05,
+        barrier_after_heal=True,
+    ),
+    Scenario(
+        "delete",
+        "variables deleted and written again while nodes crash, split, lose datagrams "
+        "and sync: a grave buries the same ops everywhere and nothing deleted comes back",
+        fault_s=12.0,
+        adds_per_s=8.0,
+        big_delta_p=0.0,
+        deletes_per_s=1.0,
+        created=3,
+        crashes_per_s=0.3,
+        mid_flush_p=0.3,
+        down_s=(0.2, 4.0),
+        partitions_per_s=0.25,
+        partition_s=(0.5, 6.0),
+        loss_max=0.1,
+        syncs_per_s=0.3,
         barrier_after_heal=True,
     ),
     Scenario(

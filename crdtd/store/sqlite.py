@@ -23,6 +23,10 @@ Rules:
   has one or does not exist, and it never changes after. Beside it, the node row keeps
   the latest incarnation the state started (`IncarnationStarted`; 0 before the first
   boot): every boot takes a new one (`crdtd.core.identity`).
+- A deleted variable's grave is kept whole: a `Buried` replaces the one before it (the
+  core only ever sends a grave that grew). ``graves`` has a row per deleted variable, so
+  a grave with no marks (a delete before any op) is kept too; ``grave_marks`` holds its
+  marks. The prefixes it covers come as `BaseFolded` too, so `prune` deletes their ops.
 - One process per state directory: `Store.open` takes an exclusive ``flock`` on
   ``lock`` and holds it until `Store.close` (the kernel drops it if the process dies).
 - `Store.open` refuses, and never resets, a state it cannot trust. It raises
@@ -42,8 +46,8 @@ Rules:
 
 Storage: an incarnation, a nonce and a base's ``upto`` may use all 64 unsigned bits,
 but an SQLite INTEGER is signed, so they are stored minus 2**63, which keeps their
-order for the ``upto >= nonce`` comparisons. A base's total is a sum of signed 64-bit
-deltas and may leave that range, so it is stored as decimal text.
+order for the ``upto >= nonce`` comparisons. A base's total (and a grave mark's) is a
+sum of signed 64-bit deltas and may leave that range, so it is stored as decimal text.
 
 Threading: the connection is opened with ``check_same_thread=False`` so the daemon can
 call `prune` through ``asyncio.to_thread`` (the driver writes `append` in the loop's
@@ -67,6 +71,7 @@ from crdtd.core.records import (
     REQUESTS_KEPT,
     AddNamed,
     BaseFolded,
+    Buried,
     EpochAdvanced,
     IncarnationStarted,
     OpRecorded,
@@ -83,7 +88,7 @@ _OURS = frozenset({DB_NAME, LOCK_NAME, *_SIDECARS, "lost+found"})
 APPLICATION_ID = 0x43524454
 """``PRAGMA application_id`` of every crdtd database: "CRDT" in ASCII."""
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """``PRAGMA user_version``; a later schema gets a higher number and a migration."""
 
 _U64_BIAS = 2**63
@@ -131,8 +136,19 @@ _NAMED_ADDS_V3 = """CREATE TABLE named_adds (
         value       TEXT NOT NULL
     )"""
 _ADD_NAMED_INCARNATION = "ALTER TABLE named_adds ADD COLUMN incarnation INTEGER NOT NULL DEFAULT 0"
+_GRAVES = (
+    "CREATE TABLE graves (variable TEXT PRIMARY KEY) WITHOUT ROWID",
+    """CREATE TABLE grave_marks (
+        variable    TEXT NOT NULL,
+        node_id     TEXT NOT NULL,
+        incarnation INTEGER NOT NULL,
+        upto        INTEGER NOT NULL,
+        total       TEXT NOT NULL,
+        PRIMARY KEY (variable, node_id, incarnation)
+    ) WITHOUT ROWID""",
+)
 _V3_TABLES = (_REPLAY_FLOORS, _REPLAY_FLOORS_BY_AGE, _NAMED_ADDS_V3)
-_CURRENT_TABLES = (*_V3_TABLES, _ADD_NAMED_INCARNATION)
+_CURRENT_TABLES = (*_V3_TABLES, _ADD_NAMED_INCARNATION, *_GRAVES)
 _MIGRATIONS = {
     1: _V3_TABLES,
     # Version 2 (development builds only) had these tables in another shape; what they
@@ -145,6 +161,8 @@ _MIGRATIONS = {
         _ADD_NAMED_INCARNATION,
         "UPDATE named_adds SET incarnation = (SELECT incarnation FROM node)",
     ),
+    # Version 4 had no deletes: no variable has a grave.
+    4: _GRAVES,
 }
 """Statements that bring a database of version N to N + 1, in one transaction. From 1,
 step 1 makes the version 3 tables and step 2 makes them again, empty either way."""
@@ -198,6 +216,12 @@ _LIVE_OPS = """
 PRUNE_SLICE = 20_000
 """Folded ops deleted by one `Store.prune`: 6 to 12 ms of SQLite's time here, where one
 DELETE of a 1M-op fold took 335 ms (`bench/store_fold.py`)."""
+_INSERT_GRAVE = "INSERT INTO graves (variable) VALUES (?) ON CONFLICT DO NOTHING"
+_FORGET_MARKS = "DELETE FROM grave_marks WHERE variable = ?"
+_INSERT_MARK = """
+    INSERT INTO grave_marks (variable, node_id, incarnation, upto, total)
+    VALUES (:variable, :node_id, :incarnation, :upto, :total)
+"""
 _ADVANCE_EPOCH = "UPDATE node SET epoch = max(epoch, ?)"
 _NAME_ADD = """
     INSERT INTO named_adds (request_id, variable, delta, nonce, value, incarnation)
@@ -275,8 +299,8 @@ class Store:
 
     def load(self) -> list[Record]:
         """Records that rebuild the node: the latest incarnation started (if any),
-        variables, bases, ops, the epoch if any, the replay floors, then the named adds,
-        oldest first."""
+        variables, bases, graves, ops, the epoch if any, the replay floors, then the
+        named adds, oldest first."""
         query = self._connection.execute
         with _translated(self._db_path, "reading the state"):
             ((incarnation, epoch),) = query("SELECT incarnation, epoch FROM node").fetchall()
@@ -294,6 +318,7 @@ class Store:
                     " ORDER BY variable, node_id, incarnation"
                 )
             ]
+            records += self._graves()
             records += [
                 OpRecorded(variable, Origin(node_id, _from_u64(inc)), _from_u64(nonce), delta)
                 for variable, node_id, inc, nonce, delta in query(_LIVE_OPS)
@@ -323,6 +348,7 @@ class Store:
           origin already covers its nonce.
         - `BaseFolded`: raise the base to ``(upto, total)`` if ``upto`` is higher than the
           stored one; the ops it covers are deleted by `prune`.
+        - `Buried`: the variable's grave becomes the one given, whole.
         - `EpochAdvanced`: the epoch becomes the higher of the stored and the new one.
         - `IncarnationStarted`: likewise the incarnation in the node row.
         - `ReplayFloor`: the sender's floor becomes the higher of the stored and the new;
@@ -384,6 +410,19 @@ class Store:
             os.close(self._lock_fd)
             self._lock_fd = -1
 
+    def _graves(self) -> list[Buried]:
+        """One `Buried` per deleted variable, its marks ordered by origin."""
+        query = self._connection.execute
+        marks: dict[str, list[tuple[Origin, int, int]]] = {
+            name: [] for (name,) in query("SELECT variable FROM graves ORDER BY variable")
+        }
+        for variable, node_id, inc, upto, total in query(
+            "SELECT variable, node_id, incarnation, upto, total FROM grave_marks"
+            " ORDER BY variable, node_id, incarnation"
+        ):
+            marks[variable].append((Origin(node_id, _from_u64(inc)), _from_u64(upto), int(total)))
+        return [Buried(variable, tuple(held)) for variable, held in marks.items()]
+
     def _apply(self, record: Record) -> None:
         execute = self._connection.execute
         match record:
@@ -395,6 +434,12 @@ class Store:
                 execute(_RAISE_BASE, {**key, "total": str(total)})
                 slot = (variable, origin.node_id, _to_u64(origin.incarnation))
                 self._unpruned[slot] = max(self._unpruned.get(slot, stored_upto), stored_upto)
+            case Buried(variable, marks):
+                execute(_INSERT_GRAVE, (variable,))
+                execute(_FORGET_MARKS, (variable,))
+                for origin, upto, total in marks:
+                    row = {**_origin_key(variable, origin), "upto": _to_u64(upto)}
+                    execute(_INSERT_MARK, {**row, "total": str(total)})
             case EpochAdvanced(epoch):
                 execute(_ADVANCE_EPOCH, (epoch,))
             case IncarnationStarted(incarnation):

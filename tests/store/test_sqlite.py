@@ -20,6 +20,7 @@ from crdtd.core.ids import INT64_MAX, INT64_MIN, UINT64_MAX, Origin
 from crdtd.core.records import (
     AddNamed,
     BaseFolded,
+    Buried,
     EpochAdvanced,
     IncarnationStarted,
     OpRecorded,
@@ -75,6 +76,12 @@ def reopened(store: Store, state_dir: Path) -> list[Record]:
         again.close()
 
 
+def drop_graves(connection: sqlite3.Connection) -> None:
+    """Undo schema 5, the first step back to any older version."""
+    connection.execute("DROP TABLE grave_marks")
+    connection.execute("DROP TABLE graves")
+
+
 # roundtrip and record semantics ---------------------------------------------------------
 
 
@@ -102,6 +109,26 @@ def test_every_record_kind_survives_reopen_in_compacted_order(
         OpRecorded("x", A, 9, INT64_MAX),
         OpRecorded("y", B, 2, -5),
         EpochAdvanced(3),
+    ]
+
+
+def test_graves_survive_reopen_whole_empty_or_replaced_by_a_larger_one(
+    store: Store, state_dir: Path
+) -> None:
+    store.append(
+        [
+            VariableCreated("x"),
+            Buried("x", ((A, 2, 7),)),
+            Buried("e", ()),  # deleted before any op: a grave with nothing in it
+            Buried("y", ((B, 1, -1),)),
+        ]
+    )
+    store.append([Buried("y", ((A, 3, 2**70), (B, UINT64_MAX, INT64_MIN - 1)))])
+    assert reopened(store, state_dir) == [
+        VariableCreated("x"),
+        Buried("e", ()),
+        Buried("x", ((A, 2, 7),)),
+        Buried("y", ((A, 3, 2**70), (B, UINT64_MAX, INT64_MIN - 1))),
     ]
 
 
@@ -362,6 +389,7 @@ def test_a_version_1_database_is_migrated_and_keeps_its_state(state_dir: Path) -
     with sqlite3.connect(state_dir / DB_NAME) as connection:  # as a crdtd of schema 1 left it
         connection.execute("DROP TABLE replay_floors")
         connection.execute("DROP TABLE named_adds")
+        drop_graves(connection)
         connection.execute("PRAGMA user_version = 1")
     connection.close()
     store = open_store(state_dir, "n1")
@@ -544,6 +572,7 @@ def test_a_version_2_database_gets_the_current_tables(state_dir: Path) -> None:
         connection.execute(
             "INSERT INTO named_adds (request_id, variable, nonce) VALUES ('r', 'x', 1)"
         )
+        drop_graves(connection)
         connection.execute("PRAGMA user_version = 2")
     connection.close()
     store = open_store(state_dir, "n1")
@@ -572,8 +601,32 @@ def test_a_version_3_databases_named_adds_get_the_incarnation_of_its_node_row(
             " VALUES ('r', 'x', 5, ?, '5')",
             (1 - 2**63,),
         )
+        drop_graves(connection)
         connection.execute("PRAGMA user_version = 3")
     connection.close()
     store = open_store(state_dir, "n1")
     assert store.load()[-1] == AddNamed("r", "x", 5, 1, 5, 42)
     store.close()
+
+
+def test_a_version_4_database_gets_graves_and_keeps_its_state(state_dir: Path) -> None:
+    """Version 4 had no deletes."""
+    store = open_store(state_dir, "n1")
+    store.append([VariableCreated("x"), OpRecorded("x", A, 1, 5)])
+    store.close()
+    with sqlite3.connect(state_dir / DB_NAME) as connection:  # as a crdtd of schema 4 left it
+        drop_graves(connection)
+        connection.execute("PRAGMA user_version = 4")
+    connection.close()
+    store = open_store(state_dir, "n1")
+    assert store.load() == [VariableCreated("x"), OpRecorded("x", A, 1, 5)]
+    store.append([Buried("x", ((A, 1, 5),))])
+    assert store.load() == [
+        VariableCreated("x"),
+        Buried("x", ((A, 1, 5),)),
+        OpRecorded("x", A, 1, 5),
+    ]
+    store.close()
+    with sqlite3.connect(state_dir / DB_NAME) as connection:
+        assert connection.execute("PRAGMA user_version").fetchone() == (5,)
+    connection.close()

@@ -6,7 +6,8 @@ Rules:
   exit code is chosen here, from the outcome alone:
   0 ok; 1 failed (the daemon refused, a sync aborted, a net-test check is not OK);
   2 usage (bad arguments, caught before anything is sent); 3 daemon unreachable;
-  4 timed out or not found, or the nodes do not agree (verify);
+  4 timed out or not found (``delete`` of a variable not shown here, too), or the
+  nodes do not agree (verify);
 - the socket is ``--socket``, else ``$CRDTD_SOCKET``, else ``/run/crdtd/crdtd.sock``;
 - the seed's syntax works: ``crdtctl +5 x`` and ``crdtctl -- -3 x`` mean ``add x ±N``;
   ``shell`` reads the same lines (``create x``, ``+5 x``, ``get x``, ...) from stdin;
@@ -91,6 +92,10 @@ def _checked(parse: Callable[[str], object]) -> Callable[[str], object]:
 
 def run_create(client: Client, options: argparse.Namespace) -> Data:
     return client.call("create", {"variable": options.variable})
+
+
+def run_delete(client: Client, options: argparse.Namespace) -> Data:
+    return client.call("delete", {"variable": options.variable})
 
 
 def run_variables(client: Client, options: argparse.Namespace) -> Data:
@@ -202,6 +207,7 @@ def run_watch(client: Client, options: argparse.Namespace) -> Iterator[Data]:
 
 RUNNERS: dict[str, Callable[[Client, argparse.Namespace], Data]] = {
     "create": run_create,
+    "delete": run_delete,
     "variables": run_variables,
     "get": run_get,
     "history": run_history,
@@ -220,6 +226,7 @@ RUNNERS: dict[str, Callable[[Client, argparse.Namespace], Data]] = {
 
 SHELL_HELP = """\
 create VAR            create a counter
+delete VAR            delete a counter everywhere (exit 4 if there is none)
 variables             list the counters
 get VAR               value, value at the last full sync, mode
 +N VAR, -N VAR        add N to (or take N from) a counter
@@ -390,6 +397,8 @@ def execute(
         return EXIT_FAILED
     if command == "sync" and data.get("result") != "completed":
         return EXIT_FAILED
+    if command == "delete" and data.get("deleted") is not True:
+        return EXIT_NOT_DONE  # as for any other command on a variable not here
     if command == "verify" and data.get("agree") is not True:
         return EXIT_NOT_DONE
     if command == "net-test" and data.get("ok") is not True:

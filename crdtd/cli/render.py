@@ -98,6 +98,15 @@ def _create(data: Data) -> str:
     return f"created {variable}" if data["created"] else f"{variable} already exists"
 
 
+def _delete(data: Data) -> str:
+    variable = data["variable"]
+    return (
+        f"deleted {variable}"
+        if data["deleted"]
+        else f"{variable}: no such variable (nothing deleted)"
+    )
+
+
 def _variables(data: Data) -> str:
     return "\n".join(data["variables"]) or "(no variables)"
 
@@ -267,11 +276,14 @@ def _wait_ready(data: Data) -> str:
 
 
 def _watch(data: Data) -> str:
+    if data.get("deleted"):
+        return f"{data['variable']} deleted"
     return f"{data['variable']} = {data['value']}"
 
 
 _TEXT: dict[str, Callable[[Data], str]] = {
     "create": _create,
+    "delete": _delete,
     "variables": _variables,
     "get": _get,
     "history": _history,

@@ -270,6 +270,13 @@ COMMANDS: Mapping[str, Command] = {
     command.name: command
     for command in (
         Command("create", "create a counter", writes=True, small=True, arguments=(_VARIABLE,)),
+        Command(
+            "delete",
+            "delete a counter everywhere (a later add starts it again from 0)",
+            writes=True,
+            small=True,
+            arguments=(_VARIABLE,),
+        ),
         Command("variables", "list the counters"),
         Command("get", "show a counter", small=True, arguments=(_VARIABLE,)),
         Command(

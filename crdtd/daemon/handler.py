@@ -93,18 +93,19 @@ class Handler(CoroutineHandler):
         """The value now, then every change. The queue is subscribed before the read,
         so no change is missed; what it caught meanwhile is at least as new as the read
         (the step reads before it applies datagrams), so its last value, if any, is
-        where the watch starts."""
+        where the watch starts. A delete is a change too: the watch goes on, since an
+        add shows the variable again."""
         queue = self._reporter.watch(variable)
         try:
             try:
-                value = (await self._driver.get(variable)).value
+                value: int | None = (await self._driver.get(variable)).value
             except UnknownVariable as error:
                 raise ControlError(ErrorCode.NOT_FOUND, str(error)) from None
             while not queue.empty():
                 value = queue.get_nowait()
-            yield {"variable": variable, "value": value}
+            yield _watch_data(variable, value)
             while True:
-                yield {"variable": variable, "value": await queue.get()}
+                yield _watch_data(variable, await queue.get())
         finally:
             self._reporter.unwatch(variable, queue)
 
@@ -175,6 +176,12 @@ class Handler(CoroutineHandler):
     async def _cmd_create(self, variable: str) -> dict[str, Any]:
         created = await self._driver.create(variable)
         return {"variable": variable, "created": created}
+
+    async def _cmd_delete(self, variable: str) -> dict[str, Any]:
+        """False, not ``not_found``, for a name not shown here: deleting twice, or a
+        name a peer already deleted, is an outcome, not a mistake."""
+        deleted = await self._driver.delete(variable)
+        return {"variable": variable, "deleted": deleted}
 
     async def _cmd_add(
         self, variable: str, delta: int, request_id: str | None = None
@@ -297,6 +304,7 @@ class Handler(CoroutineHandler):
 
 ANSWERS: dict[str, Callable[..., Awaitable[dict[str, Any]]]] = {
     "create": Handler._cmd_create,
+    "delete": Handler._cmd_delete,
     "variables": Handler._cmd_variables,
     "get": Handler._cmd_get,
     "history": Handler._cmd_history,
@@ -377,6 +385,14 @@ def _add_data(applied: AddApplied) -> dict[str, Any]:
         "nonce": applied.nonce,
         "value": applied.value,
     }
+
+
+def _watch_data(variable: str, value: int | None) -> dict[str, Any]:
+    """A watch line; a deleted variable (None) reads 0, where an add starts it again,
+    so a watcher that reads only ``value`` still gets a number."""
+    if value is None:
+        return {"variable": variable, "value": 0, "deleted": True}
+    return {"variable": variable, "value": value}
 
 
 def _get_data(view: VariableView) -> dict[str, Any]:

@@ -5,9 +5,9 @@ The driver hands every event of a flush here, after it persisted, answered and s
 noisy ones are rate-limited: rejected datagrams at most once per reason per
 `REJECT_LOG_EVERY_S`, a key mismatch (`KEY_MISMATCH_HINTS`) once a minute with the key
 id the sender named and what to do (`RejectLog`), so a flood of bad datagrams never
-floods the log. ``watch`` subscribers get every value change of their variable (a slow
-one sees the latest values, not all), and `BarrierStats` counts the barriers for
-``stats`` and the metrics.
+floods the log. ``watch`` subscribers get every value change of their variable, and
+None when it is deleted (a slow one sees the latest of these, not all), and
+`BarrierStats` counts the barriers for ``stats`` and the metrics.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from crdtd.core.events import (
     SyncStarted,
     ValueChanged,
     VariableAdded,
+    VariableDeleted,
     VariablesOverLimit,
 )
 
@@ -127,17 +128,18 @@ class Reporter:
 
     def __init__(self, log: Any) -> None:
         self._log = log
-        self._watchers: dict[str, list[asyncio.Queue[int]]] = {}
+        self._watchers: dict[str, list[asyncio.Queue[int | None]]] = {}
         self._reject_log = RejectLog()
         self.barriers = BarrierStats()
 
-    def watch(self, variable: str) -> asyncio.Queue[int]:
-        """A queue of *variable*'s values from now on; hand it back to `unwatch`."""
-        queue: asyncio.Queue[int] = asyncio.Queue(WATCH_QUEUE_MAX)
+    def watch(self, variable: str) -> asyncio.Queue[int | None]:
+        """A queue of *variable*'s values from now on, None when it is deleted; hand it
+        back to `unwatch`."""
+        queue: asyncio.Queue[int | None] = asyncio.Queue(WATCH_QUEUE_MAX)
         self._watchers.setdefault(variable, []).append(queue)
         return queue
 
-    def unwatch(self, variable: str, queue: asyncio.Queue[int]) -> None:
+    def unwatch(self, variable: str, queue: asyncio.Queue[int | None]) -> None:
         queues = self._watchers.get(variable, [])
         if queue in queues:
             queues.remove(queue)
@@ -148,10 +150,10 @@ class Reporter:
         """Log *event* if it is worth a line, feed watchers and the barrier numbers."""
         log = self._log
         if isinstance(event, ValueChanged):
-            for queue in self._watchers.get(event.variable, []):
-                if queue.full():
-                    queue.get_nowait()  # a slow watcher sees the latest values, not all
-                queue.put_nowait(event.value)
+            self._tell_watchers(event.variable, event.value)
+        elif isinstance(event, VariableDeleted):
+            log.info("variable_deleted", variable=event.variable)
+            self._tell_watchers(event.variable, None)
         elif isinstance(event, SyncFinished):
             self.barriers.record(event.result, event.duration_s)
             log.info(
@@ -227,6 +229,12 @@ class Reporter:
             )
         elif isinstance(event, VariableAdded):
             log.debug("variable_added", variable=event.variable)
+
+    def _tell_watchers(self, variable: str, value: int | None) -> None:
+        for queue in self._watchers.get(variable, []):
+            if queue.full():
+                queue.get_nowait()  # a slow watcher sees the latest values, not all
+            queue.put_nowait(value)
 
     def _log_reject(self, event: DatagramRejected, now: float) -> None:
         fields = self._reject_log.line(event, now)

@@ -44,6 +44,7 @@ from crdtd.core.records import Record
 from crdtd.core.requests import (
     Add,
     Create,
+    Delete,
     ReadHistory,
     ReadNode,
     ReadVariable,
@@ -193,6 +194,10 @@ class Driver:
     async def create(self, variable: str) -> bool:
         """Create *variable*; False if it existed."""
         return cast(bool, await self._ask(Create(variable)))
+
+    async def delete(self, variable: str) -> bool:
+        """Delete *variable*; False if it is not shown here (nothing deleted)."""
+        return cast(bool, await self._ask(Delete(variable)))
 
     async def add(
         self, variable: str, deltas: tuple[int, ...], request_id: str | None = None

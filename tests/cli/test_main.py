@@ -87,6 +87,15 @@ def test_create_then_variables(crdtctl: Crdtctl, daemon: Daemon) -> None:
     assert crdtctl("variables").out == "a.b\nx\n"
 
 
+def test_delete_says_what_it_did_and_exits_4_when_nothing_was_there(
+    crdtctl: Crdtctl, counter: Daemon
+) -> None:
+    assert crdtctl("delete", "x") == Run(0, "deleted x\n", "")
+    assert crdtctl("delete", "x") == Run(4, "x: no such variable (nothing deleted)\n", "")
+    assert crdtctl("--json", "delete", "x").json()["data"] == {"variable": "x", "deleted": False}
+    assert crdtctl("variables").out == "(no variables)\n"
+
+
 @pytest.mark.parametrize(
     ("argv", "value"),
     [
@@ -243,7 +252,7 @@ def test_a_daemon_error_exits_1(crdtctl: Crdtctl, daemon: Daemon) -> None:
     }
 
 
-@pytest.mark.parametrize("write", [["add", "x", "1"], ["create", "y"], ["sync"]])
+@pytest.mark.parametrize("write", [["add", "x", "1"], ["create", "y"], ["delete", "x"], ["sync"]])
 def test_a_refusal_names_the_command_once(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], write: list[str]
 ) -> None:
@@ -418,6 +427,10 @@ def test_watch_json_prints_one_envelope_per_change(crdtctl: Crdtctl, counter: Da
     assert [envelope["data"]["value"] for envelope in envelopes[:2]] == [5, 6]
     assert envelopes[0]["command"] == "watch"
     assert envelopes[-1]["ok"] is False
+
+
+def test_watch_says_when_the_variable_is_deleted() -> None:
+    assert render.text("watch", {"variable": "x", "value": 0, "deleted": True}) == "x deleted"
 
 
 def test_watch_of_an_unknown_variable_exits_4(crdtctl: Crdtctl, daemon: Daemon) -> None:

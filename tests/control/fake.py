@@ -53,6 +53,9 @@ class FakeHandler(CoroutineHandler):
                 if created:
                     self._create(args["variable"])
                 return {"variable": args["variable"], "created": created}
+            case "delete":
+                deleted = self.values.pop(args["variable"], None) is not None
+                return {"variable": args["variable"], "deleted": deleted}
             case "variables":
                 return {"variables": sorted(self.values)}
             case "get":

@@ -57,6 +57,7 @@ def rejection(raw: bytes) -> Rejected:
     ("cmd", "args"),
     [
         ("create", {"variable": "x"}),
+        ("delete", {"variable": "x"}),
         ("variables", {}),
         ("get", {"variable": "a.B-c_9"}),
         ("history", {"variable": "x"}),
@@ -84,7 +85,7 @@ def test_every_command_round_trips(cmd: str, args: dict[str, object]) -> None:
 
 def test_every_command_is_covered_by_the_round_trip() -> None:
     assert set(COMMANDS) == {
-        "create", "variables", "get", "history", "before", "add",
+        "create", "delete", "variables", "get", "history", "before", "add",
         "populate", "sync", "peers", "status", "keys", "verify", "stats", "net-test",
         "watch", "ping",
     }  # fmt: skip

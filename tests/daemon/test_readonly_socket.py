@@ -66,7 +66,13 @@ def test_reads_work_and_writes_are_refused_on_the_read_only_socket(
 
     assert json.loads(read_only("--json", "get", "x").stdout)["data"]["value"] == 5
     assert read_only("status").returncode == 0
-    for write in (["add", "x", "1"], ["create", "y"], ["sync"], ["populate", "z", "3"]):
+    for write in (
+        ["add", "x", "1"],
+        ["create", "y"],
+        ["delete", "x"],
+        ["sync"],
+        ["populate", "z", "3"],
+    ):
         refused = read_only(*write)
         assert refused.returncode == 1, refused
         assert "is a read-only socket" in refused.stderr, refused.stderr

@@ -1,15 +1,18 @@
-"""Which rejected datagrams get a log line (pure: the times are passed in)."""
+"""Which rejected datagrams get a log line (pure: the times are passed in), and what
+watchers and the log make of a delete."""
 
 from __future__ import annotations
 
 import pytest
+import structlog.testing
 
-from crdtd.core.events import DatagramRejected
+from crdtd.core.events import DatagramRejected, ValueChanged, VariableDeleted
 from crdtd.daemon.reporting import (
     KEY_MISMATCH_HINTS,
     KEY_MISMATCH_LOG_EVERY_S,
     REJECT_LOG_EVERY_S,
     RejectLog,
+    Reporter,
 )
 
 SENDER = ("10.0.0.9", 7778)
@@ -64,3 +67,14 @@ def test_each_reason_has_its_own_allowance() -> None:
     assert log.line(DatagramRejected("unauthenticated", SENDER), 0.0) is not None
     assert log.line(DatagramRejected("unexpected_mac", SENDER, "k1"), 0.0) is not None
     assert log.line(DatagramRejected("unauthenticated", SENDER), 1.0) is None
+
+
+def test_a_delete_is_logged_and_reaches_the_variables_watchers_as_none() -> None:
+    log = structlog.testing.CapturingLogger()
+    reporter = Reporter(log)
+    queue = reporter.watch("x")
+    reporter.report(ValueChanged("x", 5), 1.0)
+    reporter.report(VariableDeleted("x"), 2.0)
+    assert [queue.get_nowait(), queue.get_nowait()] == [5, None]
+    assert [(call.method_name, call.kwargs) for call in log.calls] == [("info", {"variable": "x"})]
+    assert log.calls[0].args == ("variable_deleted",)

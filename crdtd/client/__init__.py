@@ -179,6 +179,12 @@ class Client:
         """Create *variable* at 0 everywhere; False if it existed."""
         return bool(self._client.call("create", {"variable": variable})["created"])
 
+    def delete(self, variable: str) -> bool:
+        """Delete *variable* everywhere; False (nothing deleted) if this node does not
+        show it. The adds this node held count no more; one it had not seen, or a later
+        one (or `create`), shows the variable again, from 0."""
+        return bool(self._client.call("delete", {"variable": variable})["deleted"])
+
     def history(self, variable: str) -> list[Op]:
         """Every op of *variable* since the last full sync, all pages joined (a fold
         meanwhile restarts the walk, so no op is skipped or repeated)."""
@@ -198,7 +204,8 @@ class Client:
 
     def watch(self, variable: str) -> Iterator[int]:
         """The value now, then each new value, until the daemon ends the stream
-        (`DaemonUnreachable`). Uses a connection of its own."""
+        (`DaemonUnreachable`). Uses a connection of its own. A delete reads 0, the value
+        an add starts the variable from again."""
         watcher = _Blocking(self.path, timeout_s=self._client.timeout_s)
         try:
             for item in watcher.watch(variable):
@@ -272,6 +279,12 @@ class AsyncClient:
         """Create *variable* at 0 everywhere; False if it existed."""
         return bool((await self._call("create", {"variable": variable}))["created"])
 
+    async def delete(self, variable: str) -> bool:
+        """Delete *variable* everywhere; False (nothing deleted) if this node does not
+        show it. The adds this node held count no more; one it had not seen, or a later
+        one (or `create`), shows the variable again, from 0."""
+        return bool((await self._call("delete", {"variable": variable}))["deleted"])
+
     async def history(self, variable: str) -> list[Op]:
         """Every op of *variable* since the last full sync, all pages joined."""
         ops: list[Op] = []
@@ -302,7 +315,8 @@ class AsyncClient:
 
     async def watch(self, variable: str) -> AsyncIterator[int]:
         """The value now, then each new value, on a connection of its own, until the
-        daemon ends the stream (`DaemonUnreachable`) or the caller stops iterating."""
+        daemon ends the stream (`DaemonUnreachable`) or the caller stops iterating. A
+        delete reads 0, the value an add starts the variable from again."""
         reader, writer = await _open(self.path)
         try:
             writer.write(encode_request(1, "watch", {"variable": variable}))

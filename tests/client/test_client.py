@@ -74,6 +74,28 @@ def test_a_retry_with_the_same_id_after_a_kill_9_counts_once(daemon: Cluster) ->
         assert counters.get("x").value == 7
 
 
+def test_a_delete_hides_the_variable_until_an_add_starts_it_again_from_zero(
+    daemon: Cluster,
+) -> None:
+    with Client(daemon.daemons[0].socket) as counters:
+        counters.add("x", 5)
+        watch = counters.watch("x")
+        assert next(watch) == 5
+        assert counters.delete("x") is True
+        assert next(watch) == 0
+        assert counters.delete("x") is False
+        with pytest.raises(ControlError) as refused:
+            counters.get("x")
+        assert refused.value.code == "not_found"
+        assert counters.call("variables") == {"variables": []}
+        assert counters.add("x", 2).value == 2
+        assert next(watch) == 2
+        watch.close()
+        assert counters.delete("never") is False
+        assert counters.create("x") is False and counters.delete("x") is True
+        assert counters.create("x") is True and counters.get("x").value == 0
+
+
 def test_no_daemon_is_daemon_unreachable(tmp_path: Path) -> None:
     with pytest.raises(DaemonUnreachable), Client(tmp_path / "none.sock") as counters:
         counters.get("x")
@@ -100,9 +122,12 @@ def test_the_async_client_pipelines_concurrent_calls_on_one_connection(
             assert await anext(watch) == 500
             await counters.add("x", -1)
             assert await anext(watch) == 499
+            assert await counters.delete("x") is True
+            assert await anext(watch) == 0
             await watch.aclose()
+            assert await counters.delete("x") is False
             with pytest.raises(ControlError):
-                await counters.get("missing")
+                await counters.get("x")
             assert (await counters.status())["node_id"] == "n0"
 
     asyncio.run(scenario())

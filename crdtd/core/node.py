@@ -224,9 +224,7 @@ class Node:
         `crdtd.core.replication.VARIABLES_HARD_FACTOR` times the limit, so two halves
         of a cluster that each stayed under it still merge into one set of variables.
         """
-        ticket = self._tickets + 1
-        created, effects = self._writes.create(ticket, variable, self.mode)
-        self._tickets = ticket
+        created, effects = self._writes.create(variable, self.mode)
         self._apply(effects, now)
         return created
 

@@ -53,6 +53,10 @@ class Fresh:
     delta: int
 
 
+UNANSWERED = 0
+"""The ticket of an add made by the node itself (no `AddApplied`): tickets start at 1."""
+
+
 @dataclass(frozen=True, slots=True)
 class Spread:
     """Multicast *grave*, a delete made here, with the step's datagrams."""
@@ -76,16 +80,16 @@ class Writes:
         self._held_requests: dict[str, tuple[str, int]] = {}  # request id -> (var, delta)
         self._named: collections.OrderedDict[str, AddNamed] = collections.OrderedDict()
 
-    def create(self, ticket: int, variable: str, mode: Mode) -> tuple[bool, list[Effect]]:
+    def create(self, variable: str, mode: Mode) -> tuple[bool, list[Effect]]:
         """Create *variable*; False (and no effect) if it exists. A deleted name is
-        created again by an add of zero (*ticket*'s): an op beyond its grave, which
-        shows it again on every node."""
+        created again by an add of zero that nobody waits for: an op beyond its grave,
+        which shows it again on every node."""
         check_name(variable)
         counter = self._counters.get(variable)
         if counter is not None:
             if not counter.buried:
                 return False, []
-            return True, self.add(ticket, variable, 0, None, mode)
+            return True, self.add(UNANSWERED, variable, 0, None, mode)
         self._check_room()
         effects: list[Effect] = []
         self._ensure(variable, effects)
@@ -205,7 +209,8 @@ class Writes:
             effects.append(Persist(named))
             self.remember(named)
         effects += [Fresh(variable, nonce, delta), Count("ops_local")]
-        effects.append(Report(AddApplied(ticket, variable, origin, nonce, counter.value)))
+        if ticket != UNANSWERED:
+            effects.append(Report(AddApplied(ticket, variable, origin, nonce, counter.value)))
         effects.append(Report(ValueChanged(variable, counter.value)))
 
     def _ensure(self, variable: str, effects: list[Effect]) -> Counter:

@@ -42,7 +42,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -176,10 +176,11 @@ def pipelined(nodes: list[Node], duration_s: float, window: int, variable: str) 
 
 
 def replication_lag(
-    lab: Lab, probes: int, budget_s: float, timeout_s: float, variable: str
+    nodes: Sequence[Any], probes: int, budget_s: float, timeout_s: float, variable: str
 ) -> dict[str, Any]:
-    """Adds on rotating nodes; for each, the time until every other node shows it."""
-    nodes = lab.running()
+    """Adds on rotating *nodes* (anything with a ``name`` and a control ``socket``: the
+    lab's nodes, bench/peers.py's loopback daemons); for each, the time until every
+    other node shows it."""
     clients = {node.name: Client(node.socket, timeout_s=15) for node in nodes}
     lags: list[float] = []
     timeouts = 0
@@ -706,7 +707,9 @@ def main() -> int:
         for loss in LOSSES:
             lab.loss(loss)
             try:
-                lag = replication_lag(lab, options.lag_probes, options.measure_s, 15.0, "lag")
+                lag = replication_lag(
+                    lab.running(), options.lag_probes, options.measure_s, 15.0, "lag"
+                )
             finally:
                 lab.loss(0)
             crdtd["replication_lag"][f"{loss:.0%}"] = lag

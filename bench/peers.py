@@ -458,6 +458,8 @@ def many_variables(cluster: Cluster, count: int, gets: int, lag_probes: int) -> 
 
 
 def idle(cluster: Cluster, seconds: float) -> dict[str, Any]:
+    with Client(cluster.daemons[0].socket, timeout_s=30) as client:
+        variables = client.call("status")["variables"]
     pids = [d.process.pid for d in cluster.daemons if d.process is not None]
     before = [cpu_s([pid]) for pid in pids]
     started = time.perf_counter()
@@ -468,6 +470,7 @@ def idle(cluster: Cluster, seconds: float) -> dict[str, Any]:
     ]
     return {
         "daemons": len(pids),
+        "variables": variables,
         "seconds": round(elapsed, 1),
         "cpu_percent_mean": round(statistics.mean(percents), 2),
         "cpu_percent_max": round(max(percents), 2),
@@ -534,13 +537,9 @@ def figures_of(result: dict[str, Any]) -> list[dict[str, Any]]:
         row(f"{n}: 'variables' listing ms", v["variables_listing_ms"])
         row(f"{n}: add lag p50 ms", v["lag_p50_ms"])
         row(f"{n}: add lag p99 ms", v["lag_p99_ms"])
-    for key, holding in (
-        ("idle_fresh", "1 variable"),
-        ("idle", "after the parts"),
-        ("idle10", "1 variable"),
-    ):
+    for key, when in (("idle_fresh", "fresh"), ("idle", "after the parts"), ("idle10", "fresh")):
         if i := result.get(key):
-            what = f"idle CPU % per daemon, {i['daemons']} daemons, {holding}"
+            what = f"idle CPU % per daemon, {i['daemons']} daemons {when}, {i['variables']:,} vars"
             row(f"{what}, mean", i["cpu_percent_mean"])
             row(f"{what}, max", i["cpu_percent_max"])
     return rows

@@ -81,7 +81,7 @@ class HttpAnswers:
 
     def feed(self, data: bytes) -> list[bytes]:
         self.buffer += data
-        bodies = []
+        bodies: list[bytes] = []
         while True:
             end = self.buffer.find(b"\r\n\r\n")
             if end < 0:
@@ -124,12 +124,12 @@ def stream(protocol: str, sockets: list[socket.socket], window: int, seconds: fl
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline:
         for key, _ in selector.select(0.1):
-            sock = key.fileobj
-            assert isinstance(sock, socket.socket)
-            count = sock.recv(1 << 20).count(end)
+            ready = key.fileobj
+            assert isinstance(ready, socket.socket)
+            count = ready.recv(1 << 20).count(end)
             answered += count
             if count:
-                sock.send(request * count)
+                ready.send(request * count)
     print(answered)
 
 
@@ -154,16 +154,16 @@ def etcd(protocol: str, paths: list[str], sockets: list[socket.socket], seconds:
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline:
         for key, _ in selector.select(0.1):
-            sock = key.fileobj
-            assert isinstance(sock, socket.socket)
-            answers, host, seen = states[sock.fileno()]
-            data = sock.recv(1 << 20)
+            ready = key.fileobj
+            assert isinstance(ready, socket.socket)
+            answers, host, seen = states[ready.fileno()]
+            data = ready.recv(1 << 20)
             if not data:
                 raise RuntimeError(f"etcd at {host} closed the connection")
             for body in answers.feed(data):
                 if protocol == "etcd-put":
                     answered += 1
-                    sock.send(put)
+                    ready.send(put)
                     continue
                 out = json.loads(body)
                 if seen[1] < 0:
@@ -174,7 +174,7 @@ def etcd(protocol: str, paths: list[str], sockets: list[socket.socket], seconds:
                 else:
                     retried += 1
                     seen[0], seen[1] = parse_kv(out["responses"][0]["response_range"].get("kvs"))
-                sock.send(cas(host, seen[0], seen[1]))
+                ready.send(cas(host, seen[0], seen[1]))
     print(answered, retried)
 
 

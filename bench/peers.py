@@ -539,7 +539,8 @@ def figures_of(result: dict[str, Any]) -> list[dict[str, Any]]:
         row(f"{n}: add lag p99 ms", v["lag_p99_ms"])
     for key, when in (("idle_fresh", "fresh"), ("idle", "after the parts"), ("idle10", "fresh")):
         if i := result.get(key):
-            what = f"idle CPU % per daemon, {i['daemons']} daemons {when}, {i['variables']:,} vars"
+            what = f"idle CPU % per daemon, {i['daemons']} daemons {when}"
+            what += f", variables {i['variables']:,}"
             row(f"{what}, mean", i["cpu_percent_mean"])
             row(f"{what}, max", i["cpu_percent_max"])
     return rows
@@ -670,11 +671,11 @@ def main() -> int:
                 ten.stop()
 
     rows = []
-    for (label, load), results in runs.items():
+    for (label, load_name), results in runs.items():
         rows.append(
             {
                 "peer": label,
-                "load": load,
+                "load": load_name,
                 "ops_per_s": round(statistics.median(r["ops_per_s"] for r in results)),
                 "cpu_us_per_op": round(statistics.median(r["cpu_us_per_op"] for r in results)),
                 "note": (

@@ -2,27 +2,22 @@
 
 `decode` verifies the frame (magic, version, flags, the MAC against the configured
 keys) and hands the body to the decoder of its type; every read is bounds-checked by
-`_Reader`, and anything wrong raises `MalformedDatagram` whose ``reason`` is the
-counter the node bumps. The layout is `crdtd.core.wire`'s docstring.
+`crdtd.core.reader.Reader`, and anything wrong raises `MalformedDatagram` whose
+``reason`` is the counter the node bumps. The layout is `crdtd.core.wire`'s docstring.
 """
 
 from __future__ import annotations
 
 import hmac
 import ipaddress
-import struct
 from collections.abc import Callable, Sequence
 
-from crdtd.core.ids import NAME_MAX, NONCE_MAX, Origin, is_name
+from crdtd.core.ids import NAME_MAX, NONCE_MAX, is_name
 from crdtd.core.layout import (
     _OP,
     _PREFIX,
     _SYNC_TYPES,
-    _U8,
-    _U16,
-    _U64,
     _U64X2,
-    BIGINT_BYTES_MAX,
     DIGEST_BYTES,
     FLAG_MAC,
     MAC_BYTES,
@@ -45,7 +40,6 @@ from crdtd.core.layout import (
 )
 from crdtd.core.messages import (
     Announce,
-    BarrierId,
     BaseEntry,
     Bases,
     DigestReply,
@@ -65,84 +59,11 @@ from crdtd.core.messages import (
     VariableDigest,
     VariableReport,
 )
+from crdtd.core.reader import Reader
 from crdtd.core.settings import DATAGRAM_BYTES_MAX, Key
 
 
-class _Reader:
-    """A cursor over a datagram; every read checks bounds and raises MalformedDatagram."""
-
-    __slots__ = ("data", "end", "pos")
-
-    def __init__(self, data: bytes, end: int) -> None:
-        self.data = data
-        self.pos = 0
-        self.end = end
-
-    def take(self, fmt: struct.Struct) -> tuple[int, ...]:
-        if self.pos + fmt.size > self.end:
-            raise MalformedDatagram("malformed", "truncated")
-        values = fmt.unpack_from(self.data, self.pos)
-        self.pos += fmt.size
-        return values
-
-    def u8(self) -> int:
-        return self.take(_U8)[0]
-
-    def u16(self) -> int:
-        return self.take(_U16)[0]
-
-    def u64(self) -> int:
-        return self.take(_U64)[0]
-
-    def raw(self, size: int) -> bytes:
-        if self.pos + size > self.end:
-            raise MalformedDatagram("malformed", "truncated")
-        value = self.data[self.pos : self.pos + size]
-        self.pos += size
-        return value
-
-    def name(self) -> str:
-        raw = self.raw(self.u8())
-        try:
-            value = raw.decode("ascii")
-        except UnicodeDecodeError:
-            raise MalformedDatagram("malformed", "non-ascii name") from None
-        if not is_name(value):
-            raise MalformedDatagram("malformed", f"bad name {value!r}")
-        return value
-
-    def origin(self) -> Origin:
-        return Origin(self.name(), self.u64())
-
-    def nonce(self) -> int:
-        value = self.u64()
-        if not 1 <= value <= NONCE_MAX:
-            raise MalformedDatagram("malformed", "nonce out of range")
-        return value
-
-    def mark(self) -> int:
-        value = self.u64()
-        if value > NONCE_MAX:
-            raise MalformedDatagram("malformed", "watermark out of range")
-        return value
-
-    def bigint(self) -> int:
-        size = self.u8()
-        if not 1 <= size <= BIGINT_BYTES_MAX:
-            raise MalformedDatagram("malformed", "integer length")
-        return int.from_bytes(self.raw(size), "big", signed=True)
-
-    def barrier(self) -> BarrierId:
-        return BarrierId(self.u64(), self.name(), self.u64())
-
-    def count(self, item_bytes_min: int) -> int:
-        value = self.u16()
-        if value * item_bytes_min > self.end - self.pos:
-            raise MalformedDatagram("malformed", "count beyond datagram")
-        return value
-
-
-def _decode_ops(r: _Reader) -> OpBatch:
+def _decode_ops(r: Reader) -> OpBatch:
     groups = []
     for _ in range(r.count(12)):
         variable, origin, count = r.name(), r.origin(), r.u16()
@@ -161,7 +82,7 @@ def _decode_ops(r: _Reader) -> OpBatch:
     return OpBatch(tuple(groups))
 
 
-def _decode_bases(r: _Reader) -> Bases:
+def _decode_bases(r: Reader) -> Bases:
     entries = []
     for _ in range(r.count(20)):
         variable, origin, upto, total = r.name(), r.origin(), r.nonce(), r.bigint()
@@ -173,7 +94,7 @@ def _decode_bases(r: _Reader) -> Bases:
     return Bases(tuple(entries))
 
 
-def _decode_graves(r: _Reader) -> Graves:
+def _decode_graves(r: Reader) -> Graves:
     graves = []
     for _ in range(r.count(4)):
         variable = r.name()
@@ -187,7 +108,7 @@ def _decode_graves(r: _Reader) -> Graves:
     return Graves(tuple(graves))
 
 
-def _decode_nack(r: _Reader) -> Nack:
+def _decode_nack(r: Reader) -> Nack:
     ranges = []
     for _ in range(r.count(28)):
         variable, origin = r.name(), r.origin()
@@ -198,7 +119,7 @@ def _decode_nack(r: _Reader) -> Nack:
     return Nack(tuple(ranges))
 
 
-def _decode_announce(r: _Reader) -> Announce:
+def _decode_announce(r: Reader) -> Announce:
     mode_index, epoch = r.u8(), r.u64()
     if mode_index >= len(MODES):
         raise MalformedDatagram("malformed", "mode")
@@ -214,7 +135,7 @@ def _decode_announce(r: _Reader) -> Announce:
     return Announce(MODES[mode_index], epoch, barrier, tuple(digests))
 
 
-def _decode_peers(r: _Reader) -> PeerList:
+def _decode_peers(r: Reader) -> PeerList:
     peers = []
     for _ in range(r.count(7)):
         node_id, host, port, heard = r.name(), r.name(), r.u16(), r.u8()
@@ -236,11 +157,11 @@ def _is_unicast_ipv4(host: str) -> bool:
 _BROADCAST = ipaddress.IPv4Address("255.255.255.255")
 
 
-def _decode_digest_request(r: _Reader) -> DigestRequest:
+def _decode_digest_request(r: Reader) -> DigestRequest:
     return DigestRequest(r.u64())
 
 
-def _decode_digest_reply(r: _Reader) -> DigestReply:
+def _decode_digest_reply(r: Reader) -> DigestReply:
     token, page, pages = r.u64(), r.u16(), r.u16()
     if not page < pages:
         raise MalformedDatagram("malformed", "page beyond count")
@@ -252,8 +173,8 @@ def _decode_digest_reply(r: _Reader) -> DigestReply:
     return DigestReply(token, page, pages, tuple(reports))
 
 
-def _sync_decoder(cls: type, with_digest: bool) -> Callable[[_Reader], Message]:
-    def decode(r: _Reader) -> Message:
+def _sync_decoder(cls: type, with_digest: bool) -> Callable[[Reader], Message]:
+    def decode(r: Reader) -> Message:
         barrier = r.barrier()
         if with_digest:
             return cls(barrier, r.raw(DIGEST_BYTES))  # type: ignore[no-any-return]
@@ -262,7 +183,7 @@ def _sync_decoder(cls: type, with_digest: bool) -> Callable[[_Reader], Message]:
     return decode
 
 
-_DECODERS: dict[int, Callable[[_Reader], Message]] = {
+_DECODERS: dict[int, Callable[[Reader], Message]] = {
     T_ANNOUNCE: _decode_announce,
     T_OPS: _decode_ops,
     T_BASES: _decode_bases,
@@ -292,7 +213,7 @@ def decode(data: bytes, keys: Sequence[Key] = ()) -> Envelope:
     if flags & ~FLAG_MAC:
         raise MalformedDatagram("malformed", "flags")
     end = _check_mac(data, flags, keys)
-    r = _Reader(data, end)
+    r = Reader(data, end)
     r.pos = _PREFIX.size
     sender, seq = r.origin(), r.u64()
     decoder = _DECODERS.get(kind)

@@ -14,6 +14,7 @@ from crdtd.core.ids import INT64_MAX, INT64_MIN, Origin
 from crdtd.core.messages import (
     BarrierId,
     BaseEntry,
+    Grave,
     NackRange,
     OpGroup,
     SyncAbort,
@@ -55,6 +56,7 @@ def _kinds(e: wire.Encoder, suffix: str) -> Iterator[tuple[str, bytes]]:
     yield one("ops-empty-group", e.op_batch([OpGroup("fresh", A, ())]))
     yield one("bases", e.bases([BaseEntry("x", A, 12, 12 * 2**63), BaseEntry("y", B, 1, -7)]))
     yield one("nack", e.nack([NackRange("x", B, 1, 4), NackRange("x", A, 9, 9)]))
+    yield one("graves", e.graves([Grave("x", ((A, 9, -3), (B, 2, 2**63))), Grave("gone", ())]))
     digests = [VariableDigest("x", ((A, 9), (B, 3))), VariableDigest("y", ())]
     yield one("announce", e.announce(Mode.WORK, 0, None, digests))
     yield one("announce-in-barrier", e.announce(Mode.READY, 6, BARRIER, digests))
@@ -79,6 +81,7 @@ def request_lines() -> Iterator[tuple[str, bytes]]:
     """``(name, line)``: a request of every command, and a few the daemon refuses."""
     args = {
         "create": {"variable": "x"},
+        "delete": {"variable": "x"},
         "get": {"variable": "a.B-c_9"},
         "history": {"variable": "x"},
         "before": {"variable": "x"},

@@ -49,6 +49,8 @@ from crdtd.core.messages import (
     Bases,
     DigestRequest,
     Envelope,
+    Grave,
+    Graves,
     Message,
     Nack,
     OpBatch,
@@ -114,6 +116,14 @@ def _merge(parts: list[Any]) -> Message:
         return Bases(tuple(e for m in parts for e in m.entries))
     if isinstance(first, Nack):
         return Nack(tuple(r for m in parts for r in m.ranges))
+    if isinstance(first, Graves):  # a grave split by origins comes back in parts
+        graves: list[Grave] = []
+        for grave in (g for m in parts for g in m.graves):
+            if graves and graves[-1].variable == grave.variable:
+                graves[-1] = Grave(grave.variable, graves[-1].marks + grave.marks)
+            else:
+                graves.append(grave)
+        return Graves(tuple(graves))
     raise AssertionError(f"the encoder split a {type(first).__name__}: {parts}")
 
 
@@ -127,6 +137,7 @@ def _reencoders() -> dict[type, Reencode]:
         OpBatch: lambda e, m: e.op_batch(m.groups),
         Bases: lambda e, m: e.bases(m.entries),
         Nack: lambda e, m: e.nack(m.ranges),
+        Graves: lambda e, m: e.graves(m.graves),
         Announce: lambda e, m: e.announce(m.mode, m.epoch, m.barrier, m.digests),
         PeerList: lambda e, m: e.peer_list(m.peers),
         DigestRequest: lambda e, m: [e.digest_request(m.token)],

@@ -3,7 +3,8 @@ side, with crdtd's batch, replication lag, 10k-variable and idle figures in the 
 report.
 
     .venv/bin/python bench/peers.py [--quick] [--measure-s 6] [--repeat 3]
-        [--no-redis] [--no-etcd] [--parts throughput,batch,lag,vars10k,idle,idle10]
+        [--no-redis] [--no-etcd]
+        [--parts throughput,unpipelined,batch,lag,vars10k,idle,idle10]
         [--out FILE]
 
 Peers, all on this machine, all on loopback or Unix sockets (nothing leaves the host):
@@ -34,6 +35,10 @@ Parts (``--parts``, all by default):
   system from /proc, summed over the cluster's processes). Each load runs ``--repeat``
   times; the table shows the median, the JSON every run, and the ratios crdtd / Redis
   always, crdtd / etcd CAS and crdtd / etcd put, as min and median over the repeats;
+- ``unpipelined``: one client, one add at a time on one connection (2,000 of them):
+  p50 and p99, beside the p50 of a 100-byte append and fdatasync in the daemon's state
+  directory (the floor of any durable answer on this disk) and Redis ``appendfsync
+  always``'s INCRBY the same way;
 - ``batch``: ``populate`` of ``--batch-ops`` random ops on one daemon, then one add of
   10^9 as a marker, timed until all three daemons' ``get`` show the same value with the
   marker: ops/s durable on the node that took them (populate's answer) and ops/s until
@@ -74,13 +79,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.lan_compare import ms, pct, replication_lag  # noqa: E402
+from bench.loadgen import REQUESTS  # noqa: E402
 from bench.report import table, write_result  # noqa: E402
 from crdtd.control.client import Client  # noqa: E402
 from crdtd.control.protocol import encode_request  # noqa: E402
 from tests.daemon.loopback import Cluster  # noqa: E402
 
 LOADS = (("64 x 1", 64, 1), ("1 x 256", 1, 256))
-PARTS = ("throughput", "batch", "lag", "vars10k", "idle", "idle10")
+PARTS = ("throughput", "unpipelined", "batch", "lag", "vars10k", "idle", "idle10")
 GENERATOR = ROOT / "bench" / "loadgen.py"
 START_TIMEOUT_S = 20.0
 CRDTD = "crdtd (3 nodes)"
@@ -190,6 +196,7 @@ class Redis:
         self.dir = root / name
         self.dir.mkdir()
         self.socket = self.dir / "redis.sock"
+        self.always = always
         aof = ["--appendonly", "yes", "--appendfsync", "always"] if always else []
         persistence = [*(aof or ["--appendonly", "no"]), "--save", ""]
         self.process = subprocess.Popen(
@@ -509,6 +516,43 @@ def ratios_of(runs: dict[tuple[str, str], list[dict[str, float]]]) -> list[dict[
     return ratios
 
 
+def fdatasync_ms(directory: Path, count: int = 200) -> float:
+    """The median time of a 100-byte append and fdatasync in *directory*: the floor of
+    any durable answer on this disk."""
+    times = []
+    with open(directory / "fdatasync-probe", "ab") as probe:
+        for _ in range(count):
+            started = time.perf_counter()
+            probe.write(b"x" * 100)
+            probe.flush()
+            os.fdatasync(probe.fileno())
+            times.append(time.perf_counter() - started)
+    (directory / "fdatasync-probe").unlink()
+    return round(statistics.median(times) * 1000, 3)
+
+
+def unpipelined(path: Path, request: bytes, requests: int) -> dict[str, float]:
+    """One client, one request at a time on one connection: the latency of each."""
+    times = []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(str(path))
+        for _ in range(requests):
+            started = time.perf_counter()
+            sock.sendall(request)
+            answer = b""
+            while not answer.endswith(b"\n"):
+                chunk = sock.recv(4096)
+                if not chunk:
+                    raise RuntimeError(f"{path} closed the connection")
+                answer += chunk
+            times.append(time.perf_counter() - started)
+    times.sort()
+    return {
+        "p50_ms": round(times[len(times) // 2] * 1000, 3),
+        "p99_ms": round(times[int(len(times) * 0.99)] * 1000, 3),
+    }
+
+
 def figures_of(result: dict[str, Any]) -> list[dict[str, Any]]:
     """crdtd's other figures (and etcd's where it has one), one row each."""
     rows: list[dict[str, Any]] = []
@@ -522,6 +566,13 @@ def figures_of(result: dict[str, Any]) -> list[dict[str, Any]]:
             }
         )
 
+    if u := result.get("unpipelined"):
+        row("fdatasync of 100 bytes, p50 ms (this disk)", u["fdatasync_ms"])
+        row("one client unpipelined: add p50 ms", u["p50_ms"])
+        row("one client unpipelined: add p99 ms", u["p99_ms"])
+        row("  p50 over fdatasync, ms (target <= 0.2)", round(u["p50_ms"] - u["fdatasync_ms"], 3))
+        if "redis_always_p50_ms" in u:
+            row("  Redis appendfsync always, INCRBY p50 ms", u["redis_always_p50_ms"])
     if b := result.get("batch"):
         row(f"batch: populate {b['ops']:,} ops, durable ops/s", f"{b['durable_ops_per_s']:,}")
         row("batch: ops/s until all 3 agree", f"{b['agreed_ops_per_s']:,}")
@@ -595,7 +646,7 @@ def main() -> int:
                 result["idle_fresh"] = idle(cluster, idle_s)
                 log(f"idle, 3 fresh daemons: {result['idle_fresh']}")
             peers.append((CRDTD, "crdtd", [str(d.socket) for d in cluster.daemons], crdtd_pids))
-            if "throughput" in parts and not options.no_redis:
+            if {"throughput", "unpipelined"} & set(parts) and not options.no_redis:
                 if installed("redis-server", ["redis-server"], "redis-server"):
                     for name, always in (("redis-always", True), ("redis-nopersist", False)):
                         server = Redis(root, name, always)
@@ -631,6 +682,17 @@ def main() -> int:
                                 f"{outcome['ops_per_s']:9,.0f}/s "
                                 f"{outcome['cpu_us_per_op']:6.0f} us"
                             )
+            if "unpipelined" in parts:
+                request = REQUESTS["crdtd"]
+                result["unpipelined"] = unpipelined(cluster.daemons[0].socket, request, 2000)
+                result["unpipelined"]["fdatasync_ms"] = fdatasync_ms(
+                    cluster.daemons[0].socket.parent
+                )
+                for server in servers:
+                    if server.always:
+                        latency = unpipelined(server.socket, REQUESTS["redis"], 2000)
+                        result["unpipelined"]["redis_always_p50_ms"] = latency["p50_ms"]
+                log(f"unpipelined: {result['unpipelined']}")
             for server in servers:
                 server.stop()
             if "batch" in parts:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import socket
 import time
 from typing import Any, Protocol, cast
@@ -137,8 +136,8 @@ class Driver:
         self._reporter = reporter
         self._notifier = notifier
         self._outbox: collections.deque[tuple[bytes, Address]] = collections.deque()
-        self._wakeup = asyncio.Event()
-        self._stopping = asyncio.Event()
+        self._wakeup = Alarm()
+        self._stopping = False
         self._waiters: dict[int, asyncio.Future[Any]] = {}
         self._sockets: list[socket.socket] = []  # the unicast one first: we send from it
         self._own: tuple[str, int] | None = None
@@ -178,13 +177,13 @@ class Driver:
     def enqueue_datagram(self, data: bytes, address: Address, multicast: bool) -> None:
         dropped = self._stepper.offer_datagram(data, address, multicast)
         if dropped is None:
-            self._wakeup.set()
+            self._wakeup.ring()
         else:
             self.count(dropped)
 
     def stop(self) -> None:
-        self._stopping.set()
-        self._wakeup.set()
+        self._stopping = True
+        self._wakeup.ring()
 
     def count(self, name: str, amount: int = 1) -> None:
         self.stats[name] = self.stats.get(name, 0) + amount
@@ -233,7 +232,7 @@ class Driver:
         Cancel it to drop the answer (the request is applied all the same)."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._stepper.offer(request, future)
-        self._wakeup.set()
+        self._wakeup.ring()
         return future
 
     async def _ask(self, request: Request) -> object:
@@ -254,7 +253,7 @@ class Driver:
         node = self._node
         stepper = self._stepper
         next_watchdog = loop.time()
-        while not self._stopping.is_set():
+        while not self._stopping:
             deadline = node.get_timer()
             interval = self._notifier.watchdog_interval_s
             if interval is not None:
@@ -267,8 +266,7 @@ class Driver:
                     # big fold never holds a request for the whole delete.
                     await asyncio.to_thread(self._store.prune)
                 elif timeout > 0:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wakeup.wait(), timeout)
+                    await self._wakeup.wait(timeout)
             now = loop.time()
             if interval is not None and now >= next_watchdog:
                 self._notifier.notify(WATCHDOG="1")
@@ -377,3 +375,45 @@ class Driver:
         if status != self._status:
             self._status = status
             self._notifier.notify(STATUS=status)
+
+
+class Alarm:
+    """What wakes the owner task: input (`ring`) or a deadline, whichever comes first.
+
+    ``asyncio.wait_for(event.wait(), timeout)`` made a task and a timeout per wait and
+    took three turns of the loop from `ring` to the owner running; here a wait is one
+    future and one timer, and the owner runs on the next turn.
+    """
+
+    __slots__ = ("_rung", "_waiter")
+
+    def __init__(self) -> None:
+        self._rung = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def ring(self) -> None:
+        self._rung = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._rung = False
+
+    async def wait(self, timeout: float) -> None:
+        """Until `ring` (at once if it rang since `clear`) or *timeout* seconds."""
+        if self._rung:
+            return
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(timeout, _settle, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+
+
+def _settle(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

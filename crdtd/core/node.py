@@ -14,8 +14,9 @@ returning effects that `Node._apply` carries out in one place:
 - `crdtd.core.writes.Writes`: local adds, named adds, and the adds held in a barrier;
 - `crdtd.core.replication.Replication`: peers' ops, bases and digests, and gap
   repair (`crdtd.core.repair.Repairs`: a hole in an origin's nonces becomes a unicast
-  ``Nack`` to one holder, retried with backoff until it is filled; a new node is just
-  a node with every hole);
+  ``Nack`` to one holder, retried until it is filled; a new node is just a node with
+  every hole; after a burst of our ops, `crdtd.core.repair.Tail` times the small
+  digests that reveal a lost last op);
 - `crdtd.core.verify.Verifier`: ``crdtctl verify``'s comparison with every peer;
 - `crdtd.core.sync.Syncer`: the full sync (barriers), which owns the node's ``mode``
   and reads the node through `crdtd.core.barrier_io.NodeView`.
@@ -67,6 +68,7 @@ from crdtd.core.messages import (
     OpBatch,
     PeerList,
     SyncStart,
+    VariableDigest,
 )
 from crdtd.core.modes import Mode
 from crdtd.core.outbox import Datagram, Outbox
@@ -83,7 +85,7 @@ from crdtd.core.records import (
     VariableCreated,
 )
 from crdtd.core.repair import Effect as RepairEffect
-from crdtd.core.repair import Repairs, SendBases, SendNack, SendOps
+from crdtd.core.repair import Repairs, SendBases, SendNack, SendOps, Tail
 from crdtd.core.replay import Replays
 from crdtd.core.replica import Replica
 from crdtd.core.replication import (
@@ -144,6 +146,7 @@ class Node:
         self._records: list[Record] = []
         self._events: list[Event] = []
         self._repairs = Repairs(settings, rng)
+        self._tail = Tail(settings)
         self._replication = Replication(settings, self.counters, self.peers, self._repairs)
         self._tickets = 0
         self._writes = Writes(settings, self.counters)
@@ -197,6 +200,7 @@ class Node:
         """Do whatever is due: announce, ask for repairs, expire peers, drive barriers."""
         self._apply(self._members.expire(now), now)
         self._apply(self._repairs.ask(self.counters, self.peers, now), now)
+        self._tail_digest(self._tail.due(now))
         self._apply(self._sync.handle_timer(now), now)
         self._apply(self._verifier.handle_timer(self.counters, now), now)
         self._records.extend(self._replays.floors(now))
@@ -317,6 +321,7 @@ class Node:
         if self.settings.keys:
             deadlines.append(self._replays.deadline)
         deadlines.extend(self._repairs.deadlines())
+        deadlines.extend(self._tail.deadlines())
         deadlines.extend(self._members.deadlines())
         deadlines.extend(self._sync.deadlines())
         deadlines.extend(self._verifier.deadlines())
@@ -437,6 +442,22 @@ class Node:
         self._next_announce = now + interval * self._rng.uniform(0.9, 1.1)
         return payloads
 
+    def _tail_digest(self, variables: list[str]) -> None:
+        """Multicast our own watermark of *variables* (our latest burst): a partial
+        announce, which only ever adds to what a peer knows (`Replication.on_announce`)."""
+        digests = [
+            VariableDigest(
+                variable, ((self.origin, self.counters[variable].watermark(self.origin)),)
+            )
+            for variable in variables
+            if variable in self.counters
+        ]
+        if digests:
+            self._outbox.multicast(
+                self._outbox.encoder.announce(self.mode, self.epoch, self._sync.barrier, digests)
+            )
+            self._count("tail_digests_sent")
+
     # --- for the barriers: what crdtd.core.sync reads, and its effects ------------
 
     @property
@@ -457,10 +478,13 @@ class Node:
                     self._count(name, amount)
                 case Created(variable, local):
                     self._created(variable, local)
+                    if local:
+                        self._tail.burst(variable, now)
                 case NoteChange():
                     self._sync.note_change()
                 case Fresh(variable, nonce, delta):
                     self._outbox.fresh(variable, (nonce, delta))
+                    self._tail.burst(variable, now)
                 case Spread(grave):
                     self._outbox.multicast(self._outbox.encoder.graves([grave]))
                 case Refused(kind, variable, nonce, peer):

@@ -4,9 +4,14 @@ missing, and answering other nodes' asks within a byte budget.
 A hole seen (from a later op, a base, or a peer's announced watermark) becomes a *want*.
 After a random delay, so that many nodes missing the same datagram do not ask at once,
 the node asks one holder by unicast ``Nack``: the origin if it is alive, then whoever
-revealed the hole, then a random live peer whose digest covers it; each retry backs off
-exponentially with jitter and may change holder, until the hole is filled. A want that
-no live peer can fill is dropped (a live peer's announce reveals it again).
+revealed the hole, then a random live peer whose digest covers it; retries come flat and
+short at first (`retry_after`), then back off exponentially, with jitter, and may change
+holder, until the hole is filled. A want that no live peer can fill is dropped (a live
+peer's announce reveals it again).
+
+`Tail` is the other half of the lossy tail: after a burst of our fresh ops, a short train
+of small digests naming only what changed, so that a lost *last* op is noticed in tens
+of ms rather than at our next announce.
 
 A holder answers with the ops it has and, for nonces it has folded, its base, never more
 than ``repair_bytes_max`` per Nack nor ``repair_bytes_per_s`` per address: a Nack never
@@ -32,7 +37,26 @@ from crdtd.core.messages import BaseEntry, Nack, NackRange, OpGroup
 from crdtd.core.peers import Peer
 from crdtd.core.settings import Settings
 
-__all__ = ["Count", "Effect", "Repairs", "Report", "SendBases", "SendNack", "SendOps", "Want"]
+__all__ = [
+    "Count",
+    "Effect",
+    "Repairs",
+    "Report",
+    "SendBases",
+    "SendNack",
+    "SendOps",
+    "Tail",
+    "Want",
+    "retry_after",
+]
+
+
+def retry_after(settings: Settings, attempt: int) -> float:
+    """The pause (before jitter) after the *attempt*-th Nack of a want: flat and short
+    for ``nack_retries_flat`` attempts (a lossy link repairs in tens of ms), then
+    doubling up to ``nack_retry_max_s`` (a holder that never answers is not flooded)."""
+    doublings = max(0, attempt - settings.nack_retries_flat)
+    return min(settings.nack_retry_s * (1 << min(doublings, 32)), settings.nack_retry_max_s)
 
 
 @dataclass(slots=True)
@@ -123,10 +147,7 @@ class Repairs:
                 continue
             holder = self._holder(variable, origin, counter.watermark(origin) + 1, want, peers)
             want.attempt += 1
-            backoff = min(
-                settings.nack_retry_s * 2 ** (want.attempt - 1), settings.nack_retry_max_s
-            )
-            want.due = now + backoff * self._rng.uniform(1.0, 1.5)
+            want.due = now + retry_after(settings, want.attempt) * self._rng.uniform(1.0, 1.5)
             if holder is None:
                 # Nobody live can fill it (an invented origin, or its holders went
                 # quiet): forget it; a live peer's announce will reveal it again.
@@ -239,3 +260,44 @@ class Repairs:
     def _drain(self) -> list[Effect]:
         effects, self._effects = self._effects, []
         return effects
+
+
+class Tail:
+    """The variables of our latest burst of fresh ops, and when to name them again.
+
+    A lost op is noticed when a later one arrives; the *last* op of a burst has no later
+    one, and without a tail it would wait for our next announce. So after each burst the
+    node multicasts a short train of small digests (one at each gap of
+    ``tail_digests_s``) naming only the variables it wrote, with our own watermark: a
+    peer that lost the burst sees the hole in tens of ms. A new burst restarts the train,
+    so a node that writes steadily sends none: its next ops reveal holes anyway.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._gaps = settings.tail_digests_s
+        self._variables: dict[str, None] = {}
+        self._sent = 0
+        self._due: float | None = None
+
+    def burst(self, variable: str, now: float) -> None:
+        """A fresh op (or a new variable) of ours leaves in this step's batch."""
+        if not self._gaps:
+            return
+        self._variables[variable] = None
+        self._sent = 0
+        self._due = now + self._gaps[0]
+
+    def due(self, now: float) -> list[str]:
+        """The variables to name in a tail digest now (none if it is not due)."""
+        if self._due is None or self._due > now:
+            return []
+        variables = list(self._variables)
+        self._sent += 1
+        if self._sent < len(self._gaps):
+            self._due = now + self._gaps[self._sent]
+        else:
+            self._variables, self._due = {}, None
+        return variables
+
+    def deadlines(self) -> list[float]:
+        return [] if self._due is None else [self._due]

@@ -30,10 +30,15 @@ class Settings:
     announce_interval_s: float = 1.0
     peer_suspect_s: float = 3.0
     peer_timeout_s: float = 10.0
-    nack_delay_min_s: float = 0.005
-    nack_delay_max_s: float = 0.03
-    nack_retry_s: float = 0.05
+    nack_delay_min_s: float = 0.002
+    nack_delay_max_s: float = 0.01
+    nack_retry_s: float = 0.02
+    nack_retries_flat: int = 8
+    """Retries of a want at a flat ``nack_retry_s`` before they double (to the max)."""
     nack_retry_max_s: float = 0.5
+    tail_digests_s: tuple[float, ...] = (0.01, 0.01, 0.02, 0.04)
+    """After a burst of fresh ops, the gaps between the small digests that name them
+    (a lost *last* op is then noticed in tens of ms, not at the next announce)."""
     nack_ranges_max: int = 64
     repair_bytes_max: int = 64 * 1024
     repair_bytes_per_s: int = 4 * 1024 * 1024

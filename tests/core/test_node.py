@@ -40,6 +40,7 @@ from crdtd.core.events import (
 )
 from crdtd.core.ids import INT64_MAX, Address, InvalidInput, Origin
 from crdtd.core.messages import (
+    Announce,
     Bases,
     Message,
     NackRange,
@@ -47,6 +48,7 @@ from crdtd.core.messages import (
     OpGroup,
     SyncCommit,
     SyncJoin,
+    VariableDigest,
     VariableReport,
 )
 from crdtd.core.modes import Mode
@@ -59,6 +61,7 @@ from crdtd.core.records import (
     Record,
     VariableCreated,
 )
+from crdtd.core.repair import retry_after
 from crdtd.core.settings import Key, Settings
 from crdtd.core.step import Stepper
 from crdtd.core.view import node_state
@@ -439,8 +442,40 @@ def test_duplicated_datagrams_do_not_change_values() -> None:
     assert [e.value for e in b.events() if isinstance(e, ValueChanged)] == [5, -2, INT64_MAX - 2]
 
 
-def test_a_lost_last_op_is_repaired_by_nack_once_an_announce_reveals_it() -> None:
+def test_a_lost_last_op_is_repaired_once_a_tail_digest_reveals_it() -> None:
     lan = lan_of("a", "b")
+    lan["a"].add("x", 1, lan.now)
+    lan["a"].add("y", 1, lan.now)
+    lan.settle()
+    lan.run_for(0.2)  # that burst's tail is over
+    tails: list[Announce] = []
+
+    def watch(src: str, dst: str, message: Message) -> bool:
+        if src == "a" and isinstance(message, Announce):
+            tails.append(message)
+        return src == "a" and isinstance(message, OpBatch) and not tails
+
+    lan.drop = watch  # b loses a's next batch, but none of its digests
+    lan["a"].add("x", 2, lan.now)
+    lan.settle()
+    assert lan.values("x") == {"a": 3, "b": 1}
+
+    lan.run_for(0.05)  # far from a's next announce (0.9..1.1 s after the start)
+
+    assert lan.values("x") == {"a": 3, "b": 3}
+    assert lan.of_type("b", GapRepaired) == [GapRepaired("x", Origin("a", 1), 2, 2)]
+    # Only what that burst changed, with only a's own watermark.
+    assert tails[0].digests == (VariableDigest("x", ((lan["a"].origin, 2),)),)
+    lan.run_for(0.2)
+    train = len(Settings().tail_digests_s)
+    assert len(tails) == train
+    assert lan["a"].stats["tail_digests_sent"] == 2 * train  # the first burst's too
+    lan.run_for(1.0)
+    assert lan["a"].stats["tail_digests_sent"] == 2 * train  # none without writes
+
+
+def test_a_lost_last_op_is_repaired_by_nack_once_an_announce_reveals_it() -> None:
+    lan = lan_of("a", "b", settings=Settings(tail_digests_s=()))  # no tail digests
     lan["a"].add("x", 1, lan.now)
     lan.settle()
     lan.cut.add(("a", "b"))
@@ -461,7 +496,7 @@ def test_a_lost_last_op_is_repaired_by_nack_once_an_announce_reveals_it() -> Non
 
 
 def test_a_hole_seen_from_a_later_op_is_repaired_without_waiting_for_an_announce() -> None:
-    lan = lan_of("a", "b", "c")
+    lan = lan_of("a", "b", "c", settings=Settings(tail_digests_s=()))  # no tail digests
     lan.drop = lambda src, dst, m: dst == "b" and isinstance(m, OpBatch)
     lan["a"].add("x", 1, lan.now)
     lan["a"].add("y", 1, lan.now)
@@ -1071,12 +1106,23 @@ def test_nacks_back_off_while_no_holder_answers() -> None:
 
     lan.run_for(10.0)
 
-    # Retries double from nack_retry_s up to nack_retry_max_s (0.5 s, jitter x1..1.5):
-    # some 15-25 in ten seconds, where a fixed 50 ms retry would send 200.
+    # After nack_retries_flat retries at nack_retry_s, retries double up to
+    # nack_retry_max_s (0.5 s, jitter x1..1.5): some 15-25 in ten seconds, where the flat
+    # 20 ms retry kept up would send 400.
     assert 10 <= lan["b"].stats["nacks_sent"] - asked <= 30
     lan.heal()
     lan.run_for(1.0)
     assert lan.values("x") == {"a": 1, "b": 1}
+
+
+def test_nack_retries_are_flat_and_short_then_double_to_the_max() -> None:
+    settings = Settings()
+    flat = [retry_after(settings, attempt) for attempt in range(1, settings.nack_retries_flat + 1)]
+    assert flat == [settings.nack_retry_s] * settings.nack_retries_flat
+    assert settings.nack_retry_s * settings.nack_retries_flat * 1.5 <= 0.25  # lossy, not slow
+    later = [retry_after(settings, settings.nack_retries_flat + k) for k in range(1, 10)]
+    assert later[:3] == [2 * settings.nack_retry_s, 4 * settings.nack_retry_s, 0.16]
+    assert later[-1] == settings.nack_retry_max_s == max(later)
 
 
 def test_a_nack_answer_is_bounded_by_repair_bytes_max() -> None:

@@ -46,7 +46,7 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import structlog
 
@@ -271,8 +271,8 @@ class _Connection(asyncio.Protocol):
     # --- asyncio.Protocol -------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # asyncio's, or uvloop's (`crdtd.daemon.loop`), which is not a subclass of it.
+        self._transport = cast(asyncio.Transport, transport)
         self._server._connections.add(self)
         self._touch()
 

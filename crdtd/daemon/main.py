@@ -66,6 +66,7 @@ from crdtd.daemon.logs import (
     get_logger,
     set_level,
 )
+from crdtd.daemon.loop import LoopUnavailable, loop_factory
 from crdtd.daemon.metrics import MetricsServer
 from crdtd.daemon.preflight import KEYGEN_EXAMPLE_PATH, preflight
 from crdtd.daemon.reporting import Reporter
@@ -140,7 +141,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             EXIT_CONFIG,
         )
     try:
-        asyncio.run(_serve(config, path, checked.keys, checked.interface, inherited))
+        factory, loop_name = loop_factory()
+    except LoopUnavailable as error:
+        return _startup_failed(str(error), EXIT_CONFIG)
+    try:
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(_serve(config, path, checked.keys, checked.interface, inherited, loop_name))
     except (StartupError, StoreError, NetworkSetupError, SocketPathError) as error:
         return _startup_failed(str(error), EXIT_FAILED)
     return 0
@@ -247,10 +253,11 @@ async def _serve(
     keys: tuple[Key, ...],
     interface: Interface,
     inherited: dict[str, socket.socket],
+    loop_name: str,
 ) -> None:
     store = Store.open(config.node.state_dir, config.node.id, new_node_id)
     try:
-        await _run(config, config_path, store, keys, interface, inherited)
+        await _run(config, config_path, store, keys, interface, inherited, loop_name)
     finally:
         store.close()
 
@@ -262,6 +269,7 @@ async def _run(
     keys: tuple[Key, ...],
     interface: Interface,
     inherited: dict[str, socket.socket],
+    loop_name: str,
 ) -> None:
     configure_logging(config.log.level, config.log.format, node_id=store.node_id)
     log = get_logger()
@@ -314,6 +322,7 @@ async def _run(
     log.info(
         "started",
         version=__version__,
+        event_loop=loop_name,
         incarnation=node.origin.incarnation,
         interface=interface.name,
         address=f"{interface.address}:{net.unicast_port}",

@@ -62,11 +62,12 @@ import fcntl
 import itertools
 import os
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+import struct
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from crdtd.core.ids import UINT64_MAX, Origin
+from crdtd.core.ids import INT64_MAX, INT64_MIN, UINT64_MAX, Origin
 from crdtd.core.records import (
     REQUESTS_KEPT,
     AddNamed,
@@ -88,7 +89,7 @@ _OURS = frozenset({DB_NAME, LOCK_NAME, *_SIDECARS, "lost+found"})
 APPLICATION_ID = 0x43524454
 """``PRAGMA application_id`` of every crdtd database: "CRDT" in ASCII."""
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 """``PRAGMA user_version``; a later schema gets a higher number and a migration."""
 
 _U64_BIAS = 2**63
@@ -110,15 +111,26 @@ _SCHEMA = (
         total       TEXT NOT NULL,
         PRIMARY KEY (variable, node_id, incarnation)
     ) WITHOUT ROWID""",
-    """CREATE TABLE ops (
+)
+_OPS_V5 = """CREATE TABLE ops (
         variable    TEXT NOT NULL,
         node_id     TEXT NOT NULL,
         incarnation INTEGER NOT NULL,
         nonce       INTEGER NOT NULL,
         delta       INTEGER NOT NULL,
         PRIMARY KEY (variable, node_id, incarnation, nonce)
-    ) WITHOUT ROWID""",
-)
+    ) WITHOUT ROWID"""
+"""Schemas 1 to 5 kept an op per row; `_ops_into_runs` moves them into ``op_runs``."""
+_OP_RUNS = """CREATE TABLE op_runs (
+        variable    TEXT NOT NULL,
+        node_id     TEXT NOT NULL,
+        incarnation INTEGER NOT NULL,
+        first_nonce INTEGER NOT NULL,
+        last_nonce  INTEGER NOT NULL,
+        deltas      BLOB NOT NULL,
+        PRIMARY KEY (variable, node_id, incarnation, first_nonce),
+        CHECK (length(deltas) = 8 * (last_nonce - first_nonce + 1))
+    ) WITHOUT ROWID"""
 _REPLAY_FLOORS = """CREATE TABLE replay_floors (
         node_id     TEXT NOT NULL,
         incarnation INTEGER NOT NULL,
@@ -148,8 +160,9 @@ _GRAVES = (
     ) WITHOUT ROWID""",
 )
 _V3_TABLES = (_REPLAY_FLOORS, _REPLAY_FLOORS_BY_AGE, _NAMED_ADDS_V3)
-_CURRENT_TABLES = (*_V3_TABLES, _ADD_NAMED_INCARNATION, *_GRAVES)
-_MIGRATIONS = {
+_CURRENT_TABLES = (_OP_RUNS, *_V3_TABLES, _ADD_NAMED_INCARNATION, *_GRAVES)
+Migration = str | Callable[[sqlite3.Connection], None]
+_MIGRATIONS: dict[int, tuple[Migration, ...]] = {
     1: _V3_TABLES,
     # Version 2 (development builds only) had these tables in another shape; what they
     # held is lost: replay floors fill again within 30 s, and a retry of an add named
@@ -163,22 +176,56 @@ _MIGRATIONS = {
     ),
     # Version 4 had no deletes: no variable has a grave.
     4: _GRAVES,
+    # Version 5 kept an op per row.
+    5: (_OP_RUNS, lambda connection: _ops_into_runs(connection), "DROP TABLE ops"),
 }
-"""Statements that bring a database of version N to N + 1, in one transaction. From 1,
-step 1 makes the version 3 tables and step 2 makes them again, empty either way."""
+"""Statements (or functions of the connection) that bring a database of version N to
+N + 1, in one transaction. From 1, step 1 makes the version 3 tables and step 2 makes
+them again, empty either way."""
 
 # "ON CONFLICT DO NOTHING" rather than "INSERT OR IGNORE": OR IGNORE would also swallow a
 # NOT NULL violation, i.e. silently drop a malformed record instead of raising.
 _INSERT_VARIABLE = "INSERT INTO variables (name) VALUES (?) ON CONFLICT DO NOTHING"
-_INSERT_OP = """
-    INSERT INTO ops (variable, node_id, incarnation, nonce, delta)
-    SELECT :variable, :node_id, :incarnation, :nonce, :delta
+# An op run: consecutive nonces of one variable and origin, from one append. It goes in
+# whole when nothing of it is stored and no base covers any of it, which is the only case
+# a node makes (it persists each op once). Runs never overlap, so the one run starting
+# last at or before the new run's end is the only one that can overlap it.
+_INSERT_RUN = """
+    INSERT INTO op_runs (variable, node_id, incarnation, first_nonce, last_nonce, deltas)
+    SELECT ?1, ?2, ?3, ?4, ?5, ?6
     WHERE NOT EXISTS (
         SELECT 1 FROM bases
-        WHERE variable = :variable AND node_id = :node_id AND incarnation = :incarnation
-          AND upto >= :nonce
+        WHERE variable = ?1 AND node_id = ?2 AND incarnation = ?3 AND upto >= ?4
+    ) AND NOT EXISTS (
+        SELECT 1 FROM (
+            SELECT last_nonce FROM op_runs
+            WHERE variable = ?1 AND node_id = ?2 AND incarnation = ?3 AND first_nonce <= ?5
+            ORDER BY first_nonce DESC LIMIT 1
+        ) WHERE last_nonce >= ?4
     )
-    ON CONFLICT DO NOTHING
+"""
+_INSERT_RUN_ABOVE = """
+    INSERT INTO op_runs (variable, node_id, incarnation, first_nonce, last_nonce, deltas)
+    SELECT ?1, ?2, ?3, ?4, ?5, ?6
+    WHERE NOT EXISTS (
+        SELECT 1 FROM bases
+        WHERE variable = ?1 AND node_id = ?2 AND incarnation = ?3 AND upto >= ?4
+    )
+"""
+_HIGHEST_NONCE = """
+    SELECT last_nonce FROM op_runs WHERE variable = ? AND node_id = ? AND incarnation = ?
+    ORDER BY first_nonce DESC LIMIT 1
+"""
+_NO_NONCE = -(2**63) - 1
+"""Below every stored nonce: what `_HIGHEST_NONCE` stands for when there is none."""
+_INSERT_RUN_AS_IS = """
+    INSERT INTO op_runs (variable, node_id, incarnation, first_nonce, last_nonce, deltas)
+    VALUES (?, ?, ?, ?, ?, ?)
+"""
+_BASE_UPTO = "SELECT upto FROM bases WHERE variable = ? AND node_id = ? AND incarnation = ?"
+_RUNS_WITHIN = """
+    SELECT first_nonce, last_nonce FROM op_runs
+    WHERE variable = ? AND node_id = ? AND incarnation = ? AND first_nonce BETWEEN ? AND ?
 """
 _RAISE_BASE = """
     INSERT INTO bases (variable, node_id, incarnation, upto, total)
@@ -187,35 +234,48 @@ _RAISE_BASE = """
         SET upto = excluded.upto, total = excluded.total
         WHERE excluded.upto > bases.upto
 """
-_LOWEST_OP = """
-    SELECT min(nonce) FROM ops
+_LOWEST_RUN = """
+    SELECT first_nonce, last_nonce FROM op_runs
     WHERE variable = :variable AND node_id = :node_id AND incarnation = :incarnation
+    ORDER BY first_nonce LIMIT 1
 """
-_DELETE_FOLDED_OPS = """
-    DELETE FROM ops
+_FOLDED_RUNS = """
     WHERE variable = :variable AND node_id = :node_id AND incarnation = :incarnation
-      AND nonce <= :upto
+      AND first_nonce <= :end AND last_nonce <= :upto
+"""
+_COUNT_FOLDED_OPS = (
+    "SELECT coalesce(sum(last_nonce - first_nonce + 1), 0) FROM op_runs" + _FOLDED_RUNS
+)
+_DELETE_FOLDED_RUNS = "DELETE FROM op_runs" + _FOLDED_RUNS
+_TRIM_RUN = """
+    UPDATE op_runs
+    SET first_nonce = :upto + 1, deltas = substr(deltas, 8 * (:upto - first_nonce + 1) + 1)
+    WHERE variable = :variable AND node_id = :node_id AND incarnation = :incarnation
+      AND first_nonce = :first
 """
 _UNPRUNED = """
     SELECT b.variable, b.node_id, b.incarnation, b.upto FROM bases AS b
     WHERE EXISTS (
-        SELECT 1 FROM ops AS o
-        WHERE o.variable = b.variable AND o.node_id = b.node_id
-          AND o.incarnation = b.incarnation AND o.nonce <= b.upto
+        SELECT 1 FROM op_runs AS r
+        WHERE r.variable = b.variable AND r.node_id = b.node_id
+          AND r.incarnation = b.incarnation AND r.first_nonce <= b.upto
     )
 """
-_LIVE_OPS = """
-    SELECT o.variable, o.node_id, o.incarnation, o.nonce, o.delta FROM ops AS o
-    WHERE NOT EXISTS (
-        SELECT 1 FROM bases AS b
-        WHERE b.variable = o.variable AND b.node_id = o.node_id
-          AND b.incarnation = o.incarnation AND b.upto >= o.nonce
-    )
-    ORDER BY o.variable, o.node_id, o.incarnation, o.nonce
+_LIVE_RUNS = """
+    SELECT r.variable, r.node_id, r.incarnation, r.first_nonce, r.deltas, b.upto
+    FROM op_runs AS r LEFT JOIN bases AS b
+        ON b.variable = r.variable AND b.node_id = r.node_id
+        AND b.incarnation = r.incarnation
+    WHERE b.upto IS NULL OR b.upto < r.last_nonce
+    ORDER BY r.variable, r.node_id, r.incarnation, r.first_nonce
 """
+RUN_MAX = 1024
+"""Ops in one row of ``op_runs`` at most (8 KiB of deltas): a longer run of an append
+takes several rows, so that trimming a run a fold straddles rewrites little."""
 PRUNE_SLICE = 20_000
-"""Folded ops deleted by one `Store.prune`: 6 to 12 ms of SQLite's time here, where one
-DELETE of a 1M-op fold took 335 ms (`bench/store_fold.py`)."""
+"""Folded ops deleted by one `Store.prune` (give or take a run): with an op per row, 6
+to 12 ms of SQLite's time here, where one DELETE of a 1M-op fold took 335 ms
+(`bench/store_fold.py`)."""
 _INSERT_GRAVE = "INSERT INTO graves (variable) VALUES (?) ON CONFLICT DO NOTHING"
 _FORGET_MARKS = "DELETE FROM grave_marks WHERE variable = ?"
 _INSERT_MARK = """
@@ -267,6 +327,10 @@ class Store:
         self._node_id = node_id
         # Folds whose covered ops are still on disk: (variable, node_id, stored
         # incarnation) -> stored upto. Found again on open, so a crash loses no work.
+        # (variable, node_id, stored incarnation) -> no stored nonce is higher, learnt on
+        # the first append of ops of each since open. Never too low; too high (after a
+        # rollback, a prune, a run a base refused) only costs the slower insert.
+        self._highest: dict[tuple[str, str, int], int] = {}
         self._unpruned: dict[tuple[str, str, int], int] = {
             (variable, node, incarnation): upto
             for variable, node, incarnation, upto in connection.execute(_UNPRUNED)
@@ -319,10 +383,7 @@ class Store:
                 )
             ]
             records += self._graves()
-            records += [
-                OpRecorded(variable, Origin(node_id, _from_u64(inc)), _from_u64(nonce), delta)
-                for variable, node_id, inc, nonce, delta in query(_LIVE_OPS)
-            ]
+            records += _expanded(query(_LIVE_RUNS))
             floors = [
                 ReplayFloor(Origin(node_id, _from_u64(inc)), _from_u64(seq))
                 for node_id, inc, seq in query(
@@ -345,7 +406,9 @@ class Store:
 
         - `VariableCreated`: insert unless present.
         - `OpRecorded`: insert unless present, or unless the base of its variable and
-          origin already covers its nonce.
+          origin already covers its nonce. Ops of one variable and origin that come one
+          after the other with consecutive nonces are stored as one row (a run, of at
+          most `RUN_MAX`); `load` gives them back one by one.
         - `BaseFolded`: raise the base to ``(upto, total)`` if ``upto`` is higher than the
           stored one; the ops it covers are deleted by `prune`.
         - `Buried`: the variable's grave becomes the one given, whole.
@@ -359,14 +422,15 @@ class Store:
         if not records:
             return
         with _translated(self._db_path, "writing records"), _transaction(self._connection):
-            # Runs of ops (a populate step, a repair) go in one executemany: the loop and
-            # the binding run in C, with the GIL released while SQLite works, so the
-            # owner task keeps its turn while a big step is written.
-            for is_op, run in itertools.groupby(records, key=_is_op):
+            # Ops go a run of consecutive nonces to a row (a populate step, a repair),
+            # in one executemany: the loop and the binding run in C, with the GIL
+            # released while SQLite works, so the owner task keeps its turn while a big
+            # step is written.
+            for is_op, group in itertools.groupby(records, key=_is_op):
                 if is_op:
-                    self._connection.executemany(_INSERT_OP, map(_op_row, run))
+                    self._append_ops(group)  # type: ignore[arg-type]
                 else:
-                    for record in run:
+                    for record in group:
                         self._apply(record)
             if any(isinstance(record, AddNamed) for record in records):
                 self._connection.execute(_FORGET_OLD_NAMES, (REQUESTS_KEPT,))
@@ -379,22 +443,32 @@ class Store:
         return bool(self._unpruned)
 
     def prune(self, limit: int = PRUNE_SLICE) -> bool:
-        """Delete at most *limit* ops that a base covers, in one transaction; return
-        whether more are left. Correctness does not depend on it (a base hides what it
-        covers), only the size of the database."""
+        """Delete about *limit* ops that a base covers (at most ``limit + RUN_MAX``), in
+        one transaction; return whether more are left. Correctness does not depend on it
+        (a base hides what it covers), only the size of the database.
+
+        A run wholly covered goes whole; the one run a base may straddle is trimmed to
+        the ops above it."""
         with _translated(self._db_path, "deleting folded ops"), _transaction(self._connection):
             execute = self._connection.execute
             while self._unpruned and limit > 0:
                 (variable, node_id, incarnation), upto = next(iter(self._unpruned.items()))
                 key = {"variable": variable, "node_id": node_id, "incarnation": incarnation}
-                ((lowest,),) = execute(_LOWEST_OP, key).fetchall()
-                if lowest is None or lowest > upto:
+                lowest = execute(_LOWEST_RUN, key).fetchone()
+                if lowest is None or lowest[0] > upto:
                     del self._unpruned[(variable, node_id, incarnation)]
                     continue
-                # Nonces are distinct integers, so this range holds at most *limit* ops,
-                # and a range on the primary key deletes as fast as one big DELETE.
-                end = min(upto, lowest + limit - 1)
-                limit -= execute(_DELETE_FOLDED_OPS, {**key, "upto": end}).rowcount
+                first, last = lowest
+                if last > upto:  # the lowest run straddles the base: nothing lies below
+                    execute(_TRIM_RUN, {**key, "upto": upto, "first": first})
+                    limit -= upto - first + 1
+                    continue
+                # Runs never overlap, so the runs that start in this range hold at most
+                # limit + RUN_MAX - 1 ops, and a range on the primary key deletes fast.
+                bounds = {**key, "upto": upto, "end": min(upto, first + limit - 1)}
+                ((deleted,),) = execute(_COUNT_FOLDED_OPS, bounds).fetchall()
+                execute(_DELETE_FOLDED_RUNS, bounds)
+                limit -= deleted
         return bool(self._unpruned)
 
     def close(self) -> None:
@@ -409,6 +483,54 @@ class Store:
         finally:
             os.close(self._lock_fd)
             self._lock_fd = -1
+
+    def _append_ops(self, ops: Iterable[OpRecorded]) -> None:
+        """Store *ops*, a run to a row: in one go when no run overlaps what is stored or
+        what a base covers (what a node sends), else what is new of each run."""
+        runs = list(_runs(ops))
+        # A run above every nonce stored of its variable and origin overlaps none (what
+        # a node's own adds and in-order replication make); only the others need the
+        # search for an overlapping run, which costs as much as the insert itself.
+        highest = self._highest
+        above: list[RunRow] = []
+        others: list[RunRow] = []
+        for run in runs:
+            key = run[:3]
+            top = highest.get(key)
+            if top is None:
+                row = self._connection.execute(_HIGHEST_NONCE, key).fetchone()
+                top = _NO_NONCE if row is None else row[0]
+            (above if run[3] > top else others).append(run)
+            highest[key] = max(top, run[4])
+        executemany = self._connection.executemany
+        inserted = executemany(_INSERT_RUN_ABOVE, above).rowcount if above else 0
+        if others:
+            inserted += executemany(_INSERT_RUN, others).rowcount
+        if inserted == len(runs):
+            return
+        # Some run overlaps: the runs inserted above are stored now, so this skips them.
+        execute = self._connection.execute
+        for variable, node_id, incarnation, first, last, deltas in runs:
+            key = (variable, node_id, incarnation)
+            taken: set[int] = set()
+            for low, high in execute(
+                _RUNS_WITHIN, (*key, max(-_U64_BIAS, first - RUN_MAX + 1), last)
+            ):
+                taken.update(range(max(low, first), min(high, last) + 1))
+            base = execute(_BASE_UPTO, key).fetchone()
+            floor = first if base is None else max(first, base[0] + 1)
+            values = _unpack(deltas)
+            kept = [
+                (nonce, values[nonce - first])
+                for nonce in range(floor, last + 1)
+                if nonce not in taken
+            ]
+            for _, piece in itertools.groupby(
+                enumerate(kept), key=lambda item: item[1][0] - item[0]
+            ):
+                nonces = [op for _, op in piece]
+                row = (*key, nonces[0][0], nonces[-1][0], _pack([delta for _, delta in nonces]))
+                execute(_INSERT_RUN_AS_IS, row)
 
     def _graves(self) -> list[Buried]:
         """One `Buried` per deleted variable, its marks ordered by origin."""
@@ -524,7 +646,10 @@ def _migrate(connection: sqlite3.Connection, version: int) -> None:
     for step in range(version, SCHEMA_VERSION):
         with _transaction(connection):
             for statement in _MIGRATIONS[step]:
-                connection.execute(statement)
+                if isinstance(statement, str):
+                    connection.execute(statement)
+                else:
+                    statement(connection)
             connection.execute(f"PRAGMA user_version = {step + 1}")
 
 
@@ -675,14 +800,86 @@ def _is_op(record: Record) -> bool:
     return isinstance(record, OpRecorded)
 
 
-def _op_row(record: Record) -> dict[str, object]:
-    """The parameters of `_INSERT_OP` for an `OpRecorded`."""
-    assert isinstance(record, OpRecorded), record
-    return {
-        **_origin_key(record.variable, record.origin),
-        "nonce": _to_u64(record.nonce),
-        "delta": record.delta,
-    }
+RunRow = tuple[str, str, int, int, int, bytes]
+"""A row of ``op_runs``: variable, node id, incarnation, first and last nonce (all
+three stored minus 2**63), and the deltas, 8 bytes each, big-endian two's complement."""
+
+
+def _pack(deltas: Sequence[int]) -> bytes:
+    try:
+        return struct.pack(f">{len(deltas)}q", *deltas)
+    except struct.error:
+        bad = next(d for d in deltas if not INT64_MIN <= d <= INT64_MAX)
+        raise ValueError(f"expected a signed 64-bit delta, got {bad!r}") from None
+
+
+def _unpack(deltas: bytes) -> tuple[int, ...]:
+    return struct.unpack(f">{len(deltas) // 8}q", deltas)
+
+
+def _runs(ops: Iterable[OpRecorded]) -> Iterator[RunRow]:
+    """*ops* as rows of ``op_runs``: each run of consecutive nonces of one variable and
+    origin, in the order given, up to `RUN_MAX` ops a row."""
+    variable = ""
+    origin = None
+    first = last = 0
+    deltas: list[int] = []
+    for op in ops:
+        nonce = op.nonce
+        if (
+            nonce == last + 1
+            and op.origin == origin
+            and op.variable == variable
+            and len(deltas) < RUN_MAX
+        ):
+            deltas.append(op.delta)
+            last = nonce
+            continue
+        if origin is not None:
+            yield _run_row(variable, origin, first, last, deltas)
+        variable, origin, first, last, deltas = op.variable, op.origin, nonce, nonce, [op.delta]
+    if origin is not None:
+        yield _run_row(variable, origin, first, last, deltas)
+
+
+def _run_row(variable: str, origin: Origin, first: int, last: int, deltas: list[int]) -> RunRow:
+    return (
+        variable,
+        origin.node_id,
+        _to_u64(origin.incarnation),
+        _to_u64(first),
+        _to_u64(last),  # the nonces between are in range too
+        _pack(deltas),
+    )
+
+
+def _expanded(rows: Iterable[tuple[str, str, int, int, bytes, int | None]]) -> list[OpRecorded]:
+    """The ops of rows of `_LIVE_RUNS`, one by one, without those the base covers."""
+    ops: list[OpRecorded] = []
+    origin = Origin("", 0)
+    for variable, node_id, incarnation, first, deltas, upto in rows:
+        if origin.node_id != node_id or origin.incarnation != _from_u64(incarnation):
+            origin = Origin(node_id, _from_u64(incarnation))
+        values = _unpack(deltas)
+        skip = 0 if upto is None else max(0, upto - first + 1)
+        start = _from_u64(first)
+        ops += [
+            OpRecorded(variable, origin, start + k, values[k]) for k in range(skip, len(values))
+        ]
+    return ops
+
+
+def _ops_into_runs(connection: sqlite3.Connection) -> None:
+    """Schema 5 to 6: each run of consecutive nonces in ``ops`` becomes a row."""
+    rows = connection.execute(
+        "SELECT variable, node_id, incarnation, nonce, delta FROM ops"
+        " ORDER BY variable, node_id, incarnation, nonce"
+    )
+    ops = (
+        OpRecorded(variable, Origin(node_id, _from_u64(inc)), _from_u64(nonce), delta)
+        for variable, node_id, inc, nonce, delta in rows
+    )
+    connection.executemany(_INSERT_RUN_AS_IS, _runs(ops))
 
 
 def _origin_key(variable: str, origin: Origin) -> dict[str, object]:

@@ -225,9 +225,9 @@ def test_an_idle_driver_deletes_folded_ops_a_slice_at_a_time_and_answers_between
     finally:
         group.close()
         store.close()
-    assert len(slices) >= 3 and slices[-1] is False  # 60,000 ops, 20,000 a slice
+    assert len(slices) >= 3 and slices[-1] is False  # 60,000 ops, about 20,000 a slice
     with contextlib.closing(sqlite3.connect(state_dir / "crdtd.sqlite3")) as connection:
-        assert connection.execute("SELECT count(*) FROM ops").fetchone() == (0,)
+        assert connection.execute("SELECT count(*) FROM op_runs").fetchone() == (0,)
 
 
 def test_our_own_multicast_is_skipped_before_parsing_and_a_peers_is_queued(store: Store) -> None:

@@ -7,6 +7,7 @@ import itertools
 import os
 import signal
 import sqlite3
+import struct
 import subprocess
 import sys
 import threading
@@ -28,7 +29,14 @@ from crdtd.core.records import (
     ReplayFloor,
     VariableCreated,
 )
-from crdtd.store.sqlite import APPLICATION_ID, DB_NAME, SCHEMA_VERSION, Store, StoreError
+from crdtd.store.sqlite import (
+    APPLICATION_ID,
+    DB_NAME,
+    RUN_MAX,
+    SCHEMA_VERSION,
+    Store,
+    StoreError,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 A = Origin("a", 1)
@@ -76,8 +84,30 @@ def reopened(store: Store, state_dir: Path) -> list[Record]:
         again.close()
 
 
+def one_op_a_row(connection: sqlite3.Connection) -> None:
+    """Undo schema 6, the first step back to any older version: an op per row again."""
+    connection.execute(
+        "CREATE TABLE ops (variable TEXT NOT NULL, node_id TEXT NOT NULL,"
+        " incarnation INTEGER NOT NULL, nonce INTEGER NOT NULL, delta INTEGER NOT NULL,"
+        " PRIMARY KEY (variable, node_id, incarnation, nonce)) WITHOUT ROWID"
+    )
+    runs = connection.execute(
+        "SELECT variable, node_id, incarnation, first_nonce, deltas FROM op_runs"
+    ).fetchall()
+    for variable, node_id, incarnation, first, deltas in runs:
+        connection.executemany(
+            "INSERT INTO ops VALUES (?, ?, ?, ?, ?)",
+            [
+                (variable, node_id, incarnation, first + k, delta)
+                for k, delta in enumerate(struct.unpack(f">{len(deltas) // 8}q", deltas))
+            ],
+        )
+    connection.execute("DROP TABLE op_runs")
+
+
 def drop_graves(connection: sqlite3.Connection) -> None:
-    """Undo schema 5, the first step back to any older version."""
+    """Undo schemas 6 and 5, the first steps back to any older version."""
+    one_op_a_row(connection)
     connection.execute("DROP TABLE grave_marks")
     connection.execute("DROP TABLE graves")
 
@@ -184,16 +214,26 @@ def test_a_base_deletes_the_ops_it_covers_and_only_those(store: Store) -> None:
     ]
 
 
-def ops_on_disk(state_dir: Path) -> int:
+def runs_on_disk(state_dir: Path) -> list[tuple[str, str, int, int]]:
+    """(variable, node id, first nonce, last nonce) of each row of ``op_runs``."""
     with contextlib.closing(sqlite3.connect(state_dir / DB_NAME)) as connection:
-        return int(connection.execute("SELECT count(*) FROM ops").fetchone()[0])
+        rows = connection.execute(
+            "SELECT variable, node_id, first_nonce, last_nonce FROM op_runs"
+            " ORDER BY variable, node_id, incarnation, first_nonce"
+        ).fetchall()
+    return [(variable, node, first + 2**63, last + 2**63) for variable, node, first, last in rows]
+
+
+def ops_on_disk(state_dir: Path) -> int:
+    return sum(last - first + 1 for _, _, first, last in runs_on_disk(state_dir))
 
 
 def test_folded_ops_are_deleted_a_slice_at_a_time_and_hidden_until_then(
     state_dir: Path,
 ) -> None:
     store = open_store(state_dir)
-    store.append([OpRecorded("x", A, nonce, 1) for nonce in range(1, 11)])
+    for nonce in range(1, 11):  # an append each: a row each
+        store.append([OpRecorded("x", A, nonce, 1)])
     store.append([BaseFolded("x", A, 7, 7), BaseFolded("y", B, 1, 0)])
     assert store.unpruned
     assert store.prune(limit=3)
@@ -628,5 +668,172 @@ def test_a_version_4_database_gets_graves_and_keeps_its_state(state_dir: Path) -
     ]
     store.close()
     with sqlite3.connect(state_dir / DB_NAME) as connection:
-        assert connection.execute("PRAGMA user_version").fetchone() == (5,)
+        assert connection.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
     connection.close()
+
+
+# op runs (schema 6) -----------------------------------------------------------------------
+
+
+def test_consecutive_ops_of_one_append_are_one_row_and_load_one_by_one(
+    store: Store, state_dir: Path
+) -> None:
+    ops = [
+        *(OpRecorded("x", A, nonce, nonce - 3) for nonce in range(1, 6)),
+        OpRecorded("y", A, 1, INT64_MIN),
+        OpRecorded("y", A, 2, INT64_MAX),
+        OpRecorded("x", A, 7, 7),  # a gap: a run of its own
+        OpRecorded("x", B, 8, 8),
+        OpRecorded("x", B, 9, 9),
+        OpRecorded("x", A, 8, 8),  # follows 7, but not in the order given
+    ]
+    store.append([VariableCreated("x"), *ops, EpochAdvanced(1)])
+    assert runs_on_disk(state_dir) == [
+        ("x", "a", 1, 5),
+        ("x", "a", 7, 7),
+        ("x", "a", 8, 8),
+        ("x", "b", 8, 9),
+        ("y", "a", 1, 2),
+    ]
+    assert reopened(store, state_dir) == [
+        VariableCreated("x"),
+        *sorted(ops, key=lambda op: (op.variable, op.origin, op.nonce)),
+        EpochAdvanced(1),
+    ]
+
+
+def test_a_run_longer_than_run_max_takes_several_rows(store: Store, state_dir: Path) -> None:
+    top = UINT64_MAX
+    ops = [OpRecorded("x", A, nonce, nonce % 5 - 2) for nonce in range(top - 2 * RUN_MAX, top + 1)]
+    store.append(ops)
+    first = top - 2 * RUN_MAX
+    assert runs_on_disk(state_dir) == [
+        ("x", "a", first, first + RUN_MAX - 1),
+        ("x", "a", first + RUN_MAX, first + 2 * RUN_MAX - 1),
+        ("x", "a", top, top),
+    ]
+    assert store.load() == ops
+
+
+def test_an_append_overlapping_stored_ops_adds_only_the_new_ones(
+    store: Store, state_dir: Path
+) -> None:
+    store.append([BaseFolded("x", A, 1, 10)])
+    store.append([OpRecorded("x", A, nonce, 1) for nonce in (4, 5, 6)])
+    store.append([OpRecorded("x", A, nonce, 2) for nonce in range(1, 10)])
+    store.append([OpRecorded("x", A, 12, 3), OpRecorded("x", A, 12, 4), OpRecorded("x", A, 11, 4)])
+    assert store.load() == [
+        BaseFolded("x", A, 1, 10),
+        *(OpRecorded("x", A, nonce, 2) for nonce in (2, 3)),
+        *(OpRecorded("x", A, nonce, 1) for nonce in (4, 5, 6)),
+        *(OpRecorded("x", A, nonce, 2) for nonce in (7, 8, 9)),
+        OpRecorded("x", A, 11, 4),
+        OpRecorded("x", A, 12, 3),
+    ]
+    assert runs_on_disk(state_dir) == [
+        ("x", "a", 2, 3),
+        ("x", "a", 4, 6),
+        ("x", "a", 7, 9),
+        ("x", "a", 11, 11),
+        ("x", "a", 12, 12),
+    ]
+
+
+def test_a_base_straddling_a_run_hides_its_lower_part_and_prune_trims_it(
+    state_dir: Path,
+) -> None:
+    store = open_store(state_dir, "n1")
+    store.append([OpRecorded("x", A, nonce, -nonce) for nonce in range(1, 11)])
+    store.append([BaseFolded("x", A, 4, -10)])
+    live = [OpRecorded("x", A, nonce, -nonce) for nonce in range(5, 11)]
+    assert store.load() == [BaseFolded("x", A, 4, -10), *live]
+    assert not store.prune()
+    assert runs_on_disk(state_dir) == [("x", "a", 5, 10)]
+    assert reopened(store, state_dir) == [BaseFolded("x", A, 4, -10), *live]
+    store = open_store(state_dir, "n1")
+    assert not store.unpruned
+    store.append([BaseFolded("x", A, 10, -55)])
+    assert store.load() == [BaseFolded("x", A, 10, -55)]
+    assert not store.prune()
+    assert runs_on_disk(state_dir) == []
+    store.close()
+
+
+def test_prune_deletes_whole_runs_about_a_slice_at_a_time(state_dir: Path) -> None:
+    store = open_store(state_dir, "n1")
+    for first in (1, 6, 11):
+        store.append([OpRecorded("x", A, nonce, 1) for nonce in range(first, first + 5)])
+    store.append([BaseFolded("x", A, 12, 12)])
+    assert store.prune(limit=3)  # the whole first run, a little over the limit
+    assert runs_on_disk(state_dir) == [("x", "a", 6, 10), ("x", "a", 11, 15)]
+    assert not store.prune(limit=100)
+    assert runs_on_disk(state_dir) == [("x", "a", 13, 15)]
+    assert store.load()[1:] == [OpRecorded("x", A, nonce, 1) for nonce in (13, 14, 15)]
+    store.close()
+
+
+def test_a_delta_out_of_range_fails_the_whole_batch(store: Store) -> None:
+    with pytest.raises(ValueError, match="signed 64-bit delta"):
+        store.append([VariableCreated("x"), OpRecorded("x", A, 1, 1), OpRecorded("x", A, 2, 2**63)])
+    assert store.load() == []
+
+
+def test_a_version_5_database_gets_its_ops_in_runs_and_keeps_its_state(
+    state_dir: Path,
+) -> None:
+    """Version 5 kept an op per row."""
+    top = UINT64_MAX
+    ops = [
+        *(OpRecorded("x", A, nonce, nonce - 4) for nonce in range(1, 9)),
+        OpRecorded("x", A, 10, INT64_MIN),
+        *(OpRecorded("x", Origin("c", top), nonce, INT64_MAX) for nonce in (top - 1, top)),
+        *(OpRecorded("y", B, nonce, 1) for nonce in (2**63 - 1, 2**63)),  # the signed edge
+    ]
+    store = open_store(state_dir, "n1")
+    for op in ops:
+        store.append([op])
+    store.append([BaseFolded("x", A, 3, -6)])
+    before = store.load()
+    store.close()
+    with sqlite3.connect(state_dir / DB_NAME) as connection:  # as a crdtd of schema 5 left it
+        one_op_a_row(connection)
+        connection.execute("PRAGMA user_version = 5")
+    connection.close()
+    store = open_store(state_dir, "n1")
+    assert store.unpruned  # the base's ops are found again, to be deleted
+    assert store.load() == before
+    assert runs_on_disk(state_dir) == [
+        ("x", "a", 1, 8),
+        ("x", "a", 10, 10),
+        ("x", "c", top - 1, top),
+        ("y", "b", 2**63 - 1, 2**63),
+    ]
+    assert not store.prune()
+    assert runs_on_disk(state_dir)[0] == ("x", "a", 4, 8)
+    assert reopened(store, state_dir) == before
+    with sqlite3.connect(state_dir / DB_NAME) as connection:
+        assert connection.execute("PRAGMA user_version").fetchone() == (6,)
+        assert (
+            connection.execute("SELECT name FROM sqlite_master WHERE name = 'ops'").fetchall() == []
+        )
+    connection.close()
+
+
+def test_ops_out_of_order_again_after_a_reopen_or_after_a_rollback_are_each_stored_once(
+    store: Store, state_dir: Path
+) -> None:
+    store.append([OpRecorded("x", A, nonce, nonce) for nonce in (5, 6)])
+    store.append([OpRecorded("x", A, nonce, nonce) for nonce in (1, 2, 3)])  # a repair's gap
+    with pytest.raises(TypeError, match="not a record"):  # the ops are rolled back too
+        store.append([OpRecorded("x", A, 4, 4), OpRecorded("x", A, 7, 7), "junk"])  # type: ignore[list-item]
+    store.append([OpRecorded("x", A, 7, 7)])
+    store.close()
+    store = open_store(state_dir, "n1")
+    store.append([OpRecorded("x", A, nonce, -1) for nonce in range(1, 9)])
+    assert store.load() == [
+        *(OpRecorded("x", A, nonce, nonce) for nonce in (1, 2, 3)),
+        OpRecorded("x", A, 4, -1),
+        *(OpRecorded("x", A, nonce, nonce) for nonce in (5, 6, 7)),
+        OpRecorded("x", A, 8, -1),
+    ]
+    store.close()

@@ -2,11 +2,14 @@
 of one variable and origin (runs of 1, 10 and 1000 ops), and what the database holds per
 op afterwards; a table and JSON.
 
-    .venv/bin/python bench/store_append.py [--ops 200000] [--batch 10000] [--out FILE.json]
+    .venv/bin/python bench/store_append.py [--ops 200000] [--batch 10000] [--runs 1,10,1000]
+        [--repeat 3] [--out FILE.json]
 
 Each batch is one `Store.append` (one transaction, one fsync: ``synchronous=FULL``), on a
 real SQLite database in a temporary directory; a run of 1 is every op of its own
-variable, as from many clients, a run of 1000 is a populate step of one variable.
+variable, as from many clients, a run of 1000 is a populate step of one variable. Each
+row is the fastest of ``--repeat`` runs (on a shared machine the others are noise); CPU
+us/op is this process's CPU time (the rest is waiting for fsync).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ COLUMNS = (
     ("batches", "batches"),
     ("ops_per_s", "ops/s"),
     ("us_per_op", "us/op"),
+    ("cpu_us_per_op", "CPU us/op"),
     ("batch_max_ms", "batch max ms"),
     ("load_ms", "load ms"),
     ("db_bytes_per_op", "db bytes/op"),
@@ -61,10 +65,12 @@ def measure(state_dir: Path, ops: int, batch: int, run: int) -> dict[str, object
     store = Store.open(state_dir, "n1", lambda: "n1")
     try:
         times = []
+        cpu_began = time.process_time()
         for records in work:
             began = time.perf_counter()
             store.append(records)
             times.append(time.perf_counter() - began)
+        cpu_s = time.process_time() - cpu_began
         began = time.perf_counter()
         loaded = store.load()
         load_s = time.perf_counter() - began
@@ -78,6 +84,7 @@ def measure(state_dir: Path, ops: int, batch: int, run: int) -> dict[str, object
         "batches": len(work),
         "ops_per_s": round(ops / total),
         "us_per_op": round(total / ops * 1e6, 2),
+        "cpu_us_per_op": round(cpu_s / ops * 1e6, 2),
         "batch_max_ms": round(max(times) * 1000, 1),
         "load_ms": round(load_s * 1000, 1),
         "db_bytes_per_op": round((state_dir / DB_NAME).stat().st_size / ops, 1),
@@ -89,16 +96,27 @@ def main() -> int:
     parser.add_argument("--ops", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=10_000)
     parser.add_argument("--runs", default="1,10,1000", help="run lengths, comma-separated")
+    parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument(
         "--out", type=Path, default=ROOT / "bench" / "results" / "store_append.json"
     )
     options = parser.parse_args()
     rows = []
     for run in (int(part) for part in options.runs.split(",")):
-        with tempfile.TemporaryDirectory(prefix="crdtd-append-") as tmp:
-            rows.append(measure(Path(tmp) / "state", options.ops, options.batch, run))
+        tries = []
+        for _ in range(options.repeat):
+            with tempfile.TemporaryDirectory(prefix="crdtd-append-") as tmp:
+                tries.append(measure(Path(tmp) / "state", options.ops, options.batch, run))
+        rows.append(max(tries, key=lambda row: int(str(row["ops_per_s"]))))
     print(table(rows, COLUMNS))
-    write_result(options.out, "store_append", rows, ops=options.ops, batch=options.batch)
+    write_result(
+        options.out,
+        "store_append",
+        rows,
+        ops=options.ops,
+        batch=options.batch,
+        repeat=options.repeat,
+    )
     return 0
 
 

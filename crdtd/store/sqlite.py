@@ -805,8 +805,13 @@ RunRow = tuple[str, str, int, int, int, bytes]
 three stored minus 2**63), and the deltas, 8 bytes each, big-endian two's complement."""
 
 
+_ONE_DELTA = struct.Struct(">q")
+
+
 def _pack(deltas: Sequence[int]) -> bytes:
     try:
+        if len(deltas) == 1:
+            return _ONE_DELTA.pack(deltas[0])
         return struct.pack(f">{len(deltas)}q", *deltas)
     except struct.error:
         bad = next(d for d in deltas if not INT64_MIN <= d <= INT64_MAX)
@@ -843,12 +848,18 @@ def _runs(ops: Iterable[OpRecorded]) -> Iterator[RunRow]:
 
 
 def _run_row(variable: str, origin: Origin, first: int, last: int, deltas: list[int]) -> RunRow:
+    incarnation = origin.incarnation
+    # The nonces between the first and the last are in range if these two are.
+    if not (first >= 0 and last <= UINT64_MAX and 0 <= incarnation <= UINT64_MAX):
+        for value in (incarnation, first, last):
+            _to_u64(value)  # raises for the one out of range
+    bias = _U64_BIAS
     return (
         variable,
         origin.node_id,
-        _to_u64(origin.incarnation),
-        _to_u64(first),
-        _to_u64(last),  # the nonces between are in range too
+        incarnation - bias,
+        first - bias,
+        last - bias,
         _pack(deltas),
     )
 

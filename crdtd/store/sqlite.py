@@ -16,8 +16,15 @@ Rules:
   (group commit), and a crash leaves all of a batch or none of it.
 - Every record applies idempotently (see `Store.append`), so applying a batch twice, or
   an old op below a base, changes nothing.
-- A fold deletes the ops it covers later, a slice at a time (`Store.prune`): deleting a
-  million rows takes SQLite a third of a second, and the owner task waits for every
+- Ops are kept a run to a row (``op_runs``): the ops of one variable and origin that
+  one append brings with consecutive nonces (a populate step, a peer's batch, up to
+  `RUN_MAX`) are one row holding their deltas packed, 8 bytes each, so a row's cost is
+  paid once per run, not per op (`bench/store_append.py`). Runs never overlap: an op
+  already stored keeps its first delta, and of a run that overlaps stored ops only the
+  new ones are inserted.
+- A fold deletes the ops it covers later, a slice at a time (`Store.prune`): whole runs,
+  and the one run a base straddles is trimmed to the ops above it. Deleting a million
+  rows of an op each took SQLite a third of a second, and the owner task waits for every
   write. Until then the base hides them: `load` returns no op a base covers.
 - The node id is written in the transaction that creates the schema: a state either
   has one or does not exist, and it never changes after. Beside it, the node row keeps
@@ -112,15 +119,6 @@ _SCHEMA = (
         PRIMARY KEY (variable, node_id, incarnation)
     ) WITHOUT ROWID""",
 )
-_OPS_V5 = """CREATE TABLE ops (
-        variable    TEXT NOT NULL,
-        node_id     TEXT NOT NULL,
-        incarnation INTEGER NOT NULL,
-        nonce       INTEGER NOT NULL,
-        delta       INTEGER NOT NULL,
-        PRIMARY KEY (variable, node_id, incarnation, nonce)
-    ) WITHOUT ROWID"""
-"""Schemas 1 to 5 kept an op per row; `_ops_into_runs` moves them into ``op_runs``."""
 _OP_RUNS = """CREATE TABLE op_runs (
         variable    TEXT NOT NULL,
         node_id     TEXT NOT NULL,
@@ -176,7 +174,8 @@ _MIGRATIONS: dict[int, tuple[Migration, ...]] = {
     ),
     # Version 4 had no deletes: no variable has a grave.
     4: _GRAVES,
-    # Version 5 kept an op per row.
+    # Version 5 kept an op per row, in ``ops`` (the columns of ``op_runs`` but a nonce
+    # and a delta): each run of consecutive nonces there becomes a row.
     5: (_OP_RUNS, lambda connection: _ops_into_runs(connection), "DROP TABLE ops"),
 }
 """Statements (or functions of the connection) that bring a database of version N to

@@ -124,11 +124,18 @@ _OP_RUNS = """CREATE TABLE op_runs (
         node_id     TEXT NOT NULL,
         incarnation INTEGER NOT NULL,
         first_nonce INTEGER NOT NULL,
-        last_nonce  INTEGER NOT NULL,
+        ops         INTEGER NOT NULL,
         deltas      BLOB NOT NULL,
         PRIMARY KEY (variable, node_id, incarnation, first_nonce),
-        CHECK (length(deltas) = 8 * (last_nonce - first_nonce + 1))
+        CHECK (
+            ops = 1 AND typeof(deltas) = 'integer'
+            OR ops > 1 AND typeof(deltas) = 'blob' AND length(deltas) = 8 * ops
+        )
     ) WITHOUT ROWID"""
+"""A run of *ops* ops, nonces ``first_nonce`` to ``first_nonce + (ops - 1)`` (in that
+order: ``first_nonce + ops`` may leave SQLite's integers). Its deltas are the delta
+itself when it is one op (as small as an op's own row was), else packed, 8 bytes each,
+big-endian two's complement (BLOB affinity keeps either as given)."""
 _REPLAY_FLOORS = """CREATE TABLE replay_floors (
         node_id     TEXT NOT NULL,
         incarnation INTEGER NOT NULL,
@@ -190,21 +197,22 @@ _INSERT_VARIABLE = "INSERT INTO variables (name) VALUES (?) ON CONFLICT DO NOTHI
 # a node makes (it persists each op once). Runs never overlap, so the one run starting
 # last at or before the new run's end is the only one that can overlap it.
 _INSERT_RUN = """
-    INSERT INTO op_runs (variable, node_id, incarnation, first_nonce, last_nonce, deltas)
+    INSERT INTO op_runs (variable, node_id, incarnation, first_nonce, ops, deltas)
     SELECT ?1, ?2, ?3, ?4, ?5, ?6
     WHERE NOT EXISTS (
         SELECT 1 FROM bases
         WHERE variable = ?1 AND node_id = ?2 AND incarnation = ?3 AND upto >= ?4
     ) AND NOT EXISTS (
         SELECT 1 FROM (
-            SELECT last_nonce FROM op_runs
-            WHERE variable = ?1 AND node_id = ?2 AND incarnation = ?3 AND first_nonce <= ?5
+            SELECT first_nonce + (ops - 1) AS last_nonce FROM op_runs
+            WHERE variable = ?1 AND node_id = ?2 AND incarnation = ?3
+              AND first_nonce <= ?4 + (?5 - 1)
             ORDER BY first_nonce DESC LIMIT 1
         ) WHERE last_nonce >= ?4
     )
 """
 _INSERT_RUN_ABOVE = """
-    INSERT INTO op_runs (variable, node_id, incarnation, first_nonce, last_nonce, deltas)
+    INSERT INTO op_runs (variable, node_id, incarnation, first_nonce, ops, deltas)
     SELECT ?1, ?2, ?3, ?4, ?5, ?6
     WHERE NOT EXISTS (
         SELECT 1 FROM bases
@@ -212,18 +220,19 @@ _INSERT_RUN_ABOVE = """
     )
 """
 _HIGHEST_NONCE = """
-    SELECT last_nonce FROM op_runs WHERE variable = ? AND node_id = ? AND incarnation = ?
+    SELECT first_nonce + (ops - 1) FROM op_runs
+    WHERE variable = ? AND node_id = ? AND incarnation = ?
     ORDER BY first_nonce DESC LIMIT 1
 """
 _NO_NONCE = -(2**63) - 1
 """Below every stored nonce: what `_HIGHEST_NONCE` stands for when there is none."""
 _INSERT_RUN_AS_IS = """
-    INSERT INTO op_runs (variable, node_id, incarnation, first_nonce, last_nonce, deltas)
+    INSERT INTO op_runs (variable, node_id, incarnation, first_nonce, ops, deltas)
     VALUES (?, ?, ?, ?, ?, ?)
 """
 _BASE_UPTO = "SELECT upto FROM bases WHERE variable = ? AND node_id = ? AND incarnation = ?"
 _RUNS_WITHIN = """
-    SELECT first_nonce, last_nonce FROM op_runs
+    SELECT first_nonce, first_nonce + (ops - 1) FROM op_runs
     WHERE variable = ? AND node_id = ? AND incarnation = ? AND first_nonce BETWEEN ? AND ?
 """
 _RAISE_BASE = """
@@ -234,21 +243,18 @@ _RAISE_BASE = """
         WHERE excluded.upto > bases.upto
 """
 _LOWEST_RUN = """
-    SELECT first_nonce, last_nonce FROM op_runs
+    SELECT first_nonce, ops, deltas FROM op_runs
     WHERE variable = :variable AND node_id = :node_id AND incarnation = :incarnation
     ORDER BY first_nonce LIMIT 1
 """
 _FOLDED_RUNS = """
     WHERE variable = :variable AND node_id = :node_id AND incarnation = :incarnation
-      AND first_nonce <= :end AND last_nonce <= :upto
+      AND first_nonce <= :end AND first_nonce + (ops - 1) <= :upto
 """
-_COUNT_FOLDED_OPS = (
-    "SELECT coalesce(sum(last_nonce - first_nonce + 1), 0) FROM op_runs" + _FOLDED_RUNS
-)
+_COUNT_FOLDED_OPS = "SELECT coalesce(sum(ops), 0) FROM op_runs" + _FOLDED_RUNS
 _DELETE_FOLDED_RUNS = "DELETE FROM op_runs" + _FOLDED_RUNS
 _TRIM_RUN = """
-    UPDATE op_runs
-    SET first_nonce = :upto + 1, deltas = substr(deltas, 8 * (:upto - first_nonce + 1) + 1)
+    UPDATE op_runs SET first_nonce = :upto + 1, ops = :ops, deltas = :deltas
     WHERE variable = :variable AND node_id = :node_id AND incarnation = :incarnation
       AND first_nonce = :first
 """
@@ -265,7 +271,7 @@ _LIVE_RUNS = """
     FROM op_runs AS r LEFT JOIN bases AS b
         ON b.variable = r.variable AND b.node_id = r.node_id
         AND b.incarnation = r.incarnation
-    WHERE b.upto IS NULL OR b.upto < r.last_nonce
+    WHERE b.upto IS NULL OR b.upto < r.first_nonce + (r.ops - 1)
     ORDER BY r.variable, r.node_id, r.incarnation, r.first_nonce
 """
 RUN_MAX = 1024
@@ -457,9 +463,11 @@ class Store:
                 if lowest is None or lowest[0] > upto:
                     del self._unpruned[(variable, node_id, incarnation)]
                     continue
-                first, last = lowest
-                if last > upto:  # the lowest run straddles the base: nothing lies below
-                    execute(_TRIM_RUN, {**key, "upto": upto, "first": first})
+                first, ops, deltas = lowest
+                if first + ops - 1 > upto:  # it straddles the base: nothing lies below
+                    kept = _unpacked(deltas)[upto - first + 1 :]
+                    trim = {"upto": upto, "first": first, "ops": len(kept), "deltas": _packed(kept)}
+                    execute(_TRIM_RUN, {**key, **trim})
                     limit -= upto - first + 1
                     continue
                 # Runs never overlap, so the runs that start in this range hold at most
@@ -500,7 +508,7 @@ class Store:
                 row = self._connection.execute(_HIGHEST_NONCE, key).fetchone()
                 top = _NO_NONCE if row is None else row[0]
             (above if run[3] > top else others).append(run)
-            highest[key] = max(top, run[4])
+            highest[key] = max(top, run[3] + run[4] - 1)
         executemany = self._connection.executemany
         inserted = executemany(_INSERT_RUN_ABOVE, above).rowcount if above else 0
         if others:
@@ -509,8 +517,9 @@ class Store:
             return
         # Some run overlaps: the runs inserted above are stored now, so this skips them.
         execute = self._connection.execute
-        for variable, node_id, incarnation, first, last, deltas in runs:
+        for variable, node_id, incarnation, first, count, deltas in runs:
             key = (variable, node_id, incarnation)
+            last = first + count - 1
             taken: set[int] = set()
             for low, high in execute(
                 _RUNS_WITHIN, (*key, max(-_U64_BIAS, first - RUN_MAX + 1), last)
@@ -518,7 +527,7 @@ class Store:
                 taken.update(range(max(low, first), min(high, last) + 1))
             base = execute(_BASE_UPTO, key).fetchone()
             floor = first if base is None else max(first, base[0] + 1)
-            values = _unpack(deltas)
+            values = _unpacked(deltas)
             kept = [
                 (nonce, values[nonce - first])
                 for nonce in range(floor, last + 1)
@@ -528,7 +537,7 @@ class Store:
                 enumerate(kept), key=lambda item: item[1][0] - item[0]
             ):
                 nonces = [op for _, op in piece]
-                row = (*key, nonces[0][0], nonces[-1][0], _pack([delta for _, delta in nonces]))
+                row = (*key, nonces[0][0], len(nonces), _packed([delta for _, delta in nonces]))
                 execute(_INSERT_RUN_AS_IS, row)
 
     def _graves(self) -> list[Buried]:
@@ -799,25 +808,28 @@ def _is_op(record: Record) -> bool:
     return isinstance(record, OpRecorded)
 
 
-RunRow = tuple[str, str, int, int, int, bytes]
-"""A row of ``op_runs``: variable, node id, incarnation, first and last nonce (all
-three stored minus 2**63), and the deltas, 8 bytes each, big-endian two's complement."""
+Deltas = int | bytes
+"""A run's deltas as stored: the delta of a run of one op, else them all packed."""
+RunRow = tuple[str, str, int, int, int, Deltas]
+"""A row of ``op_runs``: variable, node id, incarnation and first nonce (these two
+stored minus 2**63), how many ops, and their `Deltas`."""
 
 
-_ONE_DELTA = struct.Struct(">q")
+def _packed(deltas: Sequence[int]) -> Deltas:
+    if len(deltas) == 1:
+        delta = deltas[0]
+        if INT64_MIN <= delta <= INT64_MAX:
+            return delta
+    else:
+        with contextlib.suppress(struct.error):
+            return struct.pack(f">{len(deltas)}q", *deltas)
+    bad = next(delta for delta in deltas if not INT64_MIN <= delta <= INT64_MAX)
+    raise ValueError(f"expected a signed 64-bit delta, got {bad!r}")
 
 
-def _pack(deltas: Sequence[int]) -> bytes:
-    try:
-        if len(deltas) == 1:
-            return _ONE_DELTA.pack(deltas[0])
-        return struct.pack(f">{len(deltas)}q", *deltas)
-    except struct.error:
-        bad = next(d for d in deltas if not INT64_MIN <= d <= INT64_MAX)
-        raise ValueError(f"expected a signed 64-bit delta, got {bad!r}") from None
-
-
-def _unpack(deltas: bytes) -> tuple[int, ...]:
+def _unpacked(deltas: Deltas) -> tuple[int, ...]:
+    if isinstance(deltas, int):
+        return (deltas,)
     return struct.unpack(f">{len(deltas) // 8}q", deltas)
 
 
@@ -858,19 +870,19 @@ def _run_row(variable: str, origin: Origin, first: int, last: int, deltas: list[
         origin.node_id,
         incarnation - bias,
         first - bias,
-        last - bias,
-        _pack(deltas),
+        len(deltas),
+        _packed(deltas),
     )
 
 
-def _expanded(rows: Iterable[tuple[str, str, int, int, bytes, int | None]]) -> list[OpRecorded]:
+def _expanded(rows: Iterable[tuple[str, str, int, int, Deltas, int | None]]) -> list[OpRecorded]:
     """The ops of rows of `_LIVE_RUNS`, one by one, without those the base covers."""
     ops: list[OpRecorded] = []
     origin = Origin("", 0)
     for variable, node_id, incarnation, first, deltas, upto in rows:
         if origin.node_id != node_id or origin.incarnation != _from_u64(incarnation):
             origin = Origin(node_id, _from_u64(incarnation))
-        values = _unpack(deltas)
+        values = _unpacked(deltas)
         skip = 0 if upto is None else max(0, upto - first + 1)
         start = _from_u64(first)
         ops += [

@@ -92,15 +92,13 @@ def one_op_a_row(connection: sqlite3.Connection) -> None:
         " PRIMARY KEY (variable, node_id, incarnation, nonce)) WITHOUT ROWID"
     )
     runs = connection.execute(
-        "SELECT variable, node_id, incarnation, first_nonce, deltas FROM op_runs"
+        "SELECT variable, node_id, incarnation, first_nonce, ops, deltas FROM op_runs"
     ).fetchall()
-    for variable, node_id, incarnation, first, deltas in runs:
+    for variable, node_id, incarnation, first, ops, deltas in runs:
+        values = (deltas,) if ops == 1 else struct.unpack(f">{ops}q", deltas)
         connection.executemany(
             "INSERT INTO ops VALUES (?, ?, ?, ?, ?)",
-            [
-                (variable, node_id, incarnation, first + k, delta)
-                for k, delta in enumerate(struct.unpack(f">{len(deltas) // 8}q", deltas))
-            ],
+            [(variable, node_id, incarnation, first + k, delta) for k, delta in enumerate(values)],
         )
     connection.execute("DROP TABLE op_runs")
 
@@ -218,7 +216,7 @@ def runs_on_disk(state_dir: Path) -> list[tuple[str, str, int, int]]:
     """(variable, node id, first nonce, last nonce) of each row of ``op_runs``."""
     with contextlib.closing(sqlite3.connect(state_dir / DB_NAME)) as connection:
         rows = connection.execute(
-            "SELECT variable, node_id, first_nonce, last_nonce FROM op_runs"
+            "SELECT variable, node_id, first_nonce, first_nonce + (ops - 1) FROM op_runs"
             " ORDER BY variable, node_id, incarnation, first_nonce"
         ).fetchall()
     return [(variable, node, first + 2**63, last + 2**63) for variable, node, first, last in rows]
@@ -752,6 +750,10 @@ def test_a_base_straddling_a_run_hides_its_lower_part_and_prune_trims_it(
     assert reopened(store, state_dir) == [BaseFolded("x", A, 4, -10), *live]
     store = open_store(state_dir, "n1")
     assert not store.unpruned
+    store.append([BaseFolded("x", A, 9, -45)])
+    assert not store.prune()
+    assert runs_on_disk(state_dir) == [("x", "a", 10, 10)]  # one op left: its delta alone
+    assert store.load() == [BaseFolded("x", A, 9, -45), OpRecorded("x", A, 10, -10)]
     store.append([BaseFolded("x", A, 10, -55)])
     assert store.load() == [BaseFolded("x", A, 10, -55)]
     assert not store.prune()

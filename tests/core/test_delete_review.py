@@ -117,3 +117,22 @@ def test_a_held_name_that_a_peer_buries_during_the_barrier_still_counts() -> Non
     lan.heal()
     lan.run_for(1.0)
     assert len(lan["a"].variables()) <= 2
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a create of a name new here makes a counter but no op (writes.create), so "
+    "a grave made elsewhere that this node had not seen buries it when it arrives: "
+    "the acknowledged create (True) is undone, though the rule says a create after a "
+    "delete is an add of zero and survives",
+)
+def test_a_create_the_deleting_node_never_saw_survives_the_delete() -> None:
+    lan = lan_of("a", "b")
+    lan.isolate("b")
+    lan["a"].add("x", 3, lan.now)
+    assert lan["a"].delete("x", lan.now) is True
+    lan.settle()
+    assert lan["b"].create("x", lan.now) is True  # b never heard of x: a new name here
+    lan.heal()
+    lan.run_for(3.0)
+    assert lan.values("x") == {"a": 0, "b": 0}

@@ -85,7 +85,7 @@ from crdtd.core.records import (
     VariableCreated,
 )
 from crdtd.core.repair import Effect as RepairEffect
-from crdtd.core.repair import Repairs, SendBases, SendNack, SendOps, Tail
+from crdtd.core.repair import Repairs, SendBases, SendGraves, SendNack, SendOps, Tail
 from crdtd.core.replay import Replays
 from crdtd.core.replica import Replica
 from crdtd.core.replication import (
@@ -430,12 +430,12 @@ class Node:
 
     def _announce(self, now: float) -> list[bytes]:
         """Multicast our digest and schedule the next; return its datagrams."""
+        graves = self._replica.graves()
+        if graves:  # a node that missed a delete learns it here, before the digest
+            self._outbox.multicast(self._outbox.encoder.graves(graves))
         payloads = self._digest()
         self._outbox.multicast(payloads)
         self._count("announces_sent")
-        graves = self._replica.graves()
-        if graves:  # a node that missed a delete learns it here (graves are few)
-            self._outbox.multicast(self._outbox.encoder.graves(graves))
         interval = self.settings.announce_interval_s
         if self.mode is not Mode.WORK:
             interval = min(interval, self.settings.sync_freeze_max_s / 8)
@@ -450,7 +450,7 @@ class Node:
                 variable, ((self.origin, self.counters[variable].watermark(self.origin)),)
             )
             for variable in variables
-            if variable in self.counters
+            if variable in self.counters and not self.counters[variable].buried
         ]
         if digests:
             self._outbox.multicast(
@@ -508,7 +508,15 @@ class Node:
                     if address_free:
                         self._repairs.forget(address)
                     self._sync.drop_member(origin)
-                case SendNack() | SendOps() | SendBases() | AskReports() | SendReports() | Send():
+                case (
+                    SendNack()
+                    | SendOps()
+                    | SendBases()
+                    | SendGraves()
+                    | AskReports()
+                    | SendReports()
+                    | Send()
+                ):
                     self._outbox.send(effect)
                 case Finished(ticket, reports, silent):
                     conflicts = tuple(self.conflicts(now))

@@ -19,10 +19,10 @@ from crdtd.core.counters import Counter
 from crdtd.core.ids import Address, Origin
 from crdtd.core.messages import BarrierId, OpGroup, VariableDigest
 from crdtd.core.modes import Mode
-from crdtd.core.repair import SendBases, SendNack, SendOps
+from crdtd.core.repair import SendBases, SendGraves, SendNack, SendOps
 from crdtd.core.verify import AskReports, SendReports
 
-Sending = SendNack | SendOps | SendBases | AskReports | SendReports | Send
+Sending = SendNack | SendOps | SendBases | SendGraves | AskReports | SendReports | Send
 """The effects that only put datagrams on the queue."""
 
 
@@ -65,6 +65,8 @@ class Outbox:
                 self.unicast(encoder.op_batch(groups), address)
             case SendBases(entries, address):
                 self.unicast(encoder.bases(entries), address)
+            case SendGraves(graves, address):
+                self.unicast(encoder.graves(graves), address)
             case AskReports(token, addresses):
                 request = encoder.digest_request(token)
                 self._queued.extend(Datagram(request, address) for address in addresses)
@@ -80,13 +82,16 @@ class Outbox:
         barrier: BarrierId | None,
         counters: Mapping[str, Counter],
     ) -> list[bytes]:
-        """Our announce's datagrams: every variable's watermark per origin."""
+        """Our announce's datagrams: every shown variable's watermark per origin. A
+        buried one is left out: a peer that holds its ops learns the grave, one that
+        lacks them needs none of them, and a new node does not make it up again."""
         digests = [
             VariableDigest(
                 name,
                 tuple((origin, counter.watermark(origin)) for origin in counter.origins()),
             )
             for name, counter in sorted(counters.items())
+            if not counter.buried  # its grave says all there is (`Node._announce`)
         ]
         return self.encoder.announce(mode, epoch, barrier, digests)
 

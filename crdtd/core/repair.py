@@ -33,7 +33,7 @@ from crdtd.core.counters import Counter
 from crdtd.core.effects import Count, Report
 from crdtd.core.events import GapRepaired
 from crdtd.core.ids import Address, Origin
-from crdtd.core.messages import BaseEntry, Nack, NackRange, OpGroup
+from crdtd.core.messages import BaseEntry, Grave, Nack, NackRange, OpGroup
 from crdtd.core.peers import Peer
 from crdtd.core.settings import Settings
 
@@ -88,7 +88,16 @@ class SendBases:
     address: Address
 
 
-Effect = SendNack | SendOps | SendBases | Report | Count
+@dataclass(frozen=True, slots=True)
+class SendGraves:
+    """The graves of the variables a repair answers for, sent before its bases and
+    ops: a node that missed a delete buries those ops before it could show them."""
+
+    graves: list[Grave]
+    address: Address
+
+
+Effect = SendNack | SendOps | SendBases | SendGraves | Report | Count
 
 
 class Repairs:
@@ -180,10 +189,15 @@ class Repairs:
             return self._drain()
         groups: list[OpGroup] = []
         bases: list[BaseEntry] = []
+        graves: dict[str, Grave] = {}
         for wanted in message.ranges:
             counter = counters.get(wanted.variable)
             if counter is None or budget <= 0:
                 continue
+            if counter.grave is not None and wanted.variable not in graves:
+                marks = tuple((o, upto, total) for o, (upto, total) in counter.grave.items())
+                graves[wanted.variable] = Grave(wanted.variable, marks)
+                budget -= wire.BASE_BYTES * max(1, len(marks))
             first = wanted.first
             base = counter.bases.get(wanted.origin)
             if base is not None and first <= base[0]:
@@ -202,6 +216,8 @@ class Repairs:
         self._effects.append(Count("nacks_received"))
         spent = min(self._settings.repair_bytes_max, allowance) - budget
         self._budgets[address] = (float(allowance - spent), now)
+        if graves:
+            self._effects.append(SendGraves(list(graves.values()), address))
         if bases:
             self._effects.append(SendBases(bases, address))
         if groups:

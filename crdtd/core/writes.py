@@ -40,7 +40,7 @@ from crdtd.core.ids import InvalidInput, Origin, check_delta, check_name
 from crdtd.core.messages import Grave
 from crdtd.core.modes import Mode
 from crdtd.core.records import REQUESTS_KEPT, AddNamed, OpRecorded
-from crdtd.core.replication import Created, NoteChange, Persist, bury
+from crdtd.core.replication import VARIABLES_HARD_FACTOR, Created, NoteChange, Persist, bury
 from crdtd.core.settings import Settings
 
 
@@ -242,13 +242,22 @@ class Writes:
 
     def _check_room(self) -> None:
         """Refuse a new local name at ``variables_max`` (held adds' new names count,
-        buried names do not).
+        buried names do not), and any new name once the names kept, buried ones
+        included, reach the hard limit every peer keeps too
+        (`crdtd.core.replication.VARIABLES_HARD_FACTOR`): past it a peer would drop
+        the name, and no cut of the two could ever agree again.
 
         O(1) below the limit: a barrier may hold many adds, and scanning them on each
         add was O(n^2); only at the limit are the buried ones counted out."""
         limit = self.settings.variables_max
-        if len(self._counters) + len(self._held_new) < limit:
+        kept = len(self._counters) + len(self._held_new)
+        if kept < limit:
             return
+        if kept >= VARIABLES_HARD_FACTOR * limit:
+            raise InvalidInput(
+                f"variables_max ({limit}) reached: {kept} names are kept, deleted ones "
+                f"included, the most any node keeps ({VARIABLES_HARD_FACTOR * limit})"
+            )
         shown = sum(1 for counter in self._counters.values() if not counter.buried)
         if shown + len(self._held_new) >= limit:
             raise InvalidInput(f"variables_max ({limit}) reached")

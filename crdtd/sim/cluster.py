@@ -41,7 +41,7 @@ from crdtd.core.ids import NONCE_MAX, Address, Origin
 from crdtd.core.messages import BarrierId, BaseEntry, OpGroup, SyncStart, VariableDigest
 from crdtd.core.modes import Mode
 from crdtd.core.node import Node
-from crdtd.core.records import Record
+from crdtd.core.records import Buried, Record
 from crdtd.core.requests import Add, Create, Delete, Request, StartSync, Ticket
 from crdtd.core.settings import Settings
 from crdtd.core.step import Flush, Stepper
@@ -87,7 +87,7 @@ class Slot:
     address: Address
     disk: Disk = field(default_factory=Disk)
     node: Node | None = None
-    stepper: Stepper[tuple[str, int] | None] | None = None
+    stepper: Stepper[Token] | None = None
     writing: Writing | None = None
     incarnation: int = 0
     boot: int = 0
@@ -108,11 +108,22 @@ class Writing:
     """A flush whose records are written and not yet synced: it completes (sync,
     answers, sends, events) when the disk is done, at *done_at*."""
 
-    flush: Flush[tuple[str, int] | None]
+    flush: Flush[Token]
     what: str
     touched: dict[str, None]
     full: bool
     done_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Deleting:
+    """The token of a delete request: its answer says whether it made a grave."""
+
+    variable: str
+
+
+Token = tuple[str, int] | Deleting | None
+"""What a request carries to its answer: an add's (variable, delta), a delete's name."""
 
 
 @dataclass(slots=True)
@@ -356,7 +367,7 @@ class Cluster:
 
     def delete(self, index: int, variable: str) -> None:
         self.stats.deletes += 1
-        self._request(index, Delete(variable))
+        self._request(index, Delete(variable), Deleting(variable))
         self._kick(self.slots[index], f"delete {variable}")
 
     def start_sync(self, index: int) -> None:
@@ -364,7 +375,7 @@ class Cluster:
         self._request(index, StartSync())
         self._kick(self.slots[index], "start_sync")
 
-    def _request(self, index: int, request: Request, add: tuple[str, int] | None = None) -> None:
+    def _request(self, index: int, request: Request, add: Token = None) -> None:
         self.node(index)
         stepper = self.slots[index].stepper
         assert stepper is not None
@@ -479,7 +490,7 @@ class Cluster:
     def _write(
         self,
         slot: Slot,
-        flush: Flush[tuple[str, int] | None],
+        flush: Flush[Token],
         what: str,
         touched: dict[str, None],
         full: bool,
@@ -509,7 +520,7 @@ class Cluster:
     def _complete(
         self,
         slot: Slot,
-        flush: Flush[tuple[str, int] | None],
+        flush: Flush[Token],
         what: str,
         touched: dict[str, None],
         full: bool,
@@ -526,6 +537,9 @@ class Cluster:
         records, datagrams, events = flush.records, flush.datagrams, flush.events
         try:
             if records:
+                for answer in flush.answers:
+                    if isinstance(answer.token, Deleting) and answer.result is True:
+                        self._allow_grave(records, answer.token.variable)
                 check_durable(slot.disk.sync(), slot.origin, self.ledger)
                 for record in records:
                     variable = getattr(record, "variable", None)
@@ -539,7 +553,7 @@ class Cluster:
                         f"{slot.node_id} refused a request on '{what}' at t={self.now!r}: "
                         f"{type(answer.error).__name__}: {answer.error}"
                     )
-                if isinstance(answer.result, Ticket) and answer.token is not None:
+                if isinstance(answer.result, Ticket) and isinstance(answer.token, tuple):
                     self._pending[(slot.index, slot.boot, answer.result.number)] = answer.token
             for datagram in datagrams:
                 self.network.send(slot.address, datagram.payload, datagram.destination, self.now)
@@ -594,6 +608,13 @@ class Cluster:
             slot.timer = wake
             slot.timer_version += 1
             heapq.heappush(self._timers, (wake, slot.index, slot.timer_version))
+
+    def _allow_grave(self, records: list[Record], variable: str) -> None:
+        """A delete of *variable* succeeded in this step: the grave it wrote may bury
+        what it names (its node's cut), and no grave anywhere more than all such."""
+        for record in records:
+            if isinstance(record, Buried) and record.variable == variable:
+                self.ledger.allow(variable, record.marks)
 
     def _acknowledge(self, slot: Slot, event: AddApplied) -> None:
         pending = self._pending.pop((slot.index, slot.boot, event.ticket), None)

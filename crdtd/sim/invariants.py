@@ -60,6 +60,7 @@ def check_durable(records: Iterable[Record], origin: Origin, ledger: Ledger) -> 
                 )
         elif isinstance(record, Buried):
             for grave_origin, upto, total in record.marks:
+                ledger.check_grave(record.variable, grave_origin, upto, node_id)
                 expected = ledger.base_total(record.variable, grave_origin, upto)
                 if total != expected:
                     raise InvariantViolation(

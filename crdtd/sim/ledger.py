@@ -39,6 +39,27 @@ class Ledger:
     last_ack_s: float = 0.0
     graves: dict[str, dict[Origin, int]] = field(default_factory=dict)
     """Per deleted variable, per origin: the highest nonce any synced grave buries."""
+    allowed: dict[str, dict[Origin, int]] = field(default_factory=dict)
+    """Per variable, per origin: the highest nonce a successful delete buried on the
+    node that ran it (its cut then); no grave may bury more (`check_grave`)."""
+
+    def allow(self, variable: str, marks: tuple[tuple[Origin, int, int], ...]) -> None:
+        """A delete that succeeded wrote this grave on its own node."""
+        allowed = self.allowed.setdefault(variable, {})
+        for origin, upto, _ in marks:
+            if upto > allowed.get(origin, 0):
+                allowed[origin] = upto
+
+    def check_grave(self, variable: str, origin: Origin, upto: int, holder: str) -> None:
+        """A grave on *holder*'s disk buries *origin*'s ops of *variable* up to *upto*:
+        some delete must have seen them all (the rule: a delete removes what its node
+        held, nothing it had not seen)."""
+        allowed = self.allowed.get(variable, {}).get(origin, 0)
+        if upto > allowed:
+            raise InvariantViolation(
+                f"over-buried: {holder} synced a grave of {variable} burying {origin} up "
+                f"to nonce {upto}, but no delete's node held more than {allowed} of them"
+            )
 
     def bury(self, variable: str, marks: tuple[tuple[Origin, int, int], ...]) -> None:
         """A node synced this grave: join it into what every delete buried."""

@@ -1,7 +1,8 @@
-"""Delete (graves): reproductions of bugs found in review, each expected to fail today.
+"""Delete (graves): reproductions of the bugs a review found.
 
-Each test is ``xfail(strict=True)``: it states what the documented rule promises and
-fails on the current code; a fix turns it into an unexpected pass, to be unmarked.
+The fixed ones are plain tests. The open ones are ``xfail(strict=True)``: each states
+what the documented rule promises and fails on the current code; a fix turns it into
+an unexpected pass, to be unmarked (docs/protocol.md, "Delete", lists them).
 """
 
 from __future__ import annotations
@@ -18,13 +19,6 @@ from crdtd.core.settings import Settings
 from tests.core.test_node import address_of, lan_of
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="writes._check_room does not count buried names, but a peer's "
-    "replication._remote_variable counts every counter against the hard limit "
-    "(2 * variables_max): create/delete churn fills the peers, which then drop every "
-    "new name (divergence) and can never finish a barrier",
-)
 def test_create_delete_churn_under_variables_max_does_not_split_the_cluster() -> None:
     lan = lan_of("a", "b", settings=Settings(variables_max=2))
     for i in range(4):  # never more than one variable shown at a time
@@ -41,12 +35,6 @@ def test_create_delete_churn_under_variables_max_does_not_split_the_cluster() ->
     assert [e.result for e in lan.of_type("a", SyncFinished)] == ["completed"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a node that joins after a delete repairs the buried ops from a peer's "
-    "Bases (sent on the digest of the welcome/tail announces, which carry no graves) "
-    "and shows the deleted value until the next full announce brings the graves",
-)
 def test_a_node_that_joins_after_a_delete_never_shows_the_deleted_value() -> None:
     lan = lan_of("a", "b")
     lan["a"].add("x", 5, lan.now)

@@ -25,12 +25,6 @@ def _bury_all_held(
     return effects
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the ledger takes every synced grave as truth (sim/ledger.py expected(), "
-    "sim/invariants.py check_durable checks only its totals against the issued ops): "
-    "a grave burying acknowledged ops its deleter never saw passes the delete scenario",
-)
 def test_the_delete_scenario_catches_a_grave_that_buries_ops_its_deleter_never_saw(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -77,6 +77,7 @@ class Writes:
         self._held: list[tuple[int, str, int, str | None]] = []  # (ticket, var, delta, id)
         # Indexes of the held adds, so that each add stays O(1) however many are held:
         self._held_new: dict[str, None] = {}  # held adds' names that have no counter yet
+        self._held_names: dict[str, None] = {}  # every held add's name
         self._held_requests: dict[str, tuple[str, int]] = {}  # request id -> (var, delta)
         self._named: collections.OrderedDict[str, AddNamed] = collections.OrderedDict()
 
@@ -122,13 +123,14 @@ class Writes:
             if named is not None:
                 effects += [self._answer_named(ticket, named), Count("adds_repeated")]
                 return effects
-        if self._is_new(variable) and variable not in self._held_new:
+        if self._is_new(variable) and variable not in self._held_names:
             self._check_room()
         if mode is Mode.WORK:
             self._apply(ticket, variable, delta, request_id, effects)
             return effects
-        if self._is_new(variable):
+        if variable not in self._counters:
             self._held_new[variable] = None
+        self._held_names[variable] = None
         self._held.append((ticket, variable, delta, request_id))
         if request_id is not None:
             self._held_requests[request_id] = (variable, delta)
@@ -171,6 +173,7 @@ class Writes:
         """Apply the writes held during a barrier, in the order they were made."""
         held, self._held = self._held, []
         self._held_new.clear()
+        self._held_names.clear()
         self._held_requests.clear()
         effects: list[Effect] = []
         for ticket, variable, delta, request_id in held:
@@ -235,10 +238,13 @@ class Writes:
         origin = Origin(self.origin.node_id, named.incarnation)
         return Report(AddApplied(ticket, named.variable, origin, named.nonce, named.value))
 
+    def _shown(self, variable: str) -> bool:
+        counter = self._counters.get(variable)
+        return counter is not None and not counter.buried
+
     def _is_new(self, variable: str) -> bool:
         """Would a write to *variable* make a name shown (a new one, or a buried one)?"""
-        counter = self._counters.get(variable)
-        return counter is None or counter.buried
+        return not self._shown(variable)
 
     def _check_room(self) -> None:
         """Refuse a new local name at ``variables_max`` (held adds' new names count,
@@ -258,6 +264,9 @@ class Writes:
                 f"variables_max ({limit}) reached: {kept} names are kept, deleted ones "
                 f"included, the most any node keeps ({VARIABLES_HARD_FACTOR * limit})"
             )
+        # A held name counts once, shown or not: a peer's op or grave may change which
+        # while the barrier lasts, and it is shown after the thaw either way.
         shown = sum(1 for counter in self._counters.values() if not counter.buried)
-        if shown + len(self._held_new) >= limit:
+        held = sum(1 for name in self._held_names if not self._shown(name))
+        if shown + held >= limit:
             raise InvalidInput(f"variables_max ({limit}) reached")

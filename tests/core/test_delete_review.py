@@ -57,12 +57,6 @@ def test_a_node_that_joins_after_a_delete_never_shows_the_deleted_value() -> Non
     assert ValueChanged("x", 11) not in lan.of_type("c", ValueChanged)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="writes._held_new keeps a buried name held in a barrier after a peer's op "
-    "shows it again (counted() runs only for a new counter): it counts twice against "
-    "variables_max and a legal add is refused",
-)
 def test_a_held_buried_name_that_a_peer_revives_during_the_barrier_counts_once() -> None:
     lan = lan_of("a", "b", settings=Settings(variables_max=3))
     lan["a"].add("x", 1, lan.now)
@@ -84,12 +78,6 @@ def test_a_held_buried_name_that_a_peer_revives_during_the_barrier_counts_once()
     lan["a"].add("z", 1, lan.now)  # x, y, z: at most 3 -- refused today
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a name shown when its add was held, then buried by a peer's grave during "
-    "the barrier, is in neither writes._held_new nor the shown count: a new name is "
-    "admitted and the thaw leaves more than variables_max names shown",
-)
 def test_a_held_name_that_a_peer_buries_during_the_barrier_still_counts() -> None:
     lan = lan_of("a", "b", settings=Settings(variables_max=2))
     lan["a"].add("x", 1, lan.now)

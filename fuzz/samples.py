@@ -75,6 +75,9 @@ def _kinds(e: wire.Encoder, suffix: str) -> Iterator[tuple[str, bytes]]:
     yield f"digest-request-{suffix}", e.digest_request(2**40 + 1)
     report = VariableReport("x", -12, bytes(8), ((A, 9), (B, 3)))
     yield one("digest-reply", e.digest_reply(5, [report]))
+    yield f"summary-{suffix}", e.summary(Mode.WORK, 3, None, 10_005, DIGEST)
+    yield f"summary-in-barrier-{suffix}", e.summary(Mode.READY, 6, BARRIER, 2, DIGEST)
+    yield f"summary-request-{suffix}", e.summary_request()
 
 
 def request_lines() -> Iterator[tuple[str, bytes]]:

@@ -56,6 +56,8 @@ from crdtd.core.messages import (
     OpBatch,
     OpGroup,
     PeerList,
+    Summary,
+    SummaryRequest,
 )
 from crdtd.core.modes import Mode
 from crdtd.core.node import Node
@@ -141,6 +143,8 @@ def _reencoders() -> dict[type, Reencode]:
         Announce: lambda e, m: e.announce(m.mode, m.epoch, m.barrier, m.digests),
         PeerList: lambda e, m: e.peer_list(m.peers),
         DigestRequest: lambda e, m: [e.digest_request(m.token)],
+        Summary: lambda e, m: [e.summary(m.mode, m.epoch, m.barrier, m.count, m.digest)],
+        SummaryRequest: lambda e, m: [e.summary_request()],
     }
     for cls in wire._SYNC_TYPES:
         table[cls] = lambda e, m: [e.sync(m)]

@@ -32,6 +32,8 @@ from crdtd.core.layout import (
     T_NACK,
     T_OPS,
     T_PEERS,
+    T_SUMMARY,
+    T_SUMMARY_REQUEST,
     TOTAL_PER_OP_MAX,
     VERSION,
     MalformedDatagram,
@@ -40,6 +42,7 @@ from crdtd.core.layout import (
 )
 from crdtd.core.messages import (
     Announce,
+    BarrierId,
     BaseEntry,
     Bases,
     DigestReply,
@@ -53,12 +56,15 @@ from crdtd.core.messages import (
     OpBatch,
     OpGroup,
     PeerList,
+    Summary,
+    SummaryRequest,
     SyncCommit,
     SyncReady,
     SyncReadyAck,
     VariableDigest,
     VariableReport,
 )
+from crdtd.core.modes import Mode
 from crdtd.core.reader import Reader
 from crdtd.core.settings import DATAGRAM_BYTES_MAX, Key
 
@@ -119,7 +125,8 @@ def _decode_nack(r: Reader) -> Nack:
     return Nack(tuple(ranges))
 
 
-def _decode_announce(r: Reader) -> Announce:
+def _state(r: Reader) -> tuple[Mode, int, BarrierId | None]:
+    """An announce's or a summary's head: mode, epoch and the barrier, if any."""
     mode_index, epoch = r.u8(), r.u64()
     if mode_index >= len(MODES):
         raise MalformedDatagram("malformed", "mode")
@@ -127,12 +134,26 @@ def _decode_announce(r: Reader) -> Announce:
     if has_barrier > 1:
         raise MalformedDatagram("malformed", "barrier flag")
     barrier = r.barrier() if has_barrier else None
+    return MODES[mode_index], epoch, barrier
+
+
+def _decode_summary(r: Reader) -> Summary:
+    mode, epoch, barrier = _state(r)
+    return Summary(mode, epoch, barrier, r.u64(), r.raw(DIGEST_BYTES))
+
+
+def _decode_summary_request(r: Reader) -> SummaryRequest:
+    return SummaryRequest()
+
+
+def _decode_announce(r: Reader) -> Announce:
+    mode, epoch, barrier = _state(r)
     digests = []
     for _ in range(r.count(4)):
         variable = r.name()
         marks = tuple((r.origin(), r.mark()) for _ in range(r.count(18)))
         digests.append(VariableDigest(variable, marks))
-    return Announce(MODES[mode_index], epoch, barrier, tuple(digests))
+    return Announce(mode, epoch, barrier, tuple(digests))
 
 
 def _decode_peers(r: Reader) -> PeerList:
@@ -192,6 +213,8 @@ _DECODERS: dict[int, Callable[[Reader], Message]] = {
     T_PEERS: _decode_peers,
     T_DIGEST_REQUEST: _decode_digest_request,
     T_DIGEST_REPLY: _decode_digest_reply,
+    T_SUMMARY: _decode_summary,
+    T_SUMMARY_REQUEST: _decode_summary_request,
     **{
         kind: _sync_decoder(cls, cls in (SyncReady, SyncReadyAck, SyncCommit))
         for cls, kind in _SYNC_TYPES.items()

@@ -8,6 +8,11 @@ meaningful on its own when only some of its datagrams arrive.
 Replication:
 - ``Announce``: periodic multicast; mode, epoch, the barrier the sender is in, and its
   digest (per variable, per origin, the highest contiguous nonce it holds).
+- ``Summary``: multicast with every announce (since 0.2): mode, epoch, barrier, the
+  number of variables and a 16-byte hash of every watermark held; the ``Announce``
+  beside it then names only the variables that changed since the last one.
+- ``SummaryRequest``: unicast to a peer whose summary differs from ours; it answers
+  with its full ``Announce`` by unicast.
 - ``OpBatch``: ops, multicast when fresh and unicast as repair. A group with no ops
   still says that its variable exists (that is how ``create`` replicates).
 - ``Bases``: folded prefixes ``(variable, origin, upto, total)``, the repair answer for
@@ -94,6 +99,24 @@ class Announce:
     epoch: int
     barrier: BarrierId | None
     digests: tuple[VariableDigest, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """What an announce stands for when it carries only what changed: the sender's
+    mode, epoch and barrier, its number of variables and the hash of all its marks
+    (`crdtd.core.summary`)."""
+
+    mode: Mode
+    epoch: int
+    barrier: BarrierId | None
+    count: int
+    digest: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SummaryRequest:
+    """Please send me your full announce (by unicast): our summaries differ."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +213,8 @@ class SyncAbort:
 
 Message = (
     Announce
+    | Summary
+    | SummaryRequest
     | PeerList
     | DigestRequest
     | DigestReply

@@ -26,7 +26,10 @@ returning effects that `Node._apply` carries out in one place:
 - `crdtd.core.outbox.Outbox`: the datagrams to send, encoded in the order asked for.
 
 What stays here: the datagram's way in (verify, decode, replay window, peer, route),
-the timer's, our announce, and the records and events queued.
+the timer's, our announce, and the records and events queued. Our announce names only
+the variables that changed since the last one, beside a `Summary` whose hash
+(`crdtd.core.summary`, kept up to date from the effects that move a mark) stands for the
+rest; a peer whose summary differs is asked for its full announce (`_on_summary`).
 
 Rules:
 - peer input never raises out of here: a bad datagram is dropped and counted in
@@ -67,6 +70,8 @@ from crdtd.core.messages import (
     Nack,
     OpBatch,
     PeerList,
+    Summary,
+    SummaryRequest,
     SyncStart,
     VariableDigest,
 )
@@ -98,6 +103,7 @@ from crdtd.core.replication import (
 )
 from crdtd.core.replication import Effect as ReplicaEffect
 from crdtd.core.settings import Key, Settings
+from crdtd.core.summary import Summary as Hashes
 from crdtd.core.sync import (
     AnnounceNow,
     Fold,
@@ -113,6 +119,9 @@ from crdtd.core.writes import Effect as WriteEffect
 from crdtd.core.writes import Fresh, Spread, Writes
 
 __all__ = ["Datagram", "Mode", "Node"]
+
+SUMMARY_REPLIES_PER_INTERVAL = 4
+"""Full announces a node sends on request (`SummaryRequest`) per announce interval."""
 
 Effect = MemberEffect | ReplicaEffect | WriteEffect | RepairEffect | VerifyEffect | SyncEffect
 """Whatever a sub-machine may ask of the node (`Node._apply` carries it out)."""
@@ -156,6 +165,10 @@ class Node:
         for record in records:
             self._restore(record)
         self._records.clear()
+        self._summary = Hashes()
+        self._summary.touch_all(self.counters)  # our first announce carries everything
+        self._summary_asked_at: float | None = None
+        self._summary_replies: list[float] = []  # when we sent our full announce by request
         incarnation = choose_incarnation(
             origin.incarnation, self._used_incarnation, rng.getrandbits(SALT_BITS)
         )
@@ -405,6 +418,10 @@ class Node:
             self._apply(self._replication.on_ops(message, peer, now), now)
         elif isinstance(message, Announce):
             self._apply(self._replication.on_announce(message, peer, now), now)
+        elif isinstance(message, Summary):
+            self._on_summary(message, peer, now)
+        elif isinstance(message, SummaryRequest):
+            self._on_summary_request(peer, now)
         elif isinstance(message, Nack):
             self._apply(self._repairs.serve(message, peer.address, self.counters, now), now)
         elif isinstance(message, Bases):
@@ -428,12 +445,49 @@ class Node:
     def _digest(self) -> list[bytes]:
         return self._outbox.announce(self.mode, self.epoch, self._sync.barrier, self.counters)
 
+    def summary_hash(self) -> bytes:
+        """The hash our summary carries, brought up to date (`crdtd.core.summary`)."""
+        self._summary.refresh(self.counters)
+        return self._summary.digest()
+
+    def _full_announce_needed(self) -> bool:
+        """Whether our announce must carry every variable: in a barrier (participants
+        judge whether they hold everything from each other's full marks), or while a
+        live peer never sent us a summary (a node of 0.1, which reads no summary)."""
+        if self.mode is not Mode.WORK:
+            return True
+        return any(not peer.summarized for peer in self.live_peers())
+
     def _announce(self, now: float) -> list[bytes]:
-        """Multicast our digest and schedule the next; return its datagrams."""
-        graves = self._replica.graves()
-        if graves:  # a node that missed a delete learns it here, before the digest
+        """Multicast our announce and schedule the next; return its datagrams.
+
+        Graves first (a node that missed a delete learns it here, before the digest).
+        The announce names the shown variables whose marks changed since the last one
+        (every shown one when `_full_announce_needed`), and a `Summary` stands for the
+        rest."""
+        changed = self._summary.take_changed(self.counters)
+        graves = self._replica.graves(self._summary.graved)
+        if graves:
             self._outbox.multicast(self._outbox.encoder.graves(graves))
-        payloads = self._digest()
+        mode, epoch, barrier = self.mode, self.epoch, self._sync.barrier
+        encoder = self._outbox.encoder
+        if self._full_announce_needed():
+            payloads = self._digest()
+        elif changed:
+            counters = self.counters
+            digests = [
+                VariableDigest(
+                    name,
+                    tuple((o, counters[name].watermark(o)) for o in counters[name].origins()),
+                )
+                for name in changed
+                if name in counters and not counters[name].buried
+            ]
+            payloads = encoder.announce(mode, epoch, barrier, digests) if digests else []
+        else:
+            payloads = []
+        summary = self._summary
+        payloads.append(encoder.summary(mode, epoch, barrier, summary.count, summary.digest()))
         self._outbox.multicast(payloads)
         self._count("announces_sent")
         interval = self.settings.announce_interval_s
@@ -441,6 +495,46 @@ class Node:
             interval = min(interval, self.settings.sync_freeze_max_s / 8)
         self._next_announce = now + interval * self._rng.uniform(0.9, 1.1)
         return payloads
+
+    def _on_summary(self, message: Summary, peer: Peer, now: float) -> None:
+        """A peer's summary: note its mode, epoch and barrier as an announce does; if
+        its hash differs from ours, ask it for its full announce, at most once per peer
+        every 2 announce intervals and to one peer per interval (on a LAN, ops in flight
+        rarely make two hashes differ, and a differing hash is never a harm: only cost)."""
+        peer.mode, peer.epoch, peer.barrier = message.mode, message.epoch, message.barrier
+        peer.announced_at = now
+        peer.summarized = True
+        if message.digest == self.summary_hash() and message.count == self._summary.count:
+            return
+        self._count("summaries_differing")
+        interval = self.settings.announce_interval_s
+        if peer.summary_asked_at is not None and now - peer.summary_asked_at < 2 * interval:
+            return
+        if self._summary_asked_at is not None and now - self._summary_asked_at < 0.8 * interval:
+            return
+        peer.summary_asked_at = self._summary_asked_at = now
+        self._outbox.unicast([self._outbox.encoder.summary_request()], peer.address)
+        self._count("summary_requests_sent")
+
+    def _on_summary_request(self, peer: Peer, now: float) -> None:
+        """Send *peer* our full announce by unicast: a reply is many times the request,
+        so only to a live peer that announced itself, at most once per 0.8 interval per
+        peer and `SUMMARY_REPLIES_PER_INTERVAL` times per interval in all (a forger
+        of many origins gets no more)."""
+        interval = self.settings.announce_interval_s
+        served = peer.summary_served_at
+        if peer.announced_at is None or peer.suspected:
+            self._count("summary_requests_from_strangers")
+            return
+        recent = [when for when in self._summary_replies if now - when < interval]
+        too_soon = served is not None and now - served < 0.8 * interval
+        if too_soon or len(recent) >= SUMMARY_REPLIES_PER_INTERVAL:
+            self._count("summary_requests_refused")
+            return
+        self._summary_replies = [*recent, now]
+        peer.summary_served_at = now
+        self._outbox.unicast(self._digest(), peer.address)
+        self._count("summary_requests_served")
 
     def _tail_digest(self, variables: list[str]) -> None:
         """Multicast our own watermark of *variables* (our latest burst): a partial
@@ -477,12 +571,16 @@ class Node:
                 case Count(name, amount):
                     self._count(name, amount)
                 case Created(variable, local):
+                    self._summary.touch(variable)
                     self._created(variable, local)
                     if local:
                         self._tail.burst(variable, now)
-                case NoteChange():
+                case NoteChange(variable):
                     self._sync.note_change()
+                    if variable:
+                        self._summary.touch(variable)
                 case Fresh(variable, nonce, delta):
+                    self._summary.touch(variable)
                     self._outbox.fresh(variable, (nonce, delta))
                     self._tail.burst(variable, now)
                 case Spread(grave):

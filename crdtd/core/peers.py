@@ -33,6 +33,9 @@ class Peer:
     unicast_copies: int = 0  # announces and peer lists it sent us by unicast: it does
     unicast_copy_at: float | None = None  # that while it does not hear our multicast
     announced_at: float | None = None  # its last Announce: only then may it start a barrier
+    summarized: bool = False  # it sent us a Summary: it reads ours (0.2 and later)
+    summary_asked_at: float | None = None  # when we last asked it for its full announce
+    summary_served_at: float | None = None  # when we last sent it our full announce
 
     @property
     def origin(self) -> Origin:

@@ -286,12 +286,15 @@ class Tail:
     node multicasts a short train of small digests (one at each gap of
     ``tail_digests_s``) naming only the variables it wrote, with our own watermark: a
     peer that lost the burst sees the hole in tens of ms. A new burst restarts the train,
-    so a node that writes steadily sends none: its next ops reveal holes anyway.
+    so a node that writes steadily sends none: its next ops reveal holes anyway. Each
+    variable is named in at most one train's worth of digests after its last write, so
+    a digest names only what was written lately, never everything written since the
+    writes began (writes spaced about one gap apart restart the train forever).
     """
 
     def __init__(self, settings: Settings) -> None:
         self._gaps = settings.tail_digests_s
-        self._variables: dict[str, None] = {}
+        self._variables: dict[str, int] = {}  # -> digests that named it since its write
         self._sent = 0
         self._due: float | None = None
 
@@ -299,7 +302,7 @@ class Tail:
         """A fresh op (or a new variable) of ours leaves in this step's batch."""
         if not self._gaps:
             return
-        self._variables[variable] = None
+        self._variables[variable] = 0
         self._sent = 0
         self._due = now + self._gaps[0]
 
@@ -308,8 +311,11 @@ class Tail:
         if self._due is None or self._due > now:
             return []
         variables = list(self._variables)
+        train = len(self._gaps)
+        named = {variable: count + 1 for variable, count in self._variables.items()}
+        self._variables = {variable: count for variable, count in named.items() if count < train}
         self._sent += 1
-        if self._sent < len(self._gaps):
+        if self._sent < train and self._variables:
             self._due = now + self._gaps[self._sent]
         else:
             self._variables, self._due = {}, None

@@ -8,6 +8,8 @@ of a barrier's cut (`Replica.fold`), and the queries the node answers.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from crdtd.core.barrier import Cut
 from crdtd.core.counters import Counter
 from crdtd.core.ids import Origin
@@ -88,13 +90,15 @@ class Replica:
         counter = self.shown(variable)
         return None if counter is None else counter.history()
 
-    def graves(self) -> list[Grave]:
+    def graves(self, names: Iterable[str] | None = None) -> list[Grave]:
         """Every grave kept, buried or alive again: what a node that missed a delete
-        needs to bury the same ops."""
+        needs to bury the same ops. *names*: the variables that may have one (a superset;
+        without it every counter is looked at)."""
+        counters = self.counters
         return [
-            Grave(name, tuple((o, upto, total) for o, (upto, total) in counter.grave.items()))
-            for name, counter in sorted(self.counters.items())
-            if counter.grave is not None
+            Grave(name, tuple((o, upto, total) for o, (upto, total) in grave.items()))
+            for name in sorted(counters if names is None else names)
+            if (grave := counters[name].grave) is not None
         ]
 
     def ops_in_log(self) -> int:

@@ -57,7 +57,10 @@ class Created:
 
 @dataclass(frozen=True, slots=True)
 class NoteChange:
-    """A watermark or base moved (a barrier's cut taken before is stale)."""
+    """A watermark or base of *variable* moved (a barrier's cut taken before is stale,
+    and our summary must rehash *variable*)."""
+
+    variable: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +125,7 @@ class Replication:
                 else:
                     effects.append(Count("ops_conflicting"))
             if group.ops:
-                effects.append(NoteChange())
+                effects.append(NoteChange(group.variable))
                 seen = group.ops[-1][0]
                 effects += self.repairs.changed(counter, origin, seen, peer.origin, now)
             if counter.value != before:
@@ -146,7 +149,7 @@ class Replication:
                 continue
             before = counter.value
             if counter.adopt_base(entry.origin, entry.upto, entry.total):
-                effects.append(NoteChange())
+                effects.append(NoteChange(entry.variable))
                 base = BaseFolded(entry.variable, entry.origin, entry.upto, entry.total)
                 effects += [Persist(base), Count("bases_adopted")]
                 effects += self.repairs.changed(counter, entry.origin, entry.upto, None, now)
@@ -254,7 +257,7 @@ def bury(
             effects.append(Persist(BaseFolded(name, origin, upto, total)))
     assert counter.grave is not None
     grave = tuple((origin, upto, total) for origin, (upto, total) in sorted(counter.grave.items()))
-    effects += [Persist(Buried(name, grave)), NoteChange(), Count("graves_grown")]
+    effects += [Persist(Buried(name, grave)), NoteChange(name), Count("graves_grown")]
     if shown and counter.buried:
         effects.append(Report(VariableDeleted(name)))
     elif counter.value != value:

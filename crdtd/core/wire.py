@@ -52,6 +52,8 @@ from crdtd.core.layout import (
     T_NACK,
     T_OPS,
     T_PEERS,
+    T_SUMMARY,
+    T_SUMMARY_REQUEST,
     T_SYNC_ABORT,
     T_SYNC_START,
     TOTAL_PER_OP_MAX,
@@ -87,6 +89,8 @@ __all__ = [
     "T_GRAVES",
     "T_NACK",
     "T_OPS",
+    "T_SUMMARY",
+    "T_SUMMARY_REQUEST",
     "T_SYNC_ABORT",
     "T_SYNC_START",
     "VERSION",
@@ -200,6 +204,17 @@ class Encoder:
                 size += len(mark)
             items.append(head + _U16.pack(len(part)) + b"".join(part))
         return self._pack(T_ANNOUNCE, prefix, items)
+
+    def summary(
+        self, mode: Mode, epoch: int, barrier: BarrierId | None, count: int, digest: bytes
+    ) -> bytes:
+        assert len(digest) == DIGEST_BYTES
+        body = _U8.pack(MODES.index(mode)) + _U64.pack(epoch)
+        body += _U8.pack(1) + _barrier(barrier) if barrier else _U8.pack(0)
+        return self._frame(T_SUMMARY, body + _U64.pack(count) + digest)
+
+    def summary_request(self) -> bytes:
+        return self._frame(T_SUMMARY_REQUEST, b"")
 
     def peer_list(self, peers: Sequence[tuple[str, str, int, bool]]) -> list[bytes]:
         items = [

@@ -163,7 +163,7 @@ class Writes:
             counter.apply(origin, nonce, delta)
             effects += [Persist(OpRecorded(variable, origin, nonce, delta))]
             effects.append(Fresh(variable, nonce, delta))
-        effects.append(NoteChange())
+        effects.append(NoteChange(variable))
         effects.append(Count("ops_local", len(deltas)))
         effects.append(Report(AddApplied(tickets[-1], variable, origin, nonce, counter.value)))
         effects.append(Report(ValueChanged(variable, counter.value)))
@@ -206,7 +206,7 @@ class Writes:
         origin = self.origin
         nonce = counter.watermark(origin) + 1
         counter.apply(origin, nonce, delta)
-        effects += [NoteChange(), Persist(OpRecorded(variable, origin, nonce, delta))]
+        effects += [NoteChange(variable), Persist(OpRecorded(variable, origin, nonce, delta))]
         if request_id is not None:
             named = AddNamed(request_id, variable, delta, nonce, counter.value, origin.incarnation)
             effects.append(Persist(named))

@@ -48,7 +48,7 @@ from crdtd.core.step import Flush, Stepper
 from crdtd.sim.clock import VirtualClock
 from crdtd.sim.disk import Disk
 from crdtd.sim.failures import InvariantViolation
-from crdtd.sim.invariants import check_durable, check_variable, convergence_gap
+from crdtd.sim.invariants import check_durable, check_summary, check_variable, convergence_gap
 from crdtd.sim.ledger import Ledger, describe
 from crdtd.sim.network import LinkFaults, Network
 from crdtd.sim.rng import stream
@@ -650,6 +650,7 @@ class Cluster:
         for slot in self.slots:
             if slot.node is not None and slot.writing is None:
                 self._check_node(slot, slot.node, {}, full=True)
+                check_summary(slot.node, slot.node_id)
 
     # heal and convergence -------------------------------------------------
     def heal(self) -> None:

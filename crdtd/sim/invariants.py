@@ -35,6 +35,7 @@ from crdtd.core.ids import Origin
 from crdtd.core.modes import Mode
 from crdtd.core.node import Node
 from crdtd.core.records import BaseFolded, Buried, OpRecorded, Record
+from crdtd.core.summary import HASH_BYTES, full_hash
 from crdtd.sim.disk import Disk, OpKey
 from crdtd.sim.failures import InvariantViolation
 from crdtd.sim.ledger import Ledger, describe
@@ -69,6 +70,13 @@ def check_durable(records: Iterable[Record], origin: Origin, ledger: Ledger) -> 
                         f"to there total {expected}"
                     )
             ledger.bury(record.variable, record.marks)
+
+
+def check_summary(node: Node, node_id: str) -> None:
+    """The summary hash a node keeps up to date change by change is the hash of what it
+    holds, computed from scratch: no path that moves a mark forgets to say so."""
+    if node.summary_hash() != full_hash(node.counters).to_bytes(HASH_BYTES):
+        raise InvariantViolation(f"stale summary: {node_id}'s hash misses a change")
 
 
 def check_variable(node: Node, node_id: str, variable: str, disk: Disk, ledger: Ledger) -> int:

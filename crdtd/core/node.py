@@ -11,25 +11,23 @@ returning effects that `Node._apply` carries out in one place:
 
 - `crdtd.core.membership.Membership`: peers, identity conflicts, welcomes, and the
   unicast fan-out for networks where multicast does not pass;
-- `crdtd.core.writes.Writes`: local adds, named adds, and the adds held in a barrier;
-- `crdtd.core.replication.Replication`: peers' ops, bases and digests, and gap
+- `crdtd.core.writes.Writes`: local adds, named adds, deletes, and the adds held in a
+  barrier;
+- `crdtd.core.replication.Replication`: peers' ops, bases, graves and digests, and gap
   repair (`crdtd.core.repair.Repairs`: a hole in an origin's nonces becomes a unicast
   ``Nack`` to one holder, retried until it is filled; a new node is just a node with
-  every hole; after a burst of our ops, `crdtd.core.repair.Tail` times the small
-  digests that reveal a lost last op);
+  every hole);
+- `crdtd.core.announcer.Announcer`: our announce (a delta and a `Summary`, or
+  everything), the summary exchange with peers, and the tail digests after a burst;
 - `crdtd.core.verify.Verifier`: ``crdtctl verify``'s comparison with every peer;
 - `crdtd.core.sync.Syncer`: the full sync (barriers), which owns the node's ``mode``
-  and reads the node through `crdtd.core.barrier_io.NodeView`.
-
+  and reads the node through `crdtd.core.barrier_io.NodeView`;
 - `crdtd.core.replica.Replica`: the counters and the epoch, their restore and folds;
 - `crdtd.core.replay.Replays`: each sender's replay window and its saved floor;
 - `crdtd.core.outbox.Outbox`: the datagrams to send, encoded in the order asked for.
 
 What stays here: the datagram's way in (verify, decode, replay window, peer, route),
-the timer's, our announce, and the records and events queued. Our announce names only
-the variables that changed since the last one, beside a `Summary` whose hash
-(`crdtd.core.summary`, kept up to date from the effects that move a mark) stands for the
-rest; a peer whose summary differs is asked for its full announce (`_on_summary`).
+the timer's, the local commands, and the records and events queued.
 
 Rules:
 - peer input never raises out of here: a bad datagram is dropped and counted in
@@ -47,6 +45,8 @@ import random
 from collections.abc import Iterable, Sequence
 
 from crdtd.core import wire
+from crdtd.core.announcer import Announcer, Multicast, Standing, Unicast
+from crdtd.core.announcer import Effect as AnnounceEffect
 from crdtd.core.effects import Count, Report
 from crdtd.core.events import (
     ClaimRefused,
@@ -73,7 +73,6 @@ from crdtd.core.messages import (
     Summary,
     SummaryRequest,
     SyncStart,
-    VariableDigest,
 )
 from crdtd.core.modes import Mode
 from crdtd.core.outbox import Datagram, Outbox
@@ -90,7 +89,7 @@ from crdtd.core.records import (
     VariableCreated,
 )
 from crdtd.core.repair import Effect as RepairEffect
-from crdtd.core.repair import Repairs, SendBases, SendGraves, SendNack, SendOps, Tail
+from crdtd.core.repair import Repairs, SendBases, SendGraves, SendNack, SendOps
 from crdtd.core.replay import Replays
 from crdtd.core.replica import Replica
 from crdtd.core.replication import (
@@ -103,7 +102,6 @@ from crdtd.core.replication import (
 )
 from crdtd.core.replication import Effect as ReplicaEffect
 from crdtd.core.settings import Key, Settings
-from crdtd.core.summary import Summary as Hashes
 from crdtd.core.sync import (
     AnnounceNow,
     Fold,
@@ -120,10 +118,15 @@ from crdtd.core.writes import Fresh, Spread, Writes
 
 __all__ = ["Datagram", "Mode", "Node"]
 
-SUMMARY_REPLIES_PER_INTERVAL = 4
-"""Full announces a node sends on request (`SummaryRequest`) per announce interval."""
-
-Effect = MemberEffect | ReplicaEffect | WriteEffect | RepairEffect | VerifyEffect | SyncEffect
+Effect = (
+    MemberEffect
+    | ReplicaEffect
+    | WriteEffect
+    | RepairEffect
+    | VerifyEffect
+    | SyncEffect
+    | AnnounceEffect
+)
 """Whatever a sub-machine may ask of the node (`Node._apply` carries it out)."""
 
 
@@ -155,20 +158,14 @@ class Node:
         self._records: list[Record] = []
         self._events: list[Event] = []
         self._repairs = Repairs(settings, rng)
-        self._tail = Tail(settings)
         self._replication = Replication(settings, self.counters, self.peers, self._repairs)
         self._tickets = 0
         self._writes = Writes(settings, self.counters)
         self._sync = Syncer(self, now)
-        self._next_announce = now
         self._used_incarnation = 0
         for record in records:
             self._restore(record)
         self._records.clear()
-        self._summary = Hashes()
-        self._summary.touch_all(self.counters)  # our first announce carries everything
-        self._summary_asked_at: float | None = None
-        self._summary_replies: list[float] = []  # when we sent our full announce by request
         incarnation = choose_incarnation(
             origin.incarnation, self._used_incarnation, rng.getrandbits(SALT_BITS)
         )
@@ -176,6 +173,8 @@ class Node:
         self._members.origin = self._replication.origin = self._writes.origin = self.origin
         self._verifier = Verifier(self.origin, settings.verify_timeout_s, now)
         self._outbox = Outbox(self.origin, wire.Encoder(self.origin, settings.keys, seq_start))
+        self._announcer = Announcer(settings, rng, self._replica, self._current_encoder, now)
+        self._announcer.restored()
         # On disk in the first flush, before the first datagram: the next boot of this
         # state, or of a copy of it, takes a larger incarnation.
         self._records.append(IncarnationStarted(incarnation))
@@ -213,11 +212,11 @@ class Node:
         """Do whatever is due: announce, ask for repairs, expire peers, drive barriers."""
         self._apply(self._members.expire(now), now)
         self._apply(self._repairs.ask(self.counters, self.peers, now), now)
-        self._tail_digest(self._tail.due(now))
+        self._apply(self._announcer.tail(self._standing(), now), now)
         self._apply(self._sync.handle_timer(now), now)
         self._apply(self._verifier.handle_timer(self.counters, now), now)
         self._records.extend(self._replays.floors(now))
-        if now >= self._next_announce:
+        if self._announcer.due(now):
             members = self._members
             members.plan_fanout(now)
             payloads = self._announce(now)
@@ -330,11 +329,10 @@ class Node:
 
     def get_timer(self) -> float:
         """The one next deadline at which ``handle_timer`` must be called."""
-        deadlines = [self._next_announce]
+        deadlines = self._announcer.deadlines()
         if self.settings.keys:
             deadlines.append(self._replays.deadline)
         deadlines.extend(self._repairs.deadlines())
-        deadlines.extend(self._tail.deadlines())
         deadlines.extend(self._members.deadlines())
         deadlines.extend(self._sync.deadlines())
         deadlines.extend(self._verifier.deadlines())
@@ -409,7 +407,7 @@ class Node:
 
     def _welcome(self, address: Address) -> None:
         """The first datagram of our announce, by unicast to *address*."""
-        self._outbox.unicast(self._digest()[:1], address)
+        self._outbox.unicast(self._announcer.full(self._standing())[:1], address)
 
     # --- messages -----------------------------------------------------------------
 
@@ -419,9 +417,9 @@ class Node:
         elif isinstance(message, Announce):
             self._apply(self._replication.on_announce(message, peer, now), now)
         elif isinstance(message, Summary):
-            self._on_summary(message, peer, now)
+            self._apply(self._announcer.on_summary(message, peer, now), now)
         elif isinstance(message, SummaryRequest):
-            self._on_summary_request(peer, now)
+            self._apply(self._announcer.on_summary_request(self._standing(), peer, now), now)
         elif isinstance(message, Nack):
             self._apply(self._repairs.serve(message, peer.address, self.counters, now), now)
         elif isinstance(message, Bases):
@@ -442,115 +440,21 @@ class Node:
         else:
             self._count("messages_unhandled")  # decodable but not ours to act on
 
-    def _digest(self) -> list[bytes]:
-        return self._outbox.announce(self.mode, self.epoch, self._sync.barrier, self.counters)
-
     def summary_hash(self) -> bytes:
-        """The hash our summary carries, brought up to date (`crdtd.core.summary`)."""
-        self._summary.refresh(self.counters)
-        return self._summary.digest()
+        """The hash our summary carries (`crdtd.core.announcer`)."""
+        return self._announcer.summary_hash()
 
-    def _full_announce_needed(self) -> bool:
-        """Whether our announce must carry every variable: in a barrier (participants
-        judge whether they hold everything from each other's full marks), or while a
-        live peer never sent us a summary (a node of 0.1, which reads no summary)."""
-        if self.mode is not Mode.WORK:
-            return True
-        return any(not peer.summarized for peer in self.live_peers())
+    def _standing(self) -> Standing:
+        return Standing(self.origin, self.mode, self.epoch, self._sync.barrier, self.live_peers())
+
+    def _current_encoder(self) -> wire.Encoder:
+        return self._outbox.encoder
 
     def _announce(self, now: float) -> list[bytes]:
-        """Multicast our announce and schedule the next; return its datagrams.
-
-        Graves first (a node that missed a delete learns it here, before the digest).
-        The announce names the shown variables whose marks changed since the last one
-        (every shown one when `_full_announce_needed`), and a `Summary` stands for the
-        rest."""
-        changed = self._summary.take_changed(self.counters)
-        graves = self._replica.graves(self._summary.graved)
-        if graves:
-            self._outbox.multicast(self._outbox.encoder.graves(graves))
-        mode, epoch, barrier = self.mode, self.epoch, self._sync.barrier
-        encoder = self._outbox.encoder
-        if self._full_announce_needed():
-            payloads = self._digest()
-        elif changed:
-            counters = self.counters
-            digests = [
-                VariableDigest(
-                    name,
-                    tuple((o, counters[name].watermark(o)) for o in counters[name].origins()),
-                )
-                for name in changed
-                if name in counters and not counters[name].buried
-            ]
-            payloads = encoder.announce(mode, epoch, barrier, digests) if digests else []
-        else:
-            payloads = []
-        summary = self._summary
-        payloads.append(encoder.summary(mode, epoch, barrier, summary.count, summary.digest()))
-        self._outbox.multicast(payloads)
-        self._count("announces_sent")
-        interval = self.settings.announce_interval_s
-        if self.mode is not Mode.WORK:
-            interval = min(interval, self.settings.sync_freeze_max_s / 8)
-        self._next_announce = now + interval * self._rng.uniform(0.9, 1.1)
+        """Our announce now (`crdtd.core.announcer`); its datagrams."""
+        payloads, effects = self._announcer.announce(self._standing(), now)
+        self._apply(effects, now)
         return payloads
-
-    def _on_summary(self, message: Summary, peer: Peer, now: float) -> None:
-        """A peer's summary: note its mode, epoch and barrier as an announce does; if
-        its hash differs from ours, ask it for its full announce, at most once per peer
-        every 2 announce intervals and to one peer per interval (on a LAN, ops in flight
-        rarely make two hashes differ, and a differing hash is never a harm: only cost)."""
-        peer.mode, peer.epoch, peer.barrier = message.mode, message.epoch, message.barrier
-        peer.announced_at = now
-        peer.summarized = True
-        if message.digest == self.summary_hash() and message.count == self._summary.count:
-            return
-        self._count("summaries_differing")
-        interval = self.settings.announce_interval_s
-        if peer.summary_asked_at is not None and now - peer.summary_asked_at < 2 * interval:
-            return
-        if self._summary_asked_at is not None and now - self._summary_asked_at < 0.8 * interval:
-            return
-        peer.summary_asked_at = self._summary_asked_at = now
-        self._outbox.unicast([self._outbox.encoder.summary_request()], peer.address)
-        self._count("summary_requests_sent")
-
-    def _on_summary_request(self, peer: Peer, now: float) -> None:
-        """Send *peer* our full announce by unicast: a reply is many times the request,
-        so only to a live peer that announced itself, at most once per 0.8 interval per
-        peer and `SUMMARY_REPLIES_PER_INTERVAL` times per interval in all (a forger
-        of many origins gets no more)."""
-        interval = self.settings.announce_interval_s
-        served = peer.summary_served_at
-        if peer.announced_at is None or peer.suspected:
-            self._count("summary_requests_from_strangers")
-            return
-        recent = [when for when in self._summary_replies if now - when < interval]
-        too_soon = served is not None and now - served < 0.8 * interval
-        if too_soon or len(recent) >= SUMMARY_REPLIES_PER_INTERVAL:
-            self._count("summary_requests_refused")
-            return
-        self._summary_replies = [*recent, now]
-        peer.summary_served_at = now
-        self._outbox.unicast(self._digest(), peer.address)
-        self._count("summary_requests_served")
-
-    def _tail_digest(self, variables: list[str]) -> None:
-        """Multicast our own watermark of *variables* (our latest burst): a partial
-        announce, which only ever adds to what a peer knows (`Replication.on_announce`)."""
-        digests = [
-            VariableDigest(
-                variable, ((self.origin, self.counters[variable].watermark(self.origin)),)
-            )
-            for variable in variables
-            if variable in self.counters and not self.counters[variable].buried
-        ]
-        if digests:
-            self._outbox.multicast(
-                self._outbox.encoder.announce(self.mode, self.epoch, self._sync.barrier, digests)
-            )
-            self._count("tail_digests_sent")
 
     # --- for the barriers: what crdtd.core.sync reads, and its effects ------------
 
@@ -571,18 +475,22 @@ class Node:
                 case Count(name, amount):
                     self._count(name, amount)
                 case Created(variable, local):
-                    self._summary.touch(variable)
+                    self._announcer.touch(variable)
                     self._created(variable, local)
                     if local:
-                        self._tail.burst(variable, now)
+                        self._announcer.burst(variable, now)
                 case NoteChange(variable):
                     self._sync.note_change()
                     if variable:
-                        self._summary.touch(variable)
+                        self._announcer.touch(variable)
                 case Fresh(variable, nonce, delta):
-                    self._summary.touch(variable)
+                    self._announcer.touch(variable)
                     self._outbox.fresh(variable, (nonce, delta))
-                    self._tail.burst(variable, now)
+                    self._announcer.burst(variable, now)
+                case Multicast(payloads):
+                    self._outbox.multicast(payloads)
+                case Unicast(payloads, address):
+                    self._outbox.unicast(payloads, address)
                 case Spread(grave):
                     self._outbox.multicast(self._outbox.encoder.graves([grave]))
                 case Refused(kind, variable, nonce, peer):

@@ -10,15 +10,13 @@ not pass) every multicast datagram is also sent to each fan-out address.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from crdtd.core import wire
 from crdtd.core.barrier_io import Send
-from crdtd.core.counters import Counter
 from crdtd.core.ids import Address, Origin
-from crdtd.core.messages import BarrierId, OpGroup, VariableDigest
-from crdtd.core.modes import Mode
+from crdtd.core.messages import OpGroup
 from crdtd.core.repair import SendBases, SendGraves, SendNack, SendOps
 from crdtd.core.verify import AskReports, SendReports
 
@@ -74,26 +72,6 @@ class Outbox:
                 self.unicast(encoder.digest_reply(token, reports), address)
             case Send(message, address):
                 self._queued.append(Datagram(encoder.sync(message), address))
-
-    def announce(
-        self,
-        mode: Mode,
-        epoch: int,
-        barrier: BarrierId | None,
-        counters: Mapping[str, Counter],
-    ) -> list[bytes]:
-        """Our announce's datagrams: every shown variable's watermark per origin. A
-        buried one is left out: a peer that holds its ops learns the grave, one that
-        lacks them needs none of them, and a new node does not make it up again."""
-        digests = [
-            VariableDigest(
-                name,
-                tuple((origin, counter.watermark(origin)) for origin in counter.origins()),
-            )
-            for name, counter in sorted(counters.items())
-            if not counter.buried  # its grave says all there is (`Node._announce`)
-        ]
-        return self.encoder.announce(mode, epoch, barrier, digests)
 
     def drain(self, fanout: Sequence[Address]) -> tuple[list[Datagram], bool]:
         """Everything queued, the fresh ops' batch last, each multicast datagram copied

@@ -210,4 +210,4 @@ def test_a_buried_variable_is_left_out_of_the_hash_so_a_joiner_agrees() -> None:
     hashes = {node_id: node.summary_hash() for node_id, node in lan.nodes.items()}
     assert len(set(hashes.values())) == 1, hashes
     assert joiner.value("v00002") is None
-    assert lan["a"]._summary.count == 4
+    assert lan["a"]._announcer.summary_count == 4

@@ -201,7 +201,7 @@ class Node:
             return
         if via_multicast:
             peer.multicast_at = now
-        elif isinstance(envelope.message, Announce | PeerList):
+        elif isinstance(envelope.message, Announce | PeerList) and not self._asked(peer, now):
             peer.unicast_copies += 1
             peer.unicast_copy_at = now
         self._count("datagrams_received")
@@ -439,6 +439,12 @@ class Node:
             self._apply(self._sync.receive(message, peer, now), now)
         else:
             self._count("messages_unhandled")  # decodable but not ours to act on
+
+    def _asked(self, peer: Peer, now: float) -> bool:
+        """Did we ask *peer* for its full announce lately? Its unicast announces are
+        the answer then, not the copies a peer sends where it hears no multicast."""
+        asked = peer.summary_asked_at
+        return asked is not None and now - asked < self.settings.announce_interval_s
 
     def summary_hash(self) -> bytes:
         """The hash our summary carries (`crdtd.core.announcer`)."""

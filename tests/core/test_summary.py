@@ -211,3 +211,18 @@ def test_a_buried_variable_is_left_out_of_the_hash_so_a_joiner_agrees() -> None:
     assert len(set(hashes.values())) == 1, hashes
     assert joiner.value("v00002") is None
     assert lan["a"]._announcer.summary_count == 4
+
+
+def test_the_full_announce_a_peer_asked_for_is_not_a_unicast_copy() -> None:
+    """net-test reads unicast announces from a peer as a sign that it does not hear our
+    multicast; the answer to our own SummaryRequest must not look like one."""
+    lan = lan_of("a", "b")
+    [peer] = lan["b"].peers.values()
+    announce = wire.Encoder(Origin("a", 1), seq_start=10**9).announce(Mode.WORK, 0, None, [])[0]
+    copies = peer.unicast_copies  # (this harness delivers everything by unicast)
+    peer.summary_asked_at = lan.now  # b just asked a for its full announce
+    lan["b"].receive_datagram(announce, peer.address, lan.now + 0.1)
+    assert peer.unicast_copies == copies
+    later = lan.now + 5.0  # long after: a unicast announce is a copy again
+    lan["b"].receive_datagram(announce, peer.address, later)
+    assert (peer.unicast_copies, peer.unicast_copy_at) == (copies + 1, later)

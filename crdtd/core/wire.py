@@ -162,20 +162,11 @@ class Encoder:
         budget = self.body_bytes_max - 2 * _U16.size
         items: list[bytes] = []
         for grave in graves:
-            head = _name(grave.variable)
             marks = [
                 _origin(origin) + _U64.pack(upto) + _bigint(total)
                 for origin, upto, total in grave.marks
             ]
-            part: list[bytes] = []
-            size = len(head)
-            for mark in marks:
-                if part and size + len(mark) > budget:
-                    items.append(head + _U16.pack(len(part)) + b"".join(part))
-                    part, size = [], len(head)
-                part.append(mark)
-                size += len(mark)
-            items.append(head + _U16.pack(len(part)) + b"".join(part))
+            items += _split(_name(grave.variable), marks, budget)
         return self._pack(T_GRAVES, b"", items)
 
     def nack(self, ranges: Sequence[NackRange]) -> list[bytes]:
@@ -192,17 +183,8 @@ class Encoder:
         budget = self.body_bytes_max - len(prefix) - 2 * _U16.size
         items: list[bytes] = []
         for digest in digests:
-            head = _name(digest.variable)
             marks = [_origin(origin) + _U64.pack(mark) for origin, mark in digest.marks]
-            part: list[bytes] = []
-            size = len(head)
-            for mark in marks:
-                if part and size + len(mark) > budget:
-                    items.append(head + _U16.pack(len(part)) + b"".join(part))
-                    part, size = [], len(head)
-                part.append(mark)
-                size += len(mark)
-            items.append(head + _U16.pack(len(part)) + b"".join(part))
+            items += _split(_name(digest.variable), marks, budget)
         return self._pack(T_ANNOUNCE, prefix, items)
 
     def summary(
@@ -266,6 +248,22 @@ class Encoder:
             assert len(digest) == DIGEST_BYTES
             body += digest
         return self._frame(kind, body)
+
+
+def _split(head: bytes, marks: Sequence[bytes], budget: int) -> list[bytes]:
+    """Items ``head | u16 count | marks``, as many as it takes for each to fit *budget*
+    (at least one, also with no marks): one variable's marks over several datagrams."""
+    items: list[bytes] = []
+    part: list[bytes] = []
+    size = len(head)
+    for mark in marks:
+        if part and size + len(mark) > budget:
+            items.append(head + _U16.pack(len(part)) + b"".join(part))
+            part, size = [], len(head)
+        part.append(mark)
+        size += len(mark)
+    items.append(head + _U16.pack(len(part)) + b"".join(part))
+    return items
 
 
 def _chunks(items: Sequence[bytes], budget: int) -> list[list[bytes]]:

@@ -78,6 +78,7 @@ class Writes:
         # Indexes of the held adds, so that each add stays O(1) however many are held:
         self._held_new: dict[str, None] = {}  # held adds' names that have no counter yet
         self._held_names: dict[str, None] = {}  # every held add's name
+        self._held_creates: dict[str, None] = {}  # deleted names created again, held
         self._held_requests: dict[str, tuple[str, int]] = {}  # request id -> (var, delta)
         self._named: collections.OrderedDict[str, AddNamed] = collections.OrderedDict()
 
@@ -88,9 +89,12 @@ class Writes:
         check_name(variable)
         counter = self._counters.get(variable)
         if counter is not None:
-            if not counter.buried:
+            if not counter.buried or variable in self._held_creates:
                 return False, []
-            return True, self.add(UNANSWERED, variable, 0, None, mode)
+            again = self.add(UNANSWERED, variable, 0, None, mode)
+            if mode is not Mode.WORK:  # held: the name shows at the thaw, made once
+                self._held_creates[variable] = None
+            return True, again
         self._check_room()
         effects: list[Effect] = []
         self._ensure(variable, effects)
@@ -100,9 +104,10 @@ class Writes:
         """Bury what this node holds of *variable*; False (and no effect) if it is not
         shown here."""
         check_name(variable)
+        undone = self._undo_held_create(variable)
         counter = self._counters.get(variable)
         if counter is None or counter.buried:
-            return False, []
+            return undone, [Count("variables_deleted")] if undone else []
         effects: list[Effect] = []
         effects += bury(counter, counter.cut())
         assert counter.grave is not None
@@ -174,6 +179,7 @@ class Writes:
         held, self._held = self._held, []
         self._held_new.clear()
         self._held_names.clear()
+        self._held_creates.clear()
         self._held_requests.clear()
         effects: list[Effect] = []
         for ticket, variable, delta, request_id in held:
@@ -237,6 +243,18 @@ class Writes:
         incarnation of ours)."""
         origin = Origin(self.origin.node_id, named.incarnation)
         return Report(AddApplied(ticket, named.variable, origin, named.nonce, named.value))
+
+    def _undo_held_create(self, variable: str) -> bool:
+        """A delete in the barrier that held a create of *variable* (a deleted name made
+        again) undoes that create: its add of zero is dropped, as if never made."""
+        if variable not in self._held_creates:
+            return False
+        del self._held_creates[variable]
+        self._held = [h for h in self._held if (h[0], h[1]) != (UNANSWERED, variable)]
+        if all(h[1] != variable for h in self._held):
+            self._held_names.pop(variable, None)
+            self._held_new.pop(variable, None)
+        return True
 
     def _shown(self, variable: str) -> bool:
         counter = self._counters.get(variable)

@@ -120,13 +120,6 @@ def test_a_create_the_deleting_node_never_saw_survives_the_delete() -> None:
     assert lan.values("x") == {"a": 0, "b": 0}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="during a barrier, create of a buried name is a held add of zero "
-    "(writes.create -> add): the name is not shown, so a second create is True again "
-    "(a second op), and a delete right after says no such variable, yet the name "
-    "shows up at the thaw",
-)
 def test_create_of_a_deleted_name_during_a_barrier_is_a_create_like_any_other() -> None:
     lan = lan_of("a", "b")
     lan["a"].add("x", 3, lan.now)

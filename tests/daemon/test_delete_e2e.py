@@ -7,23 +7,10 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 
 from tests.daemon.loopback import Cluster, Daemon
 
 GONE_TIMEOUT_S = 20.0
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    cluster = Cluster.start(tmp_path, 3, extra_config="sync: {interval_s: 0}\n")
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 def shown(daemon: Daemon, variable: str) -> bool:

@@ -7,10 +7,7 @@ import re
 import signal
 import socket
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from crdtd import __version__
 from tests.daemon.loopback import Cluster, Daemon, free_udp_port
@@ -20,15 +17,6 @@ def free_tcp_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    cluster = Cluster.start(tmp_path, 3, extra_config="sync: {interval_s: 0}\n")
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 def test_verify_exits_0_when_every_node_agrees(cluster: Cluster) -> None:

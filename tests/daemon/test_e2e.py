@@ -7,7 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,15 +14,6 @@ import pytest
 from crdtd.control.client import Client
 from crdtd.control.protocol import ControlError
 from tests.daemon.loopback import Cluster, crdtctl
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    cluster = Cluster.start(tmp_path, 3, extra_config="sync: {interval_s: 0}\n")
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 def test_adds_on_every_node_converge_everywhere(cluster: Cluster) -> None:

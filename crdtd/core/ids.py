@@ -11,7 +11,8 @@ Rules:
 from __future__ import annotations
 
 import re
-from typing import NamedTuple
+from collections.abc import Sequence
+from typing import NamedTuple, cast
 
 NAME_MAX = 64
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
@@ -63,3 +64,17 @@ def check_delta(value: object) -> int:
     if not INT64_MIN <= value <= INT64_MAX:
         raise InvalidInput(f"delta: expected a signed 64-bit integer, got {value}")
     return value
+
+
+def check_deltas(values: Sequence[object]) -> None:
+    """`check_delta` each of *values*: a batch's check in C (types, then the range),
+    with `check_delta`'s error for the first bad one."""
+    ints = cast("Sequence[int]", values)
+    if (
+        values
+        and set(map(type, values)) == {int}
+        and INT64_MIN <= min(ints) <= max(ints) <= INT64_MAX
+    ):
+        return
+    for value in values:
+        check_delta(value)

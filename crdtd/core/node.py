@@ -84,6 +84,7 @@ from crdtd.core.records import (
     EpochAdvanced,
     IncarnationStarted,
     OpRecorded,
+    OpsRecorded,
     Record,
     ReplayFloor,
     VariableCreated,
@@ -367,7 +368,9 @@ class Node:
     # --- local state changes ------------------------------------------------------
 
     def _restore(self, record: Record) -> None:
-        if isinstance(record, VariableCreated | OpRecorded | BaseFolded | Buried | EpochAdvanced):
+        if isinstance(
+            record, VariableCreated | OpRecorded | OpsRecorded | BaseFolded | Buried | EpochAdvanced
+        ):
             made = self._replica.restore(record)
             if made is not None:
                 self._writes.counted(made)
@@ -489,9 +492,9 @@ class Node:
                     self._sync.note_change()
                     if variable:
                         self._announcer.touch(variable)
-                case Fresh(variable, nonce, delta):
+                case Fresh(variable, first, deltas):
                     self._announcer.touch(variable)
-                    self._outbox.fresh(variable, (nonce, delta))
+                    self._outbox.fresh(variable, first, deltas)
                     self._announcer.burst(variable, now)
                 case Multicast(payloads):
                     self._outbox.multicast(payloads)

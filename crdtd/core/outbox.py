@@ -10,6 +10,7 @@ not pass) every multicast datagram is also sent to each fan-out address.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -47,12 +48,11 @@ class Outbox:
     def multicast(self, payloads: Sequence[bytes]) -> None:
         self._queued.extend(Datagram(payload, None) for payload in payloads)
 
-    def fresh(self, variable: str, op: tuple[int, int] | None = None) -> None:
-        """Send *op* (nonce, delta) of *variable* in this flush's batch; without *op*,
-        still name *variable* there (a new variable is announced by its first batch)."""
-        ops = self._fresh.setdefault(variable, [])
-        if op is not None:
-            ops.append(op)
+    def fresh(self, variable: str, first: int = 0, deltas: Sequence[int] = ()) -> None:
+        """Send the ops ``first, first + 1, ...`` of *variable* (their *deltas*) in this
+        flush's batch; without them, still name *variable* there (a new variable is
+        announced by its first batch)."""
+        self._fresh.setdefault(variable, []).extend(zip(itertools.count(first), deltas))
 
     def send(self, effect: Sending) -> None:
         encoder = self.encoder

@@ -13,6 +13,7 @@ then the ops above the bases, then the epoch, then the replay floors, then the n
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from crdtd.core.ids import Origin
@@ -41,6 +42,23 @@ class OpRecorded:
     origin: Origin
     nonce: int
     delta: int
+
+
+@dataclass(frozen=True, slots=True)
+class OpsRecorded:
+    """A run of ops of one variable and origin, nonces ``first``, ``first + 1``, ...: the
+    `OpRecorded` of each, in one record. A batch add and in-order replication write
+    runs, so what a step costs grows with its runs, not with its ops."""
+
+    variable: str
+    origin: Origin
+    first: int
+    deltas: tuple[int, ...]
+
+    def each(self) -> Iterator[OpRecorded]:
+        variable, origin, first = self.variable, self.origin, self.first
+        for k, delta in enumerate(self.deltas):
+            yield OpRecorded(variable, origin, first + k, delta)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +133,7 @@ Record = (
     IncarnationStarted
     | VariableCreated
     | OpRecorded
+    | OpsRecorded
     | BaseFolded
     | Buried
     | EpochAdvanced

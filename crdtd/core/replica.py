@@ -19,6 +19,7 @@ from crdtd.core.records import (
     Buried,
     EpochAdvanced,
     OpRecorded,
+    OpsRecorded,
     Record,
     VariableCreated,
 )
@@ -40,7 +41,8 @@ class Replica:
         return counter, True
 
     def restore(
-        self, record: VariableCreated | OpRecorded | BaseFolded | Buried | EpochAdvanced
+        self,
+        record: VariableCreated | OpRecorded | OpsRecorded | BaseFolded | Buried | EpochAdvanced,
     ) -> str | None:
         """Take one record of the counters back from the store; the name of the counter
         it made, if it made one."""
@@ -50,6 +52,10 @@ class Replica:
         counter, made = self.ensure(record.variable)
         if isinstance(record, OpRecorded):
             counter.apply(record.origin, record.nonce, record.delta)
+        elif isinstance(record, OpsRecorded):
+            if not counter.extend(record.origin, record.first, record.deltas):
+                for op in record.each():
+                    counter.apply(op.origin, op.nonce, op.delta)
         elif isinstance(record, BaseFolded):
             counter.adopt_base(record.origin, record.upto, record.total)
         elif isinstance(record, Buried):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from operator import itemgetter
 
 from crdtd.core.counters import Applied, Counter
 from crdtd.core.effects import Count, Report
@@ -32,7 +33,7 @@ from crdtd.core.events import ValueChanged, VariableDeleted, VariablesOverLimit
 from crdtd.core.ids import Origin
 from crdtd.core.messages import Announce, Bases, Graves, OpBatch, OpGroup
 from crdtd.core.peers import Peer
-from crdtd.core.records import BaseFolded, Buried, OpRecorded, Record
+from crdtd.core.records import BaseFolded, Buried, OpRecorded, OpsRecorded, Record
 from crdtd.core.repair import Effect as RepairEffect
 from crdtd.core.repair import Repairs
 from crdtd.core.settings import Settings
@@ -115,7 +116,14 @@ class Replication:
                 continue
             origin = group.origin
             before = counter.value
-            for nonce, delta in group.ops:
+            ops = group.ops
+            if ops and ops[-1][0] - ops[0][0] == len(ops) - 1:  # ascending: a run
+                deltas = tuple(map(itemgetter(1), ops))
+                if counter.extend(origin, ops[0][0], deltas):
+                    effects.append(Persist(OpsRecorded(group.variable, origin, ops[0][0], deltas)))
+                    effects.append(Count("ops_applied", len(ops)))
+                    ops = ()
+            for nonce, delta in ops:
                 result = counter.apply(origin, nonce, delta)
                 if result is Applied.NEW:
                     effects.append(Persist(OpRecorded(group.variable, origin, nonce, delta)))
@@ -211,9 +219,11 @@ class Replication:
         """Ops of our current origin come back to us (repairs, copies); we hold each one
         we issued, so any other is a claim we refuse, never an op we store."""
         counter = self._counters.get(group.variable)
-        log = counter.logs.get(self.origin, {}) if counter is not None else {}
+        origin = self.origin
         for nonce, delta in group.ops:
-            if log.get(nonce) == delta or (counter and nonce <= counter.base_upto(self.origin)):
+            if counter and (
+                counter.delta(origin, nonce) == delta or nonce <= counter.base_upto(origin)
+            ):
                 effects.append(Count("ops_duplicate"))
             else:
                 effects.append(Refused("op", group.variable, nonce, peer))

@@ -109,21 +109,19 @@ class Reporter:
             return budget - 1
         while job.origins and budget > 0:
             origin = job.origins[0]
-            log = counter.logs.get(origin, {})
             mark = counter.watermark(origin)
             if job.next_nonce == 0:
                 job.next_nonce = counter.base_upto(origin) + 1
             last = min(mark, job.next_nonce + budget - 1)
             if job.next_nonce <= last:
-                nonces = range(job.next_nonce, last + 1)
-                _update(job, origin, log, nonces)
+                _update(job, origin, list(counter.ops_in(origin, job.next_nonce, last)))
+                budget -= last + 1 - job.next_nonce
                 job.next_nonce = last + 1
-                budget -= len(nonces)
                 continue
-            # The dense part is hashed: then the ops above a hole (a scan, only if any).
-            if len(log) > mark - counter.base_upto(origin):
-                above = sorted(nonce for nonce in log if nonce > mark)
-                _update(job, origin, log, above)
+            # The dense part is hashed: then the ops above a hole (only if any).
+            above = counter.sparse.get(origin)
+            if above:
+                _update(job, origin, sorted(above.items()))
                 budget -= len(above)
             job.marks.append((origin, mark))
             job.origins.pop(0)
@@ -152,13 +150,10 @@ def _begin(counter: Counter) -> _Variable:
     return _Variable(counter, counter.version, bases, grave, counter.origins(), digest, value)
 
 
-def _update(job: _Variable, origin: Origin, log: dict[int, int], nonces: range | list[int]) -> None:
-    """Hash the op lines of *nonces* (ascending, all in *log*) and count their deltas."""
+def _update(job: _Variable, origin: Origin, ops: list[tuple[int, int]]) -> None:
+    """Hash the op lines of *ops* (nonce and delta, ascending) and count their deltas."""
     prefix = f"o {origin} ".encode()
-    for start in range(0, len(nonces), _HASH_SLICE_OPS):
-        chunk = nonces[start : start + _HASH_SLICE_OPS]
-        deltas = [log[nonce] for nonce in chunk]
-        job.value += sum(deltas)
-        job.digest.update(
-            b"".join([b"%b%d %d\n" % (prefix, n, d) for n, d in zip(chunk, deltas, strict=True)])
-        )
+    for start in range(0, len(ops), _HASH_SLICE_OPS):
+        chunk = ops[start : start + _HASH_SLICE_OPS]
+        job.value += sum(delta for _, delta in chunk)
+        job.digest.update(b"".join([b"%b%d %d\n" % (prefix, n, d) for n, d in chunk]))

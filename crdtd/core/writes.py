@@ -36,21 +36,21 @@ from dataclasses import dataclass
 from crdtd.core.counters import Counter
 from crdtd.core.effects import Count, Report
 from crdtd.core.events import AddApplied, ValueChanged
-from crdtd.core.ids import InvalidInput, Origin, check_delta, check_name
+from crdtd.core.ids import InvalidInput, Origin, check_delta, check_deltas, check_name
 from crdtd.core.messages import Grave
 from crdtd.core.modes import Mode
-from crdtd.core.records import REQUESTS_KEPT, AddNamed, OpRecorded
+from crdtd.core.records import REQUESTS_KEPT, AddNamed, OpRecorded, OpsRecorded
 from crdtd.core.replication import VARIABLES_HARD_FACTOR, Created, NoteChange, Persist, bury
 from crdtd.core.settings import Settings
 
 
 @dataclass(frozen=True, slots=True)
 class Fresh:
-    """A local op to multicast with the step's others."""
+    """Local ops, nonces ``first, first + 1, ...``, to multicast with the step's others."""
 
     variable: str
-    nonce: int
-    delta: int
+    first: int
+    deltas: tuple[int, ...]
 
 
 UNANSWERED = 0
@@ -150,8 +150,7 @@ class Writes:
         if not deltas:
             raise InvalidInput("add_many: expected at least one delta")
         check_name(variable)
-        for delta in deltas:
-            check_delta(delta)
+        check_deltas(deltas)
         if mode is not Mode.WORK:
             effects: list[Effect] = []
             for ticket, delta in zip(tickets, deltas, strict=True):
@@ -162,12 +161,17 @@ class Writes:
         effects = []
         counter = self._ensure(variable, effects)
         origin = self.origin
-        nonce = counter.watermark(origin)
-        for delta in deltas:
-            nonce += 1
-            counter.apply(origin, nonce, delta)
-            effects += [Persist(OpRecorded(variable, origin, nonce, delta))]
-            effects.append(Fresh(variable, nonce, delta))
+        first = counter.watermark(origin) + 1
+        run = tuple(deltas)
+        # Our own ops above our watermark are never held (a peer's claim of one is
+        # refused, `Replication._check_own_ops`), so the run goes in whole; op by op
+        # is only the fallback that keeps this true if that ever changed.
+        if not counter.extend(origin, first, run):
+            for k, delta in enumerate(run):
+                counter.apply(origin, first + k, delta)
+        nonce = first + len(run) - 1
+        effects.append(Persist(OpsRecorded(variable, origin, first, run)))
+        effects.append(Fresh(variable, first, run))
         effects.append(NoteChange(variable))
         effects.append(Count("ops_local", len(deltas)))
         effects.append(Report(AddApplied(tickets[-1], variable, origin, nonce, counter.value)))
@@ -217,7 +221,7 @@ class Writes:
             named = AddNamed(request_id, variable, delta, nonce, counter.value, origin.incarnation)
             effects.append(Persist(named))
             self.remember(named)
-        effects += [Fresh(variable, nonce, delta), Count("ops_local")]
+        effects += [Fresh(variable, nonce, (delta,)), Count("ops_local")]
         if ticket != UNANSWERED:
             effects.append(Report(AddApplied(ticket, variable, origin, nonce, counter.value)))
         effects.append(Report(ValueChanged(variable, counter.value)))

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from crdtd.core.ids import Origin
-from crdtd.core.records import BaseFolded, Buried, OpRecorded, Record
+from crdtd.core.records import BaseFolded, Buried, OpRecorded, OpsRecorded, Record
 
 OpKey = tuple[str, Origin, int]
 """``(variable, origin, nonce)``: the name of one op."""
@@ -54,8 +54,9 @@ class Disk:
         self.synced.extend(tail)
         self.syncs += 1
         for record in tail:
-            if isinstance(record, OpRecorded):
-                self.ops[(record.variable, record.origin, record.nonce)] = record.delta
+            if isinstance(record, OpRecorded | OpsRecorded):
+                for op in record.each() if isinstance(record, OpsRecorded) else (record,):
+                    self.ops[(op.variable, op.origin, op.nonce)] = op.delta
             elif isinstance(record, BaseFolded):
                 key = (record.variable, record.origin)
                 held = self.bases.get(key)

@@ -29,22 +29,31 @@ each the sum of its acknowledged ops that no delete buried: nothing deleted come
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from crdtd.core.ids import Origin
 from crdtd.core.modes import Mode
 from crdtd.core.node import Node
-from crdtd.core.records import BaseFolded, Buried, OpRecorded, Record
+from crdtd.core.records import BaseFolded, Buried, OpRecorded, OpsRecorded, Record
 from crdtd.core.summary import HASH_BYTES, full_hash
 from crdtd.sim.disk import Disk, OpKey
 from crdtd.sim.failures import InvariantViolation
 from crdtd.sim.ledger import Ledger, describe
 
 
+def _each_op(records: Iterable[Record]) -> Iterator[Record]:
+    """*records*, a run (`OpsRecorded`) as the `OpRecorded` of each of its ops."""
+    for record in records:
+        if isinstance(record, OpsRecorded):
+            yield from record.each()
+        else:
+            yield record
+
+
 def check_durable(records: Iterable[Record], origin: Origin, ledger: Ledger) -> None:
     """Records the node of *origin* just synced: register its own ops, check the others."""
     node_id = origin.node_id
-    for record in records:
+    for record in _each_op(records):
         if isinstance(record, OpRecorded):
             key: OpKey = (record.variable, record.origin, record.nonce)
             if record.origin == origin:

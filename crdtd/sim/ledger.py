@@ -1,9 +1,10 @@
 """The simulator's ground truth: every op an origin issued, and every op acknowledged.
 
 Rules:
-- an op is *issued* when its origin's disk syncs the ``OpRecorded`` of its own origin; an
-  op written but lost in a crash before the sync was never issued (its nonce may be handed
-  out again, with another delta, and that is correct);
+- an op is *issued* when its origin's disk syncs the ``OpRecorded`` (or the run,
+  ``OpsRecorded``) of its own origin; an op written but lost in a crash before the sync
+  was never issued (its nonce may be handed out again, with another delta, and that is
+  correct);
 - an issued op never changes: an origin that syncs ``(variable, origin, nonce)`` again
   with a different delta reused a nonce - `InvariantViolation`;
 - an op is *acknowledged* when its origin reports ``AddApplied``; at that moment it must

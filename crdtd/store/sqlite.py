@@ -83,6 +83,7 @@ from crdtd.core.records import (
     EpochAdvanced,
     IncarnationStarted,
     OpRecorded,
+    OpsRecorded,
     Record,
     ReplayFloor,
     VariableCreated,
@@ -414,6 +415,7 @@ class Store:
           origin already covers its nonce. Ops of one variable and origin that come one
           after the other with consecutive nonces are stored as one row (a run, of at
           most `RUN_MAX`); `load` gives them back one by one.
+        - `OpsRecorded`: the same for each of its ops (a run already).
         - `BaseFolded`: raise the base to ``(upto, total)`` if ``upto`` is higher than the
           stored one; the ops it covers are deleted by `prune`.
         - `Buried`: the variable's grave becomes the one given, whole.
@@ -491,7 +493,7 @@ class Store:
             os.close(self._lock_fd)
             self._lock_fd = -1
 
-    def _append_ops(self, ops: Iterable[OpRecorded]) -> None:
+    def _append_ops(self, ops: Iterable[OpRecorded | OpsRecorded]) -> None:
         """Store *ops*, a run to a row: in one go when no run overlaps what is stored or
         what a base covers (what a node sends), else what is new of each run."""
         runs = list(_runs(ops))
@@ -805,7 +807,7 @@ def _scalar(connection: sqlite3.Connection, sql: str) -> Any:
 
 
 def _is_op(record: Record) -> bool:
-    return isinstance(record, OpRecorded)
+    return isinstance(record, OpRecorded | OpsRecorded)
 
 
 Deltas = int | bytes
@@ -833,29 +835,37 @@ def _unpacked(deltas: Deltas) -> tuple[int, ...]:
     return struct.unpack(f">{len(deltas) // 8}q", deltas)
 
 
-def _runs(ops: Iterable[OpRecorded]) -> Iterator[RunRow]:
+def _runs(ops: Iterable[OpRecorded | OpsRecorded]) -> Iterator[RunRow]:
     """*ops* as rows of ``op_runs``: each run of consecutive nonces of one variable and
-    origin, in the order given, up to `RUN_MAX` ops a row."""
+    origin, in the order given (an `OpsRecorded` is one already, and joins the ops
+    next to it), up to `RUN_MAX` ops a row."""
     variable = ""
     origin = None
     first = last = 0
     deltas: list[int] = []
+    more: tuple[int, ...]
     for op in ops:
-        nonce = op.nonce
-        if (
-            nonce == last + 1
-            and op.origin == origin
-            and op.variable == variable
-            and len(deltas) < RUN_MAX
-        ):
-            deltas.append(op.delta)
-            last = nonce
+        if isinstance(op, OpRecorded):
+            start, more = op.nonce, (op.delta,)
+        else:
+            start, more = op.first, op.deltas
+        if not more:
             continue
-        if origin is not None:
-            yield _run_row(variable, origin, first, last, deltas)
-        variable, origin, first, last, deltas = op.variable, op.origin, nonce, nonce, [op.delta]
+        if start != last + 1 or op.origin != origin or op.variable != variable:
+            if origin is not None:
+                yield from _run_rows(variable, origin, first, deltas)
+            variable, origin, first, deltas = op.variable, op.origin, start, []
+        deltas.extend(more)
+        last = start + len(more) - 1
     if origin is not None:
-        yield _run_row(variable, origin, first, last, deltas)
+        yield from _run_rows(variable, origin, first, deltas)
+
+
+def _run_rows(variable: str, origin: Origin, first: int, deltas: list[int]) -> Iterator[RunRow]:
+    """The run of *deltas* from nonce *first*, `RUN_MAX` ops a row."""
+    for start in range(0, len(deltas), RUN_MAX):
+        part = deltas[start : start + RUN_MAX]
+        yield _run_row(variable, origin, first + start, first + start + len(part) - 1, part)
 
 
 def _run_row(variable: str, origin: Origin, first: int, last: int, deltas: list[int]) -> RunRow:

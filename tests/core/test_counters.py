@@ -53,18 +53,43 @@ def contiguous_mark(nonces: Iterable[int], base_upto: int = 0) -> int:
     return mark
 
 
+def logs(counter: Counter) -> dict[Origin, dict[int, int]]:
+    """The log per origin, by nonce, from its two parts (`Counter.dense`, `.sparse`)."""
+    held: dict[Origin, dict[int, int]] = {}
+    for origin, dense in counter.dense.items():
+        first = counter.base_upto(origin) + 1
+        held.setdefault(origin, {}).update(
+            zip(range(first, first + len(dense)), dense, strict=True)
+        )
+    for origin, sparse in counter.sparse.items():
+        log = held.setdefault(origin, {})
+        assert not log.keys() & sparse.keys()
+        log.update(sparse)
+    return held
+
+
 def check_invariants(counter: Counter) -> None:
     """The invariants the counters module promises after every call."""
-    logged = [delta for log in counter.logs.values() for delta in log.values()]
+    held = logs(counter)
+    logged = [delta for log in held.values() for delta in log.values()]
     assert counter.value == counter.before + sum(logged)
     assert counter.before == sum(total for _, total in counter.bases.values())
     assert counter.log_len == len(logged)
-    for origin, log in counter.logs.items():
+    for origin, log in held.items():
         assert all(nonce > counter.base_upto(origin) for nonce in log)
-    for origin in set(counter.logs) | set(counter.bases):
-        expected = contiguous_mark(counter.logs.get(origin, {}), counter.base_upto(origin))
+    for origin in set(held) | set(counter.bases):
+        expected = contiguous_mark(held.get(origin, {}), counter.base_upto(origin))
         assert counter.watermark(origin) == expected
-        log = counter.logs.get(origin, {})
+        assert counter.base_upto(origin) + len(counter.dense.get(origin, ())) == expected
+        sparse = counter.sparse.get(origin, {})
+        assert all(nonce > expected + 1 for nonce in sparse)
+        if sparse:
+            assert counter.tops[origin] == max(sparse)
+            held_above = held.get(origin, {}).keys() | set(range(expected + 1))
+            assert counter.holes[origin] == holes(held_above, expected + 1, max(sparse))
+        else:
+            assert origin not in counter.holes and origin not in counter.tops
+        log = held.get(origin, {})
         dense = sum(log[nonce] for nonce in range(counter.base_upto(origin) + 1, expected + 1))
         base_total = counter.bases.get(origin, (0, 0))[1]
         assert counter.prefix_total(origin, expected) == base_total + dense
@@ -377,6 +402,25 @@ def test_missing_returns_exactly_the_holes_up_to_high_bounded_by_ranges_max(
         assert not covered & set(range(first, last + 1))
 
 
+@given(
+    st.sets(st.integers(min_value=2, max_value=400), min_size=100, max_size=300),
+    st.integers(min_value=0, max_value=60),
+    st.integers(min_value=1, max_value=8),
+)
+@settings(max_examples=200, deadline=None)
+def test_missing_with_many_ops_above_a_hole_and_a_low_high_walks_to_the_same_holes(
+    held: set[int], high: int, ranges_max: int
+) -> None:
+    """Many held ops far above *high*: `missing` walks the nonces instead of sorting
+    the held ones, and finds the same holes."""
+    origin = ORIGINS[0]
+    counter = Counter("x")
+    for nonce in held:
+        counter.apply(origin, nonce, 1)
+    start = counter.watermark(origin) + 1
+    assert counter.missing(origin, high, ranges_max) == holes(held, start, high)[:ranges_max]
+
+
 def test_missing_for_an_unknown_origin_is_everything_up_to_high() -> None:
     assert Counter("x").missing(ORIGINS[0], 5, 10) == [(1, 5)]
     assert Counter("x").missing(ORIGINS[0], 0, 10) == []
@@ -487,3 +531,47 @@ def test_version_changes_with_every_new_op_and_fold_and_only_then() -> None:
     counter.adopt_base(origin, 1, 5)  # already covered
     seen.append(counter.version)
     assert seen == [0, 1, 1, 2, 3, 3]
+
+
+# --- runs -------------------------------------------------------------------------------
+
+
+@given(op_sets, st.lists(deltas, min_size=1, max_size=8), st.sampled_from(ORIGINS), st.data())
+@settings(max_examples=300, deadline=None)
+def test_a_run_extends_exactly_as_its_ops_one_by_one_or_not_at_all(
+    ops: list[Op], run: list[int], origin: Origin, data: st.DataObject
+) -> None:
+    """`extend` takes a run whole exactly where applying its ops one by one would make
+    each new (above the watermark, holes or not); elsewhere it changes nothing."""
+    counter, one_by_one = Counter("x"), Counter("x")
+    for op in ops:
+        counter.apply(*op)
+        one_by_one.apply(*op)
+    first = data.draw(st.integers(min_value=1, max_value=NONCE_MAX + 2))
+    nonces = range(first, first + len(run))
+    held = any(o == origin and nonce in nonces for o, nonce, _ in ops)
+    expected = first > counter.watermark(origin) and not held
+    before = state(counter)
+    taken = counter.extend(origin, first, run)
+    assert taken is expected
+    if not taken:
+        assert state(counter) == before
+        return
+    results = [one_by_one.apply(origin, first + k, d) for k, d in enumerate(run)]
+    assert results == [Applied.NEW] * len(run)
+    assert state(counter) == state(one_by_one)
+    check_invariants(counter)
+
+
+def test_a_run_at_or_below_the_watermark_or_over_a_held_op_is_not_taken() -> None:
+    counter = Counter("x")
+    origin = ORIGINS[0]
+    assert not counter.extend(origin, 1, [])
+    assert counter.extend(origin, 1, [1, 2])
+    assert not counter.extend(origin, 2, [5])  # nonce 2 is held
+    assert counter.extend(origin, 5, [10, 20])  # above a hole
+    assert not counter.extend(origin, 4, [1, 1])  # over held nonce 5
+    assert (counter.value, counter.watermark(origin)) == (33, 2)
+    assert counter.extend(origin, 3, [4, 8])  # fills the hole: the ops above move over
+    assert (counter.value, counter.watermark(origin), counter.sparse) == (45, 6, {})
+    check_invariants(counter)

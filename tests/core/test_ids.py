@@ -13,6 +13,7 @@ from crdtd.core.ids import (
     InvalidInput,
     Origin,
     check_delta,
+    check_deltas,
     check_name,
     is_name,
 )
@@ -200,3 +201,22 @@ def test_parse_delta_refuses_anything_but_a_plain_decimal_integer(text: str) -> 
 def test_parse_delta_refuses_integers_outside_int64(text: str) -> None:
     with pytest.raises(ValueError, match="signed 64-bit"):
         parse_delta(text)
+
+
+@given(st.lists(st.one_of(st.integers(), st.booleans(), st.floats(), st.text(max_size=2))))
+@settings(max_examples=300, deadline=None)
+def test_check_deltas_refuses_a_batch_exactly_when_check_delta_refuses_one_of_it(
+    values: list[object],
+) -> None:
+    def refused(value: object) -> bool:
+        try:
+            check_delta(value)
+        except InvalidInput:
+            return True
+        return False
+
+    if any(refused(value) for value in values):
+        with pytest.raises(InvalidInput):
+            check_deltas(values)
+    else:
+        check_deltas(values)

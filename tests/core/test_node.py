@@ -58,6 +58,7 @@ from crdtd.core.records import (
     EpochAdvanced,
     IncarnationStarted,
     OpRecorded,
+    OpsRecorded,
     Record,
     VariableCreated,
 )
@@ -213,11 +214,14 @@ class Lan:
 
     def _on_disk(self, node_id: str, op: OpRecorded) -> bool:
         for record in self.disk[node_id]:
-            if not isinstance(record, OpRecorded | BaseFolded):
+            if not isinstance(record, OpRecorded | OpsRecorded | BaseFolded):
                 continue
             if (record.variable, record.origin) != (op.variable, op.origin):
                 continue
             if isinstance(record, OpRecorded) and record.nonce == op.nonce:
+                return True
+            in_run = isinstance(record, OpsRecorded) and record.first <= op.nonce
+            if in_run and op.nonce - record.first < len(record.deltas):
                 return True
             if isinstance(record, BaseFolded) and op.nonce <= record.upto:
                 return True

@@ -25,6 +25,7 @@ from crdtd.core.records import (
     EpochAdvanced,
     IncarnationStarted,
     OpRecorded,
+    OpsRecorded,
     Record,
     ReplayFloor,
     VariableCreated,
@@ -711,6 +712,30 @@ def test_a_run_longer_than_run_max_takes_several_rows(store: Store, state_dir: P
         ("x", "a", top, top),
     ]
     assert store.load() == ops
+
+
+def test_a_run_record_is_stored_as_its_ops_are_joined_with_its_neighbours(
+    store: Store, state_dir: Path
+) -> None:
+    """An `OpsRecorded` is the `OpRecorded` of each of its ops: it joins the ops next to
+    it into one row, splits at `RUN_MAX`, and overlapping what is stored adds only the
+    new ones."""
+    store.append(
+        [OpRecorded("x", A, 1, 5), OpsRecorded("x", A, 2, (1, 2)), OpsRecorded("x", A, 4, ())]
+    )
+    store.append(
+        [OpsRecorded("x", A, 3, (9, 3, 4)), OpsRecorded("x", B, 1, tuple(range(RUN_MAX + 1)))]
+    )
+    assert runs_on_disk(state_dir) == [
+        ("x", "a", 1, 3),
+        ("x", "a", 4, 5),
+        ("x", "b", 1, RUN_MAX),
+        ("x", "b", RUN_MAX + 1, RUN_MAX + 1),
+    ]
+    assert store.load() == [
+        *OpsRecorded("x", A, 1, (5, 1, 2, 3, 4)).each(),
+        *OpsRecorded("x", B, 1, tuple(range(RUN_MAX + 1))).each(),
+    ]
 
 
 def test_an_append_overlapping_stored_ops_adds_only_the_new_ones(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import operator
 from collections.abc import Callable, Sequence
 
 from crdtd.core.ids import NAME_MAX, NONCE_MAX, is_name
@@ -76,14 +77,12 @@ def _decode_ops(r: Reader) -> OpBatch:
         if count * _OP.size > r.end - r.pos:
             raise MalformedDatagram("malformed", "op count beyond datagram")
         flat = r.take(_ops_struct(count)) if count else ()
-        ops = tuple(zip(flat[0::2], flat[1::2], strict=True))
-        previous = 0
-        for nonce, _delta in ops:
-            if nonce <= previous:
-                raise MalformedDatagram("malformed", "nonces not ascending")
-            previous = nonce
-        if previous > NONCE_MAX:
+        nonces = flat[0::2]
+        if nonces and not (nonces[0] > 0 and all(map(operator.lt, nonces, nonces[1:]))):
+            raise MalformedDatagram("malformed", "nonces not ascending")
+        if nonces and nonces[-1] > NONCE_MAX:
             raise MalformedDatagram("malformed", "nonce out of range")
+        ops = tuple(zip(nonces, flat[1::2], strict=True))
         groups.append(OpGroup(variable, origin, ops))
     return OpBatch(tuple(groups))
 

@@ -24,6 +24,7 @@ Rules:
 from __future__ import annotations
 
 import hmac
+import itertools
 from collections.abc import Sequence
 
 from crdtd.core.decoding import _DECODERS, decode
@@ -145,7 +146,7 @@ class Encoder:
             ops = group.ops
             for start in range(0, max(len(ops), 1), per):
                 part = ops[start : start + per]
-                flat = [v for op in part for v in op]
+                flat = itertools.chain.from_iterable(part)
                 items.append(head + _U16.pack(len(part)) + _ops_struct(len(part)).pack(*flat))
         return self._pack(T_OPS, b"", items)
 

@@ -43,6 +43,7 @@ from crdtd.daemon.verify import summarize
 from crdtd.net.driver import Driver
 
 POPULATE_DELTA_MAX = 10
+POPULATE_DELTAS = range(-POPULATE_DELTA_MAX, POPULATE_DELTA_MAX + 1)
 POPULATE_STEP_OPS = 5000  # ops of a populate applied in one step: ~10 ms, one commit
 
 
@@ -197,9 +198,7 @@ class Handler(CoroutineHandler):
         result: dict[str, Any] = {}
         for done in range(0, count, POPULATE_STEP_OPS):
             step = min(POPULATE_STEP_OPS, count - done)
-            deltas = tuple(
-                self._rng.randint(-POPULATE_DELTA_MAX, POPULATE_DELTA_MAX) for _ in range(step)
-            )
+            deltas = tuple(self._rng.choices(POPULATE_DELTAS, k=step))
             result = await self._add(variable, deltas)
         return {"variable": variable, "count": count, "value": result["value"]}
 

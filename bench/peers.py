@@ -42,7 +42,8 @@ Parts (``--parts``, all by default):
 - ``batch``: ``populate`` of ``--batch-ops`` random ops on one daemon, then one add of
   10^9 as a marker, timed until all three daemons' ``get`` show the same value with the
   marker: ops/s durable on the node that took them (populate's answer) and ops/s until
-  all three agree;
+  all three agree; and how much each daemon's RSS grew per op it holds in its log
+  (the most of the three);
 - ``lag``: replication lag, an add on one daemon (rotating) until both others' ``get``
   show it, p50/p99 (bench/lan_compare.py's measurement, on loopback); for etcd, a put
   through one member until a serializable range on both others shows its revision;
@@ -362,8 +363,17 @@ def wait_values(clients: list[Client], variable: str, expected: int, timeout_s: 
         time.sleep(0.002)
 
 
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise LookupError(f"no VmRSS for {pid}")
+
+
 def batch(cluster: Cluster, ops: int, repeat: int) -> dict[str, Any]:
     clients = [Client(d.socket, timeout_s=600) for d in cluster.daemons]
+    pids = [d.process.pid for d in cluster.daemons if d.process is not None]
+    rss_before = [rss_bytes(pid) for pid in pids]
     runs = []
     try:
         for k in range(repeat):
@@ -382,6 +392,8 @@ def batch(cluster: Cluster, ops: int, repeat: int) -> dict[str, Any]:
                 }
             )
             log(f"batch {k + 1}/{repeat}: {runs[-1]}")
+        # Every daemon holds every op of every run in its log now (no sync ran).
+        grown = [rss_bytes(pid) - before for pid, before in zip(pids, rss_before, strict=True)]
     finally:
         for client in clients:
             client.close()
@@ -389,6 +401,7 @@ def batch(cluster: Cluster, ops: int, repeat: int) -> dict[str, Any]:
         "ops": ops + 1,
         "durable_ops_per_s": round(statistics.median(r["durable_ops_per_s"] for r in runs)),
         "agreed_ops_per_s": round(statistics.median(r["agreed_ops_per_s"] for r in runs)),
+        "rss_bytes_per_op_max": round(max(grown) / ((ops + 1) * repeat), 1),
         "runs": runs,
     }
 
@@ -576,6 +589,7 @@ def figures_of(result: dict[str, Any]) -> list[dict[str, Any]]:
     if b := result.get("batch"):
         row(f"batch: populate {b['ops']:,} ops, durable ops/s", f"{b['durable_ops_per_s']:,}")
         row("batch: ops/s until all 3 agree", f"{b['agreed_ops_per_s']:,}")
+        row("batch: daemon RSS growth, bytes per op held (max of 3)", b["rss_bytes_per_op_max"])
     if lag := result.get("lag"):
         etcd = result.get("etcd_lag") or {}
         row("replication lag p50 ms (add -> both others)", lag["p50_ms"], etcd.get("p50_ms"))

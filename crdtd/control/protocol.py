@@ -383,11 +383,13 @@ def encode_request(request_id: RequestId, cmd: str, args: Mapping[str, object]) 
 
 _INTEGER = rb"-?(?:0|[1-9][0-9]{0,18})"
 _ADD_LINE = re.compile(
-    rb'\{"v":1,"id":(' + _INTEGER + rb'),"cmd":"add","args":\{"variable":"([A-Za-z0-9_.-]{1,64})",'
-    rb'"delta":(' + _INTEGER + rb')(?:,"request_id":"([A-Za-z0-9_.:-]{1,64})")?\}\}\Z'
+    rb'\{"v": ?1, ?"id": ?(' + _INTEGER + rb'), ?"cmd": ?"add", ?"args": ?\{'
+    rb'"variable": ?"([A-Za-z0-9_.-]{1,64})", ?"delta": ?(' + _INTEGER + rb")"
+    rb'(?:, ?"request_id": ?"([A-Za-z0-9_.:-]{1,64})")?\}\}\Z'
 )
-"""An ``add`` exactly as `encode_request` writes it (crdtctl, crdtd.client, the
-benches), with an integer id and a plain request id: the hot path, read without
+"""An ``add`` as `encode_request` writes it (crdtctl, crdtd.client), or as JSON
+libraries write it by default (a space after ``:`` and ``,``), with the fields in
+that order, an integer id and a plain request id: the hot path, read without
 json.loads. Anything else, however valid, takes the general path; both give the same
 `Request` (tests/control/test_protocol.py checks them against each other)."""
 

@@ -2,7 +2,7 @@
 
 Theory of operation. Inputs are method calls that each carry ``now``:
 ``receive_datagram``, ``handle_timer``, and the local commands ``create``, ``add``,
-``add_many``, ``start_verify`` and ``start_sync``. Outputs are pulled, in the order of
+``add_many``, ``add_each``, ``start_verify`` and ``start_sync``. Outputs are pulled, in the order of
 a `crdtd.core.step.Flush`: ``records_to_persist`` (write and sync them first),
 ``datagrams_to_send``, ``events``; then one timer is re-armed at ``get_timer()``.
 
@@ -283,6 +283,19 @@ class Node:
         self._tickets = tickets[-1]
         self._apply(effects, now)
         return tickets[-1]
+
+    def add_each(self, variable: str, deltas: Sequence[int], now: float) -> range:
+        """Several adds of one variable, each of one delta and a ticket of its own, as
+        one run: one record and one `ValueChanged` for them all, and an `AddApplied`
+        per ticket with that add's op and the value after it. The same outcome as an
+        `add` per delta, in order, at a fraction of the cost (`crdtd.core.step` takes
+        a step's queued adds of one variable so). Raises `InvalidInput` before it
+        changes anything."""
+        tickets = range(self._tickets + 1, self._tickets + 1 + len(deltas))
+        effects = self._writes.add_many(tickets, variable, deltas, self.mode)
+        self._tickets = tickets[-1]
+        self._apply(effects, now)
+        return tickets
 
     def start_verify(self, now: float) -> int:
         """Ask every live peer for its reports; `VerifyFinished` carries the ticket."""

@@ -30,6 +30,7 @@ request id) raises `InvalidInput`.
 from __future__ import annotations
 
 import collections
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -144,9 +145,11 @@ class Writes:
     def add_many(
         self, tickets: Sequence[int], variable: str, deltas: Sequence[int], mode: Mode
     ) -> list[Effect]:
-        """Each of *deltas* as an op of its own, in order; in Work one `AddApplied`
-        (for ``tickets[-1]``) and one `ValueChanged` stand for them all, held each is
-        an add of its own (``tickets[i]``)."""
+        """Each of *deltas* as an op of its own, in order, in one run. In Work, with one
+        ticket, one `AddApplied` (the last op) stands for them all; with a ticket per
+        delta, each op is answered as an add of its own, with the value after it. One
+        `ValueChanged` ends the run. Held, each is an add of its own (``tickets[i]``).
+        Raises `InvalidInput` before it changes anything."""
         if not deltas:
             raise InvalidInput("add_many: expected at least one delta")
         check_name(variable)
@@ -163,19 +166,27 @@ class Writes:
         origin = self.origin
         first = counter.watermark(origin) + 1
         run = tuple(deltas)
+        before = counter.value
         # Our own ops above our watermark are never held (a peer's claim of one is
         # refused, `Replication._check_own_ops`), so the run goes in whole; op by op
         # is only the fallback that keeps this true if that ever changed.
         if not counter.extend(origin, first, run):
             for k, delta in enumerate(run):
                 counter.apply(origin, first + k, delta)
-        nonce = first + len(run) - 1
         effects.append(Persist(OpsRecorded(variable, origin, first, run)))
         effects.append(Fresh(variable, first, run))
         effects.append(NoteChange(variable))
         effects.append(Count("ops_local", len(deltas)))
-        effects.append(Report(AddApplied(tickets[-1], variable, origin, nonce, counter.value)))
-        effects.append(Report(ValueChanged(variable, counter.value)))
+        value = counter.value
+        if len(tickets) == 1:
+            nonce = first + len(run) - 1
+            effects.append(Report(AddApplied(tickets[0], variable, origin, nonce, value)))
+        else:
+            values = itertools.accumulate(run, initial=before)
+            next(values)  # *before* itself
+            for nonce, (ticket, after) in enumerate(zip(tickets, values, strict=True), first):
+                effects.append(Report(AddApplied(ticket, variable, origin, nonce, after)))
+        effects.append(Report(ValueChanged(variable, value)))
         return effects
 
     def thaw(self) -> list[Effect]:

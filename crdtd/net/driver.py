@@ -321,7 +321,10 @@ class Driver:
             self._send(datagram.payload, datagram.destination or self._group)
         now = asyncio.get_running_loop().time()
         for event in flush.events:
-            if isinstance(event, AddApplied | VerifyFinished):
+            if type(event) is AddApplied:
+                self._resolve(event.ticket, event)
+                continue  # an answer, nothing to log or watch: ValueChanged is that
+            if isinstance(event, VerifyFinished):
                 self._resolve(event.ticket, event)
             elif isinstance(event, SyncFinished):
                 for ticket in event.tickets:

@@ -631,6 +631,44 @@ def test_add_many_during_a_barrier_holds_every_op() -> None:
     assert any(e.ticket == ticket and e.value == 6 for e in lan.of_type("a", AddApplied))
 
 
+def test_add_each_answers_every_add_with_its_own_op_and_value() -> None:
+    """Adds a step took together: one run on disk and on the wire, one ValueChanged,
+    and each ticket answered as if its add had been applied alone."""
+    lan = lan_of("a", "b")
+    lan["a"].add("x", 100, lan.now)
+    lan.settle()
+    lan.events["a"].clear()
+    tickets = lan["a"].add_each("x", [1, -2, 3], lan.now)
+    lan.settle()
+    applied = lan.of_type("a", AddApplied)
+    assert [(e.ticket, e.nonce, e.value) for e in applied] == [
+        (tickets[0], 2, 101),
+        (tickets[1], 3, 99),
+        (tickets[2], 4, 102),
+    ]
+    assert [e.value for e in lan.of_type("a", ValueChanged)] == [102]
+    assert [op[1:] for op in lan["b"].history("x") or []] == [(1, 100), (2, 1), (3, -2), (4, 3)]
+    with pytest.raises(InvalidInput):
+        lan["a"].add_each("x", [1, 2**63], lan.now)
+    assert lan["a"].value("x") == 102
+
+
+def test_add_each_during_a_barrier_holds_every_add_with_its_ticket() -> None:
+    lan = lan_of("a", "b")
+    lan["a"].add("x", 1, lan.now)
+    lan.settle()
+    lan.cut.add(("b", "a"))  # keep a in its barrier for a moment
+    lan["a"].start_sync(lan.now)
+    assert lan["a"].mode is Mode.SYNC
+    tickets = lan["a"].add_each("x", [2, 3], lan.now)
+    assert lan["a"].value("x") == 1
+    lan.heal()
+    lan.run_for(1.0)
+    assert lan.values("x") == {"a": 6, "b": 6}
+    answered = {e.ticket: e.value for e in lan.of_type("a", AddApplied)}
+    assert (answered[tickets[0]], answered[tickets[1]]) == (3, 6)
+
+
 def test_adding_beyond_variables_max_raises_invalid_input() -> None:
     node = Node(Origin("a", 1), Settings(variables_max=2), random.Random("t/a"), START)
     node.add("x", 1, START)

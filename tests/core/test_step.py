@@ -6,14 +6,16 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from crdtd.core.events import AddApplied
 from crdtd.core.ids import InvalidInput, Origin
 from crdtd.core.node import Node
-from crdtd.core.records import OpRecorded
+from crdtd.core.records import OpRecorded, OpsRecorded
 from crdtd.core.requests import Add, Create, ReadVariable, Ticket
 from crdtd.core.settings import DATAGRAM_BYTES_MAX, Settings
-from crdtd.core.step import DROPPED_INBOX_FULL, DROPPED_OVERSIZED, Stepper
+from crdtd.core.step import DROPPED_INBOX_FULL, DROPPED_OVERSIZED, Flush, Stepper
 from crdtd.core.view import UnknownVariable, VariableView
 
 ADDRESS = ("10.0.0.2", 7778)
@@ -82,3 +84,71 @@ def test_one_add_and_a_batch_each_return_one_ticket(deltas: tuple[int, ...]) -> 
     stepped.offer(Add("x", deltas), "add")
     [answer] = stepped.step(1.0).answers
     assert isinstance(answer.result, Ticket)
+
+
+def test_adds_of_one_variable_queued_together_are_one_run_each_answered() -> None:
+    stepped = stepper()
+    for n in range(4):
+        stepped.offer(Add("x", (n + 1,)), f"x{n}")
+    stepped.offer(Add("y", (7,)), "y")
+    stepped.offer(Add("x", (5,)), "x4")
+    flush = stepped.step(1.0)
+    runs = [(r.variable, r.first, r.deltas) for r in flush.records if isinstance(r, OpsRecorded)]
+    assert runs == [("x", 1, (1, 2, 3, 4))]
+    applied = {event.ticket: event for event in flush.events if isinstance(event, AddApplied)}
+    answers = {
+        a.token: applied[a.result.number] for a in flush.answers if isinstance(a.result, Ticket)
+    }
+    assert [(answers[f"x{n}"].nonce, answers[f"x{n}"].value) for n in range(5)] == [
+        (1, 1),
+        (2, 3),
+        (3, 6),
+        (4, 10),
+        (5, 15),
+    ]
+    assert (answers["y"].nonce, answers["y"].value) == (1, 7)
+
+
+ADDS = st.lists(
+    st.tuples(
+        st.sampled_from(["x", "y", "bad name!"]),
+        st.sampled_from([1, -3, 0, 2**62, 2**63]),
+        st.sampled_from([None, None, None, "id-1", "id-2"]),
+    ),
+    max_size=12,
+)
+
+
+@given(ADDS)
+@settings(max_examples=200, deadline=None)
+def test_adds_taken_together_are_answered_as_adds_taken_one_by_one(
+    adds: list[tuple[str, int, str | None]],
+) -> None:
+    """The run is only a cheaper way to the same outcome: the same op, value or error
+    for every request, the same state after."""
+    together, alone = stepper(), stepper()
+    for n, (variable, delta, request_id) in enumerate(adds):
+        together.offer(Add(variable, (delta,), request_id), str(n))
+    outcomes = [_outcomes(together.step(1.0))]
+    outcomes.append({})
+    for n, (variable, delta, request_id) in enumerate(adds):
+        alone.offer(Add(variable, (delta,), request_id), str(n))
+        outcomes[1].update(_outcomes(alone.step(1.0)))
+    assert outcomes[0] == outcomes[1]
+    for variable in ("x", "y"):
+        assert together.node.value(variable) == alone.node.value(variable)
+        assert together.node.history(variable) == alone.node.history(variable)
+
+
+def _outcomes(flush: Flush[str]) -> dict[str, object]:
+    """Each request's answer: its op and value, or the type of its error."""
+    applied = {e.ticket: e for e in flush.events if isinstance(e, AddApplied)}
+    outcomes: dict[str, object] = {}
+    for answer in flush.answers:
+        if answer.error is not None:
+            outcomes[answer.token] = type(answer.error)
+        else:
+            assert isinstance(answer.result, Ticket)
+            event = applied[answer.result.number]
+            outcomes[answer.token] = (event.nonce, event.value)
+    return outcomes

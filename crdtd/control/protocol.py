@@ -369,8 +369,12 @@ def _describe(value: object) -> str:
     return f"{kind} {text}".rstrip()
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+"""Made once: `json.dumps` with options builds an encoder per call."""
+
+
 def _dumps(message: dict[str, Any]) -> bytes:
-    return json.dumps(message, separators=(",", ":"), allow_nan=False).encode() + b"\n"
+    return _ENCODER.encode(message).encode() + b"\n"
 
 
 def encode_request(request_id: RequestId, cmd: str, args: Mapping[str, object]) -> bytes:

@@ -267,6 +267,8 @@ class _Connection(asyncio.Protocol):
         self._write_soon = False
         self._watch: asyncio.Task[None] | None = None
         self._idle: asyncio.TimerHandle | None = None
+        self._moved_at = 0.0  # the loop's time when something last moved
+        self._loop = asyncio.get_running_loop()  # asked once: each ask is a getpid()
 
     # --- asyncio.Protocol -------------------------------------------------------------
 
@@ -378,7 +380,7 @@ class _Connection(asyncio.Protocol):
             # Answers settle one callback at a time (a step's adds all at once): write
             # them together, once the loop has run the others.
             self._write_soon = True
-            asyncio.get_running_loop().call_soon(self._write_ready)
+            self._loop.call_soon(self._write_ready)
 
     def _write_ready(self) -> None:
         """Write the ready answers at the head in one write; start the head if it
@@ -463,16 +465,21 @@ class _Connection(asyncio.Protocol):
     # --- idleness -----------------------------------------------------------------------
 
     def _touch(self) -> None:
-        """Something moved: the idle clock starts again."""
-        if self._idle is not None:
-            self._idle.cancel()
-        loop = asyncio.get_running_loop()
-        self._idle = loop.call_later(self._server._idle_timeout_s, self._idle_check)
+        """Something moved: the idle clock starts again. One timer per connection,
+        moved on when it fires, not a new one per read."""
+        self._moved_at = self._loop.time()
+        if self._idle is None:
+            deadline = self._moved_at + self._server._idle_timeout_s
+            self._idle = self._loop.call_at(deadline, self._idle_check)
 
     def _idle_check(self) -> None:
         """Close a connection that sent nothing, or read nothing we wrote, for the idle
         timeout; no limit while a request is being answered or a watch is open."""
         self._idle = None
+        deadline = self._moved_at + self._server._idle_timeout_s
+        if self._loop.time() < deadline:
+            self._idle = self._loop.call_at(deadline, self._idle_check)
+            return
         busy = any(pending.future is not None for pending in self._pending)
         if self._writable.is_set() and (busy or self._watch is not None):
             self._touch()

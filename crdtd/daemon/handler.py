@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -59,6 +60,7 @@ class Handler(CoroutineHandler):
         rng: random.Random,
         net: NetInfo | None = None,
     ) -> None:
+        self._loop = asyncio.get_running_loop()  # asked once: each ask is a getpid()
         self._driver = driver
         self._reporter = reporter
         self._rng = rng
@@ -69,16 +71,23 @@ class Handler(CoroutineHandler):
         self._sync_timeout_s = 3 * freeze + 5.0
         self._verify_timeout_s = settings.verify_timeout_s + 5.0
         self._late_adds = Deadlines(
-            self._add_timeout_s, ControlError(ErrorCode.TIMEOUT, "the add was not applied in time")
+            self._loop,
+            self._add_timeout_s,
+            ControlError(ErrorCode.TIMEOUT, "the add was not applied in time"),
         )
 
     def answer(self, request: Request) -> asyncio.Future[dict[str, Any]]:
         args = request.args
         if request.cmd == "add":
             add = Add(args["variable"], (args["delta"],), args.get("request_id"))
-            return self._late_adds.watch(_then(self._driver.submit(add), _add_data))
+            out = self._loop.create_future()
+            self._driver.call(add, functools.partial(_reply, out, _add_data))
+            return self._late_adds.watch(out)
         if request.cmd == "get":
-            return _then(self._driver.submit(ReadVariable(args["variable"])), _get_data)
+            out = self._loop.create_future()
+            read = ReadVariable(args["variable"])
+            self._driver.call(read, functools.partial(_reply, out, _get_data))
+            return out
         return super().answer(request)
 
     async def handle(self, request: Request) -> dict[str, Any]:
@@ -403,26 +412,20 @@ def _get_data(view: VariableView) -> dict[str, Any]:
     }
 
 
-def _then(
-    inner: asyncio.Future[Any], convert: Callable[[Any], dict[str, Any]]
-) -> asyncio.Future[dict[str, Any]]:
-    """The answer to a driver request, converted by *convert* in a callback (no task).
-    Cancelling it drops the driver's answer."""
-    out: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-
-    def settle(_: asyncio.Future[Any]) -> None:
-        if out.done():
-            return
-        if inner.cancelled():
-            out.cancel()
-        elif (error := inner.exception()) is not None:
-            out.set_exception(_control_error(error))
-        else:
-            out.set_result(convert(inner.result()))
-
-    inner.add_done_callback(settle)
-    out.add_done_callback(lambda _: inner.cancel() if out.cancelled() else None)
-    return out
+def _reply(
+    out: asyncio.Future[dict[str, Any]],
+    convert: Callable[[Any], dict[str, Any]],
+    result: Any,
+    error: Exception | None,
+) -> None:
+    """A driver answer (`Driver.call`) into *out*, converted by *convert*: no task, and
+    no future of the driver's. A cancelled *out* (the client is gone) drops it."""
+    if out.done():
+        return
+    if error is not None:
+        out.set_exception(_control_error(error))
+    else:
+        out.set_result(convert(result))
 
 
 class Deadlines:
@@ -431,7 +434,10 @@ class Deadlines:
     order they came; the answered ones at the head are dropped as new ones come, so
     the queue holds about what is in flight."""
 
-    def __init__(self, timeout_s: float, late: ControlError) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, timeout_s: float, late: ControlError
+    ) -> None:
+        self._loop = loop
         self._timeout_s = timeout_s
         self._late = late
         self._waiting: collections.deque[tuple[float, asyncio.Future[Any]]]
@@ -439,7 +445,7 @@ class Deadlines:
         self._timer: asyncio.TimerHandle | None = None
 
     def watch(self, future: asyncio.Future[dict[str, Any]]) -> asyncio.Future[dict[str, Any]]:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         waiting = self._waiting
         while waiting and waiting[0][1].done():
             waiting.popleft()
@@ -449,7 +455,7 @@ class Deadlines:
         return future
 
     def _expire(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         now, waiting = loop.time(), self._waiting
         while waiting and (waiting[0][1].done() or waiting[0][0] <= now):
             _, future = waiting.popleft()

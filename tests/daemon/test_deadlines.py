@@ -16,7 +16,7 @@ def test_only_the_answers_still_missing_at_their_deadline_are_late() -> None:
         loop = asyncio.get_running_loop()
         clock = [1000.0]
         loop.time = lambda: clock[0]  # type: ignore[method-assign]
-        deadlines = Deadlines(10.0, ControlError(ErrorCode.TIMEOUT, "late"))
+        deadlines = Deadlines(loop, 10.0, ControlError(ErrorCode.TIMEOUT, "late"))
         answered, missing = loop.create_future(), loop.create_future()
         deadlines.watch(answered)
         deadlines.watch(missing)

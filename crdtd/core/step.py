@@ -151,9 +151,12 @@ class Stepper(Generic[T]):
         """Single adds of one variable as one run; refused, each alone."""
         try:
             tickets = self.node.add_each(variable, deltas, now)
-        except InvalidInput:
+        except InvalidInput:  # raised before anything changed: each alone is safe
             for delta, token in zip(deltas, tokens, strict=True):
                 self._apply(Add(variable, (delta,)), token, now)
+            return
+        except Exception as error:  # as `_apply` does: the callers' to report
+            self._answers.extend(Answer(token, None, error) for token in tokens)
             return
         answers = self._answers
         for token, ticket in zip(tokens, tickets, strict=True):

@@ -152,3 +152,24 @@ def _outcomes(flush: Flush[str]) -> dict[str, object]:
             event = applied[answer.result.number]
             outcomes[answer.token] = (event.nonce, event.value)
     return outcomes
+
+
+def test_a_run_that_fails_by_a_bug_answers_each_add_with_the_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only bad input is refused before anything changed; any other error is each
+    caller's answer (as for a lone request), and the adds are not retried one by one."""
+    stepped = stepper()
+
+    def broken(variable: str, deltas: list[int], now: float) -> range:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(stepped.node, "add_each", broken)
+    stepped.offer(Add("x", (1,)), "first")
+    stepped.offer(Add("x", (2,)), "second")
+    flush = stepped.step(1.0)
+    assert [(a.token, type(a.error)) for a in flush.answers] == [
+        ("first", RuntimeError),
+        ("second", RuntimeError),
+    ]
+    assert stepped.node.value("x") is None

@@ -633,7 +633,7 @@ def main() -> int:
     parser.add_argument("--no-etcd", action="store_true")
     parser.add_argument("--batch-ops", type=int, default=None, help="(100000; quick 20000)")
     parser.add_argument("--variables", type=int, default=10_000)
-    parser.add_argument("--lag-probes", type=int, default=None, help="(50; quick 20)")
+    parser.add_argument("--lag-probes", type=int, default=None, help="(200; quick 20)")
     parser.add_argument("--idle-s", type=float, default=None, help="(10; quick 3)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "peers.json")
     options = parser.parse_args()
@@ -645,7 +645,7 @@ def main() -> int:
     measure_s = pick(options.measure_s, 6.0, 2.0)
     repeat = pick(options.repeat, 3, 2)
     batch_ops = pick(options.batch_ops, 100_000, 20_000)
-    lag_probes = pick(options.lag_probes, 50, 20)
+    lag_probes = pick(options.lag_probes, 200, 20)
     idle_s = pick(options.idle_s, 10.0, 3.0)
     parts = [part for part in options.parts.split(",") if part]
     if unknown := sorted(set(parts) - set(PARTS)):

@@ -34,11 +34,14 @@ Parts (``--parts``, all by default):
   For each: operations per second and the servers' CPU time per operation (user +
   system from /proc, summed over the cluster's processes). Each load runs ``--repeat``
   times; the table shows the median, the JSON every run, and the ratios crdtd / Redis
-  always, crdtd / etcd CAS and crdtd / etcd put, as min and median over the repeats;
+  always, crdtd / etcd CAS and crdtd / etcd put, as min and median over the repeats.
+  Then once 64 x 1 to one daemon only: its CPU per add (the origin's work) and the
+  others' per op (a replica's), to tell the two apart;
 - ``unpipelined``: one client, one add at a time on one connection (2,000 of them):
   p50 and p99, beside the p50 of a 100-byte append and fdatasync in the daemon's state
   directory (the floor of any durable answer on this disk) and Redis ``appendfsync
-  always``'s INCRBY the same way;
+  always``'s INCRBY the same way; and the p50 on a daemon alone, whose commits do not
+  queue behind two replicas' fdatasyncs on the same disk (on a LAN each has its own);
 - ``batch``: ``populate`` of ``--batch-ops`` random ops on one daemon, then one add of
   10^9 as a marker, timed until all three daemons' ``get`` show the same value with the
   marker: ops/s durable on the node that took them (populate's answer) and ops/s until
@@ -539,6 +542,30 @@ def ratios_of(runs: dict[tuple[str, str], list[dict[str, float]]]) -> list[dict[
     return ratios
 
 
+def origin_and_replicas(cluster: Cluster, seconds: float) -> dict[str, float]:
+    """64 x 1 to the first daemon only: CPU per add on it, and per op on the others."""
+    pids = [d.process.pid for d in cluster.daemons if d.process is not None]
+    before = [cpu_s([pid]) for pid in pids]
+    answered, _ = generate("crdtd", [str(cluster.daemons[0].socket)], 64, 1, seconds)
+    spent = [cpu_s([pid]) - b for pid, b in zip(pids, before, strict=True)]
+    per_op = [s / max(answered, 1) * 1e6 for s in spent]
+    return {
+        "origin_cpu_us_per_add": round(per_op[0], 1),
+        "replica_cpu_us_per_op": round(statistics.mean(per_op[1:]), 1),
+    }
+
+
+def alone_unpipelined(root: Path, requests: int) -> dict[str, float]:
+    """`unpipelined` on a cluster of one daemon."""
+    (root / "alone").mkdir()
+    alone = Cluster.start(root / "alone", 1, extra_config=CLUSTER_CONFIG, log_level="warning")
+    try:
+        alone.daemons[0].ctl("create", "x", check=False)
+        return unpipelined(alone.daemons[0].socket, REQUESTS["crdtd"], requests)
+    finally:
+        alone.stop()
+
+
 def fdatasync_ms(directory: Path, count: int = 200) -> float:
     """The median time of a 100-byte append and fdatasync in *directory*: the floor of
     any durable answer on this disk."""
@@ -596,6 +623,10 @@ def figures_of(result: dict[str, Any]) -> list[dict[str, Any]]:
         row("  p50 over fdatasync, ms (target <= 0.2)", round(u["p50_ms"] - u["fdatasync_ms"], 3))
         if "redis_always_p50_ms" in u:
             row("  Redis appendfsync always, INCRBY p50 ms", u["redis_always_p50_ms"])
+        row("  the same on a daemon alone (no replicas on this disk), p50 ms", u["alone_p50_ms"])
+    if split := result.get("split"):
+        row("64 x 1 to one daemon: its CPU us per add (origin)", split["origin_cpu_us_per_add"])
+        row("  each other daemon's CPU us per op (replica)", split["replica_cpu_us_per_op"])
     if b := result.get("batch"):
         row(f"batch: populate {b['ops']:,} ops, durable ops/s", f"{b['durable_ops_per_s']:,}")
         row("batch: ops/s until all 3 agree", f"{b['agreed_ops_per_s']:,}")
@@ -708,6 +739,8 @@ def main() -> int:
                                 f"{outcome['ops_per_s']:9,.0f}/s "
                                 f"{outcome['cpu_us_per_op']:6.0f} us"
                             )
+                result["split"] = origin_and_replicas(cluster, measure_s)
+                log(f"64 x 1 to one daemon: {result['split']}")
             if "unpipelined" in parts:
                 request = REQUESTS["crdtd"]
                 result["unpipelined"] = unpipelined(cluster.daemons[0].socket, request, 2000)
@@ -718,6 +751,7 @@ def main() -> int:
                     if server.always:
                         latency = unpipelined(server.socket, REQUESTS["redis"], 2000)
                         result["unpipelined"]["redis_always_p50_ms"] = latency["p50_ms"]
+                result["unpipelined"]["alone_p50_ms"] = alone_unpipelined(root, 2000)["p50_ms"]
                 log(f"unpipelined: {result['unpipelined']}")
             for server in servers:
                 server.stop()

@@ -17,11 +17,12 @@ import structlog
 
 from crdtd.core.ids import Origin
 from crdtd.core.node import Node
-from crdtd.core.records import BaseFolded, OpRecorded, Record, VariableCreated
-from crdtd.core.requests import Create
+from crdtd.core.records import BaseFolded, OpRecorded, OpsRecorded, Record, VariableCreated
+from crdtd.core.requests import Add, Create
 from crdtd.core.settings import Settings
 from crdtd.core.step import Flush
 from crdtd.daemon.reporting import Reporter
+from crdtd.net import driver as driver_module
 from crdtd.net.driver import Driver
 from crdtd.store.sqlite import Store
 
@@ -246,3 +247,63 @@ def test_our_own_multicast_is_skipped_before_parsing_and_a_peers_is_queued(store
             await asyncio.wait_for(driver.run(), WAIT_S)
 
     asyncio.run(scenario())
+
+
+class Commits:
+    """A real store that notes how many ops each commit wrote."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.ops: list[int] = []
+
+    def append(self, records: list[Record]) -> None:
+        ops = sum(len(r.deltas) for r in records if isinstance(r, OpsRecorded))
+        ops += sum(1 for r in records if isinstance(r, OpRecorded))
+        if ops:
+            self.ops.append(ops)
+        self.store.append(records)
+
+    @property
+    def unpruned(self) -> bool:
+        return self.store.unpruned
+
+    def prune(self) -> bool:
+        return self.store.prune()
+
+
+def test_a_step_gathers_as_many_requests_as_the_last_commit_answered(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three clients answered together ask again one by one: the step waits for all
+    three and commits them together; one alone is taken once the gathering time is up,
+    and a lone client is never held (its target is one)."""
+    commits = Commits(store)
+    group = udp_socket()
+
+    async def scenario() -> None:
+        driver = make_driver(commits, group.getsockname())
+        await driver.attach(udp_socket(), udp_socket())
+        running = asyncio.create_task(driver.run())
+        try:
+            add = Add("x", (1,))
+            await asyncio.wait_for(asyncio.gather(*(driver.submit(add) for _ in range(3))), WAIT_S)
+            monkeypatch.setattr(driver_module, "GATHER_S", WAIT_S)  # only the count ends it
+            first = driver.submit(add)
+            for _ in range(5):
+                await asyncio.sleep(0)  # the driver had every chance to step
+            assert not first.done()
+            await asyncio.wait_for(
+                asyncio.gather(first, driver.submit(add), driver.submit(add)), WAIT_S
+            )
+            monkeypatch.setattr(driver_module, "GATHER_S", 0.01)
+            for _ in range(2):  # one client: it waits once for the other two, then alone
+                await asyncio.wait_for(driver.submit(add), WAIT_S)
+        finally:
+            driver.stop()
+            await asyncio.wait_for(running, WAIT_S)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        group.close()
+    assert commits.ops == [3, 3, 1, 1]

@@ -50,7 +50,8 @@ POPULATE_STEP_OPS = 5000  # ops of a populate applied in one step: ~10 ms, one c
 
 class Handler(CoroutineHandler):
     """The daemon's answers. ``add`` and ``get`` (the hot ones) are answered without a
-    task: the driver's future is converted by a callback; the rest run as coroutines."""
+    task: the driver's reply (`Driver.call`) fills the future the server waits on; the rest
+    run as coroutines."""
 
     def __init__(
         self,

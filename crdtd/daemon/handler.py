@@ -29,6 +29,7 @@ from crdtd.control.server import CoroutineHandler
 from crdtd.core.events import AddApplied
 from crdtd.core.ids import InvalidInput
 from crdtd.core.requests import Add, ReadVariable
+from crdtd.core.requests import Request as CoreRequest
 from crdtd.core.settings import Settings
 from crdtd.core.view import NodeState, UnknownVariable, VariableView
 from crdtd.daemon.diagnosis import (
@@ -81,15 +82,18 @@ class Handler(CoroutineHandler):
         args = request.args
         if request.cmd == "add":
             add = Add(args["variable"], (args["delta"],), args.get("request_id"))
-            out = self._loop.create_future()
-            self._driver.call(add, functools.partial(_reply, out, _add_data))
-            return self._late_adds.watch(out)
+            return self._late_adds.watch(self._call(add, _add_data))
         if request.cmd == "get":
-            out = self._loop.create_future()
-            read = ReadVariable(args["variable"])
-            self._driver.call(read, functools.partial(_reply, out, _get_data))
-            return out
+            return self._call(ReadVariable(args["variable"]), _get_data)
         return super().answer(request)
+
+    def _call(
+        self, request: CoreRequest, convert: Callable[[Any], dict[str, Any]]
+    ) -> asyncio.Future[dict[str, Any]]:
+        """*request* to the driver; its answer, converted, in the future returned."""
+        out: asyncio.Future[dict[str, Any]] = self._loop.create_future()
+        self._driver.call(request, functools.partial(_reply, out, convert))
+        return out
 
     async def handle(self, request: Request) -> dict[str, Any]:
         try:

@@ -616,13 +616,19 @@ def test_add_many_makes_consecutive_ops_answered_by_one_ticket() -> None:
     assert lan["a"].value("x") == 102  # a bad delta anywhere refuses the whole batch
 
 
-def test_add_many_during_a_barrier_holds_every_op() -> None:
+def a_in_a_barrier() -> Lan:
+    """x is 1 on a and b; a is in a barrier, kept there while b's datagrams are cut."""
     lan = lan_of("a", "b")
     lan["a"].add("x", 1, lan.now)
     lan.settle()
-    lan.cut.add(("b", "a"))  # keep a in its barrier for a moment
+    lan.cut.add(("b", "a"))
     lan["a"].start_sync(lan.now)
     assert lan["a"].mode is Mode.SYNC
+    return lan
+
+
+def test_add_many_during_a_barrier_holds_every_op() -> None:
+    lan = a_in_a_barrier()
     ticket = lan["a"].add_many("x", [2, 3], lan.now)
     assert lan["a"].value("x") == 1
     lan.heal()
@@ -654,12 +660,7 @@ def test_add_each_answers_every_add_with_its_own_op_and_value() -> None:
 
 
 def test_add_each_during_a_barrier_holds_every_add_with_its_ticket() -> None:
-    lan = lan_of("a", "b")
-    lan["a"].add("x", 1, lan.now)
-    lan.settle()
-    lan.cut.add(("b", "a"))  # keep a in its barrier for a moment
-    lan["a"].start_sync(lan.now)
-    assert lan["a"].mode is Mode.SYNC
+    lan = a_in_a_barrier()
     tickets = lan["a"].add_each("x", [2, 3], lan.now)
     assert lan["a"].value("x") == 1
     lan.heal()

@@ -22,25 +22,19 @@ from crdtd.core.requests import Add, Create
 from crdtd.core.settings import Settings
 from crdtd.core.step import Flush
 from crdtd.daemon.reporting import Reporter
-from crdtd.net import driver as driver_module
 from crdtd.net.driver import Driver
 from crdtd.store.sqlite import Store
 
 WAIT_S = 10.0
 
 
-class WatchedStore:
-    """A real store that notes, at each append, whether the watched future was
-    already answered (it must not be: the answer waits for the write)."""
+class PassingStore:
+    """A real store behind the driver, for a test to note what each append wrote."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.watched: asyncio.Future[Any] | None = None
-        self.answered_before_write: list[bool] = []
 
     def append(self, records: list[Record]) -> None:
-        if self.watched is not None and VariableCreated("x") in records:
-            self.answered_before_write.append(self.watched.done())
         self.store.append(records)
 
     @property
@@ -49,6 +43,21 @@ class WatchedStore:
 
     def prune(self) -> bool:
         return self.store.prune()
+
+
+class WatchedStore(PassingStore):
+    """Notes, at each append, whether the watched future was already answered (it
+    must not be: the answer waits for the write)."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(store)
+        self.watched: asyncio.Future[Any] | None = None
+        self.answered_before_write: list[bool] = []
+
+    def append(self, records: list[Record]) -> None:
+        if self.watched is not None and VariableCreated("x") in records:
+            self.answered_before_write.append(self.watched.done())
+        super().append(records)
 
 
 class NoSystemd:
@@ -249,11 +258,11 @@ def test_our_own_multicast_is_skipped_before_parsing_and_a_peers_is_queued(store
     asyncio.run(scenario())
 
 
-class Commits:
-    """A real store that notes how many ops each commit wrote."""
+class Commits(PassingStore):
+    """Notes how many ops each commit wrote."""
 
     def __init__(self, store: Store) -> None:
-        self.store = store
+        super().__init__(store)
         self.ops: list[int] = []
 
     def append(self, records: list[Record]) -> None:
@@ -261,14 +270,7 @@ class Commits:
         ops += sum(1 for r in records if isinstance(r, OpRecorded))
         if ops:
             self.ops.append(ops)
-        self.store.append(records)
-
-    @property
-    def unpruned(self) -> bool:
-        return self.store.unpruned
-
-    def prune(self) -> bool:
-        return self.store.prune()
+        super().append(records)
 
 
 def test_a_step_gathers_as_many_requests_as_the_last_commit_answered(
@@ -287,7 +289,7 @@ def test_a_step_gathers_as_many_requests_as_the_last_commit_answered(
         try:
             add = Add("x", (1,))
             await asyncio.wait_for(asyncio.gather(*(driver.submit(add) for _ in range(3))), WAIT_S)
-            monkeypatch.setattr(driver_module, "GATHER_S", WAIT_S)  # only the count ends it
+            monkeypatch.setattr("crdtd.net.driver.GATHER_S", WAIT_S)  # only the count ends it
             first = driver.submit(add)
             for _ in range(5):
                 await asyncio.sleep(0)  # the driver had every chance to step
@@ -295,7 +297,7 @@ def test_a_step_gathers_as_many_requests_as_the_last_commit_answered(
             await asyncio.wait_for(
                 asyncio.gather(first, driver.submit(add), driver.submit(add)), WAIT_S
             )
-            monkeypatch.setattr(driver_module, "GATHER_S", 0.01)
+            monkeypatch.setattr("crdtd.net.driver.GATHER_S", 0.01)
             for _ in range(2):  # one client: it waits once for the other two, then alone
                 await asyncio.wait_for(driver.submit(add), WAIT_S)
         finally:

@@ -1,6 +1,7 @@
 """Our announce: when it goes, what it names, and the summary exchange with peers.
 
-Theory of operation. Every ``announce_interval_s`` (jittered; faster in a barrier) a
+Theory of operation. Every ``announce_interval_s`` times the pace (which grows with the
+cluster beyond `crdtd.core.settings.PACE_NODES` nodes; jittered; faster in a barrier) a
 node multicasts, in this order: the graves it keeps (a node that missed a delete buries
 those ops before it could show them), an `Announce` naming only the shown variables
 whose marks changed since the last one, and a `Summary`: the count of shown variables
@@ -63,6 +64,8 @@ class Standing:
     epoch: int
     barrier: BarrierId | None
     live_peers: list[Peer]
+    pace: float
+    """Announce intervals between two announces in Work (`Membership.pace`)."""
 
 
 class Announcer:
@@ -154,7 +157,9 @@ class Announcer:
         payloads.append(encoder.summary(mode, epoch, barrier, summary.count, summary.digest()))
         effects += [Multicast(payloads), Count("announces_sent")]
         interval = self.settings.announce_interval_s
-        if mode is not Mode.WORK:
+        if mode is Mode.WORK:
+            interval *= standing.pace
+        else:
             interval = min(interval, self.settings.sync_freeze_max_s / 8)
         self._next = now + interval * self._rng.uniform(0.9, 1.1)
         return payloads, effects

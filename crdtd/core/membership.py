@@ -1,12 +1,13 @@
 """Membership: who our peers are, who gets unicast copies, and who gets a welcome.
 
 Theory of operation. A peer is an origin (a node id and an incarnation), created by
-its first datagram that passed the wire checks (`Membership.touch`) and forgotten
-after ``peer_timeout_s`` of silence (`Membership.expire`), or pushed out to make
-room. A restarted node is a new peer; its old self is *superseded* (suspected, and
-its id held by another origin) and goes first when room is needed. Two live origins
-of one node id are an identity conflict, reported at most every
-``REPORT_INTERVAL_S``.
+its first datagram that passed the wire checks (`Membership.touch`), suspected after
+``peer_suspect_s`` and forgotten after ``peer_timeout_s`` of silence, both times the
+announce pace of a cluster of our size (`Membership.pace`, `Membership.expire`), or
+pushed out to make room. A restarted node is a new peer; its old self is
+*superseded* (suspected, and its id held by another origin) and goes first when room
+is needed. Two live origins of one node id are an identity conflict, reported at most
+every ``REPORT_INTERVAL_S``.
 
 Multicast-less networks: a peer we have not heard by multicast lately, one that told
 us it does not hear ours, and a configured seed not yet heard from get unicast copies
@@ -31,7 +32,7 @@ from crdtd.core.identity import REPORT_INTERVAL_S, overlapping
 from crdtd.core.ids import Address, Origin
 from crdtd.core.messages import PeerList
 from crdtd.core.peers import Peer
-from crdtd.core.settings import Settings
+from crdtd.core.settings import Settings, pace
 
 WELCOMES_PER_S = 32
 """Unicast announces to newcomers and probes of gossiped addresses, in total: each one
@@ -121,17 +122,31 @@ class Membership:
             self._check_identity(peer, address, now, effects)
         return peer, effects
 
+    def pace(self) -> float:
+        """Our announce pace (`crdtd.core.settings.pace`) for the cluster we know: us
+        and every node id we hold a peer of, suspected ones too until they are
+        forgotten, so that one silent node does not speed up the rest at once. Peers
+        reckon it from their own tables; in one cluster those name the same nodes."""
+        others = len(self._holders) - (self.node_id in self._holders)
+        return pace(1 + others)
+
     def expire(self, now: float) -> list[Effect]:
         """Suspect the peers silent for ``peer_suspect_s``; forget those silent for
-        ``peer_timeout_s``."""
+        ``peer_timeout_s``; both times the pace, as peers announce at that pace."""
         # Compare deadlines exactly as the node's timer computes them, so float
         # rounding can never leave a deadline due but unhandled (a timer spin).
+        # A peer forgotten lowers the pace, which can make others due: go again until
+        # the pace holds (each round forgets one at least, so this ends).
         effects: list[Effect] = []
-        for origin, peer in list(self.peers.items()):
-            if now >= peer.last_seen + self.settings.peer_timeout_s:
-                self._forget(origin, now, effects)
-            elif now >= peer.last_seen + self.settings.peer_suspect_s:
-                peer.suspected = True
+        while True:
+            silences = suspect_s, timeout_s = self._silences()
+            for origin, peer in list(self.peers.items()):
+                if now >= peer.last_seen + timeout_s:
+                    self._forget(origin, now, effects)
+                elif now >= peer.last_seen + suspect_s:
+                    peer.suspected = True
+            if self._silences() == silences:
+                break
         if len(self._reported) > self.settings.peers_max:  # ids that came and went
             self._reported = {
                 key: at for key, at in self._reported.items() if now < at + REPORT_INTERVAL_S
@@ -139,12 +154,19 @@ class Membership:
         return effects
 
     def deadlines(self) -> list[float]:
-        settings = self.settings
+        suspect_s, timeout_s = self._silences()
         return [
-            peer.last_seen
-            + (settings.peer_timeout_s if peer.suspected else settings.peer_suspect_s)
+            peer.last_seen + (timeout_s if peer.suspected else suspect_s)
             for peer in self.peers.values()
         ]
+
+    def timeout_s(self) -> float:
+        """How long a peer may be silent before it is forgotten, at today's pace."""
+        return self._silences()[1]
+
+    def _silences(self) -> tuple[float, float]:
+        pace = self.pace()
+        return self.settings.peer_suspect_s * pace, self.settings.peer_timeout_s * pace
 
     def live_peers(self) -> list[Peer]:
         return [peer for _, peer in sorted(self.peers.items()) if not peer.suspected]
@@ -255,7 +277,7 @@ class Membership:
         """Who gets unicast copies of our multicast: peers we never (or no longer) hear
         by multicast, peers that told us they do not hear ours, and seeds not yet heard
         from. (Gossiped addresses only get probes: see `Node.handle_timer`.)"""
-        deaf_s = self.settings.multicast_quiet_s
+        deaf_s = self.settings.multicast_quiet_s(self.pace())
         known = {peer.address for peer in self.peers.values()}
         # Suspected peers too: they may be silent only because we stopped sending.
         targets = [
@@ -286,9 +308,10 @@ class Membership:
 
     def quiet_multicast(self, peer: Peer, now: float) -> bool:
         """True when no multicast came from *peer* lately (or ever, after a grace)."""
+        pace = self.pace()
         if peer.multicast_at is None:
-            return now - peer.first_seen >= self.settings.multicast_grace_s
-        return now - peer.multicast_at >= self.settings.multicast_quiet_s
+            return now - peer.first_seen >= self.settings.multicast_grace_s(pace)
+        return now - peer.multicast_at >= self.settings.multicast_quiet_s(pace)
 
     def on_peer_list(self, message: PeerList, peer: Peer, now: float) -> list[Effect]:
         """A peer's gossip: note whether it hears us; probe the addresses new to us."""

@@ -417,6 +417,10 @@ class Node:
     def live_peers(self) -> list[Peer]:
         return self._members.live_peers()
 
+    def pace(self) -> float:
+        """Our announce pace for the cluster we know (`Membership.pace`)."""
+        return self._members.pace()
+
     @property
     def peers(self) -> dict[Origin, Peer]:
         return self._members.peers
@@ -467,7 +471,14 @@ class Node:
         return self._announcer.summary_hash()
 
     def _standing(self) -> Standing:
-        return Standing(self.origin, self.mode, self.epoch, self._sync.barrier, self.live_peers())
+        return Standing(
+            self.origin,
+            self.mode,
+            self.epoch,
+            self._sync.barrier,
+            self.live_peers(),
+            self.pace(),
+        )
 
     def _current_encoder(self) -> wire.Encoder:
         return self._outbox.encoder

@@ -115,6 +115,7 @@ def history_page(node: Node, variable: str, after: str | None, limit: int) -> Hi
 
 def node_state(node: Node, now: float, values: bool = False) -> NodeState:
     settings = node.settings
+    pace = node.pace()
     holders: dict[str, int] = {}
     for peer in node.peers.values():
         holders[peer.node_id] = holders.get(peer.node_id, 0) + 1
@@ -130,7 +131,7 @@ def node_state(node: Node, now: float, values: bool = False) -> NodeState:
             superseded=peer.suspected and holders[peer.node_id] > 1,
             last_seen_s=now - peer.last_seen,
             known_s=now - peer.first_seen,
-            forgotten_in_s=peer.last_seen + settings.peer_timeout_s - now,
+            forgotten_in_s=peer.last_seen + settings.peer_timeout_s * pace - now,
             multicast_ago_s=None if peer.multicast_at is None else now - peer.multicast_at,
             unicast_copies=peer.unicast_copies,
             unicast_copy_ago_s=None if peer.unicast_copy_at is None else now - peer.unicast_copy_at,
@@ -148,7 +149,7 @@ def node_state(node: Node, now: float, values: bool = False) -> NodeState:
         stats=MappingProxyType(dict(node.stats)),
         key_ids=tuple(key.key_id for key in settings.keys),
         seeds=tuple(settings.seeds),
-        multicast_quiet_s=settings.multicast_quiet_s,
+        multicast_quiet_s=settings.multicast_quiet_s(pace),
         values=(
             MappingProxyType({name: c.value for name, c in node.counters.items() if not c.buried})
             if values

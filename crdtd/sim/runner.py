@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from crdtd.core.node import Node
+from crdtd.core.settings import pace
 from crdtd.sim.cluster import Cluster, NodeFactory
 from crdtd.sim.failures import InvariantViolation
 from crdtd.sim.network import LinkFaults
@@ -305,7 +306,8 @@ class _Run:
         initiator knows the whole cluster.
         """
         cluster = self.cluster
-        cluster.run_until(cluster.now + 2.5 * self.scenario.settings.announce_interval_s)
+        interval = self.scenario.settings.announce_interval_s * pace(len(cluster.slots))
+        cluster.run_until(cluster.now + 2.5 * interval)
         index = self.faults.choice(cluster.live()).index
         cluster.await_barrier(index, self.scenario.heal_bound_s)
         cluster.await_convergence(self.scenario.heal_bound_s)

@@ -63,7 +63,7 @@ from crdtd.core.records import (
     VariableCreated,
 )
 from crdtd.core.repair import retry_after
-from crdtd.core.settings import Key, Settings
+from crdtd.core.settings import Key, Settings, pace
 from crdtd.core.step import Stepper
 from crdtd.core.view import node_state
 
@@ -839,6 +839,33 @@ def test_a_silent_peer_is_suspected_then_removed_with_peer_lost() -> None:
     [lost] = lan.of_type("a", PeerLost)
     assert lost.node_id == "b"
     assert lost.silent_s == pytest.approx(10.0)
+
+
+def test_announces_slow_down_beyond_five_nodes_and_suspicion_waits_as_long() -> None:
+    assert [pace(n) for n in (1, 3, 5, 10, 20)] == [1.0, 1.0, 1.0, 2.0, 4.0]
+    lan = lan_of(*"abcdefghij")  # ten nodes: pace 2
+    assert {node.pace() for node in lan.nodes.values()} == {2.0}
+    sent = lan["a"].stats["announces_sent"]
+    lan.run_for(20.0)
+    # Every 2 s +-10% (each node's own, so each hears about 5 announces a second).
+    assert 9 <= lan["a"].stats["announces_sent"] - sent <= 11
+
+    lan.isolate("j")
+    heard_at = lan["a"].peers[Origin("j", 1)].last_seen
+    lan.advance(heard_at + 5.9)
+    assert not lan["a"].peers[Origin("j", 1)].suspected  # 3 s would have suspected it
+    lan.advance(heard_at + 6.0)
+    assert lan["a"].peers[Origin("j", 1)].suspected
+    [j] = [view for view in node_state(lan["a"], lan.now).peers if view.node_id == "j"]
+    assert j.forgotten_in_s == pytest.approx(14.0, abs=0.01)
+    # Suspected, it still counts: the others do not speed up (and suspect each other).
+    assert lan["a"].pace() == 2.0
+    assert [v.node_id for v in node_state(lan["a"], lan.now).peers if v.suspected] == ["j"]
+    lan.advance(heard_at + 20.0)
+    [lost] = lan.of_type("a", PeerLost)
+    assert lost.node_id == "j"
+    assert lost.silent_s == pytest.approx(20.0)
+    assert lan["a"].pace() == 1.8
 
 
 def test_a_suspected_peer_that_speaks_again_is_trusted_again() -> None:

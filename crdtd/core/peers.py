@@ -34,6 +34,7 @@ class Peer:
     unicast_copy_at: float | None = None  # that while it does not hear our multicast
     announced_at: float | None = None  # its last Announce: only then may it start a barrier
     summarized: bool = False  # it sent us a Summary: it reads ours (0.2 and later)
+    summary_differed: bool = False  # its last Summary's hash was not ours
     summary_asked_at: float | None = None  # when we last asked it for its full announce
     summary_served_at: float | None = None  # when we last sent it our full announce
 

@@ -13,9 +13,9 @@ kept until `take_changed`: the next announce carries full detail for them only (
 announce), and the summary stands for the rest.
 
 A peer whose summary differs from ours, twice in a row, is asked for its full announce
-(`crdtd.core.node.Node`): the summary is the safety net that finds what the deltas, the
-tail digests and repair missed, at the cost of one small datagram per announce while
-nothing differs.
+(`crdtd.core.announcer.Announcer.on_summary`): the summary is the safety net that finds
+what the deltas, the tail digests and repair missed, at the cost of one small datagram
+per announce while nothing differs.
 """
 
 from __future__ import annotations

@@ -186,6 +186,26 @@ def test_tail_digests_under_steady_writes_name_only_what_was_written_lately() ->
     assert tail.deadlines() == []
 
 
+def test_one_summary_that_left_before_our_op_arrived_asks_nothing() -> None:
+    """b's summary that crossed a's fresh op differs from a's hash once; a asks only
+    for a difference that outlives the next summary."""
+    lan = lan_of("a", "b")
+    populate(lan, "a", MANY)
+    lan.run_for(3.0)
+    stale = wire.Encoder(Origin("b", 1)).summary(Mode.WORK, 0, None, MANY, lan["b"].summary_hash())
+    lan["a"].add("v00010", 1, lan.now)
+    lan.settle()
+    asked = lan["a"].stats.get("summary_requests_sent", 0)
+
+    lan["a"].receive_datagram(stale, ("10.0.0.98", 7000), lan.now)
+    assert lan["a"].stats["summaries_differing"] == 1
+    lan.flush("a")
+    lan.run_for(1.5)  # b's next summary has the op: the same hash as a's
+    assert lan["a"].stats["summaries_differing"] == 1
+    assert lan["a"].stats.get("summary_requests_sent", 0) == asked
+    assert lan["b"].stats.get("summary_requests_served", 0) == 0
+
+
 def test_a_summary_request_from_a_stranger_gets_nothing() -> None:
     lan = lan_of("a", "b")
     populate(lan, "a", 20)

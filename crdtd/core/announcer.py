@@ -175,7 +175,9 @@ class Announcer:
 
     def on_summary(self, message: Summary, peer: Peer, now: float) -> list[Effect]:
         """A peer's summary: note its mode, epoch and barrier as an announce does; if
-        its hash differs from ours twice in a row, ask it for its full announce.
+        its hash differs from ours twice in a row (half an interval apart at least, so
+        not a summary and its unicast copy), or in its first summary (a newcomer, a
+        peer back from a partition), ask it for its full announce.
 
         Once is often an op of ours in flight: its summary left before our op reached
         it. Asking then cost a full announce for nothing, hundreds of datagrams at
@@ -186,15 +188,17 @@ class Announcer:
         """
         peer.mode, peer.epoch, peer.barrier = message.mode, message.epoch, message.barrier
         peer.announced_at = now
-        peer.summarized = True
+        first, peer.summarized = not peer.summarized, True
         if message.digest == self.summary_hash() and message.count == self._hashes.count:
-            peer.summary_differed = False
+            peer.summary_differed_at = None
             return []
         effects: list[Effect] = [Count("summaries_differing")]
-        if not peer.summary_differed:
-            peer.summary_differed = True
-            return effects
         interval = self.settings.announce_interval_s
+        since = peer.summary_differed_at
+        if since is None:
+            peer.summary_differed_at = now
+        if not first and (since is None or now - since < 0.5 * interval):
+            return effects
         if peer.summary_asked_at is not None and now - peer.summary_asked_at < 2 * interval:
             return effects
         if self._asked_at is not None and now - self._asked_at < 0.8 * interval:

@@ -31,6 +31,7 @@ from crdtd.core.events import DatagramRejected, IdentityConflict, PeerJoined, Pe
 from crdtd.core.identity import REPORT_INTERVAL_S, overlapping
 from crdtd.core.ids import Address, Origin
 from crdtd.core.messages import PeerList
+from crdtd.core.modes import Mode
 from crdtd.core.peers import Peer
 from crdtd.core.settings import Settings, pace
 
@@ -125,27 +126,43 @@ class Membership:
     def pace(self) -> float:
         """Our announce pace (`crdtd.core.settings.pace`) for the cluster we know: us
         and every node id we hold a peer of, suspected ones too until they are
-        forgotten, so that one silent node does not speed up the rest at once. Peers
-        reckon it from their own tables; in one cluster those name the same nodes."""
+        forgotten, so that one silent node does not speed up the rest at once."""
         others = len(self._holders) - (self.node_id in self._holders)
         return pace(1 + others)
 
+    def heard_summary(self, peer: Peer, mode: Mode, now: float) -> None:
+        """*peer* sent a summary, one per announce round: the gap since its last one
+        in Work is its pace as we hear it. Its table may name more nodes than ours (a
+        one-way split, or ids only it hears), so we time its silence by the slower of
+        the two paces, never ours alone. A gap that was a silence (a partition it came
+        back from) counts too: it lasts only until its next summary."""
+        interval = self.settings.announce_interval_s
+        last = peer.summary_at
+        if last is not None and now - last < interval / 2:
+            return  # the same round's copy (multicast and unicast), or a barrier's
+        peer.summary_at = now
+        if last is None or mode is not Mode.WORK:
+            return
+        if now - last < self._silences(peer, self.pace())[1]:
+            peer.pace_seen = (now - last) / interval
+
     def expire(self, now: float) -> list[Effect]:
         """Suspect the peers silent for ``peer_suspect_s``; forget those silent for
-        ``peer_timeout_s``; both times the pace, as peers announce at that pace."""
+        ``peer_timeout_s``; both times the pace the peer announces at (`_silences`)."""
         # Compare deadlines exactly as the node's timer computes them, so float
         # rounding can never leave a deadline due but unhandled (a timer spin).
         # A peer forgotten lowers the pace, which can make others due: go again until
         # the pace holds (each round forgets one at least, so this ends).
         effects: list[Effect] = []
         while True:
-            silences = suspect_s, timeout_s = self._silences()
+            pace = self.pace()
             for origin, peer in list(self.peers.items()):
+                suspect_s, timeout_s = self._silences(peer, pace)
                 if now >= peer.last_seen + timeout_s:
                     self._forget(origin, now, effects)
                 elif now >= peer.last_seen + suspect_s:
                     peer.suspected = True
-            if self._silences() == silences:
+            if self.pace() == pace:
                 break
         if len(self._reported) > self.settings.peers_max:  # ids that came and went
             self._reported = {
@@ -154,19 +171,22 @@ class Membership:
         return effects
 
     def deadlines(self) -> list[float]:
-        suspect_s, timeout_s = self._silences()
-        return [
-            peer.last_seen + (timeout_s if peer.suspected else suspect_s)
-            for peer in self.peers.values()
-        ]
-
-    def timeout_s(self) -> float:
-        """How long a peer may be silent before it is forgotten, at today's pace."""
-        return self._silences()[1]
-
-    def _silences(self) -> tuple[float, float]:
         pace = self.pace()
-        return self.settings.peer_suspect_s * pace, self.settings.peer_timeout_s * pace
+        deadlines = []
+        for peer in self.peers.values():
+            suspect_s, timeout_s = self._silences(peer, pace)
+            deadlines.append(peer.last_seen + (timeout_s if peer.suspected else suspect_s))
+        return deadlines
+
+    def forgotten_at(self, peer: Peer) -> float:
+        """When *peer* is forgotten if it stays silent (`expire`)."""
+        return peer.last_seen + self._silences(peer, self.pace())[1]
+
+    def _silences(self, peer: Peer, pace: float) -> tuple[float, float]:
+        """How long *peer* may be silent before it is suspected, and forgotten: the
+        settings times the slower of our pace and the pace we hear it announce at."""
+        factor = max(pace, peer.pace_seen)
+        return self.settings.peer_suspect_s * factor, self.settings.peer_timeout_s * factor
 
     def live_peers(self) -> list[Peer]:
         return [peer for _, peer in sorted(self.peers.items()) if not peer.suspected]
@@ -308,7 +328,7 @@ class Membership:
 
     def quiet_multicast(self, peer: Peer, now: float) -> bool:
         """True when no multicast came from *peer* lately (or ever, after a grace)."""
-        pace = self.pace()
+        pace = max(self.pace(), peer.pace_seen)
         if peer.multicast_at is None:
             return now - peer.first_seen >= self.settings.multicast_grace_s(pace)
         return now - peer.multicast_at >= self.settings.multicast_quiet_s(pace)

@@ -421,6 +421,10 @@ class Node:
         """Our announce pace for the cluster we know (`Membership.pace`)."""
         return self._members.pace()
 
+    def forgotten_at(self, peer: Peer) -> float:
+        """When *peer* is forgotten if it stays silent (`Membership.forgotten_at`)."""
+        return self._members.forgotten_at(peer)
+
     @property
     def peers(self) -> dict[Origin, Peer]:
         return self._members.peers
@@ -437,6 +441,7 @@ class Node:
         elif isinstance(message, Announce):
             self._apply(self._replication.on_announce(message, peer, now), now)
         elif isinstance(message, Summary):
+            self._members.heard_summary(peer, message.mode, now)
             self._apply(self._announcer.on_summary(message, peer, now), now)
         elif isinstance(message, SummaryRequest):
             self._apply(self._announcer.on_summary_request(self._standing(), peer, now), now)

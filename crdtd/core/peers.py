@@ -34,7 +34,9 @@ class Peer:
     unicast_copy_at: float | None = None  # that while it does not hear our multicast
     announced_at: float | None = None  # its last Announce: only then may it start a barrier
     summarized: bool = False  # it sent us a Summary: it reads ours (0.2 and later)
-    summary_differed: bool = False  # its last Summary's hash was not ours
+    summary_at: float | None = None  # its last Summary: one an announce round
+    summary_differed_at: float | None = None  # since when its summaries are not ours
+    pace_seen: float = 0.0  # intervals between its last two summaries in Work: its pace
     summary_asked_at: float | None = None  # when we last asked it for its full announce
     summary_served_at: float | None = None  # when we last sent it our full announce
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from crdtd.control.client import Client, DaemonUnreachable
 from crdtd.control.protocol import ControlError
+from crdtd.core.settings import pace
 from crdtd.lab.checks import await_convergence
 from crdtd.lab.lab import Lab, Node
 from crdtd.lab.workload import Outcome, Workload
@@ -51,7 +52,10 @@ BARRIER_STATS = ("barriers_started", "barriers_completed", "barriers_aborted")
 
 
 def _peer_timeout_s(lab: Lab) -> float:
-    return float(lab.config.get("network", {}).get("peer_timeout_s", PEER_TIMEOUT_S))
+    """How long the lab's nodes wait before they forget a silent peer: the setting
+    times the announce pace of a cluster of the lab's size (`crdtd.core.settings.pace`)."""
+    configured = float(lab.config.get("network", {}).get("peer_timeout_s", PEER_TIMEOUT_S))
+    return configured * pace(len(lab.nodes))
 
 
 def _acked(work: Workload, names: Sequence[str]) -> int:

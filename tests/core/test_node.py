@@ -851,21 +851,44 @@ def test_announces_slow_down_beyond_five_nodes_and_suspicion_waits_as_long() -> 
     assert 9 <= lan["a"].stats["announces_sent"] - sent <= 11
 
     lan.isolate("j")
-    heard_at = lan["a"].peers[Origin("j", 1)].last_seen
-    lan.advance(heard_at + 5.9)
-    assert not lan["a"].peers[Origin("j", 1)].suspected  # 3 s would have suspected it
-    lan.advance(heard_at + 6.0)
-    assert lan["a"].peers[Origin("j", 1)].suspected
-    [j] = [view for view in node_state(lan["a"], lan.now).peers if view.node_id == "j"]
-    assert j.forgotten_in_s == pytest.approx(14.0, abs=0.01)
+    j = lan["a"].peers[Origin("j", 1)]
+    factor = max(2.0, j.pace_seen)  # our pace, or j's as we heard it if slower
+    assert 1.8 <= j.pace_seen <= 2.2
+    lan.advance(j.last_seen + 3.0 * factor - 0.01)
+    assert not j.suspected  # 3 s would have suspected it
+    lan.advance(j.last_seen + 3.0 * factor)
+    assert j.suspected
+    [view] = [view for view in node_state(lan["a"], lan.now).peers if view.node_id == "j"]
+    assert view.forgotten_in_s == pytest.approx(7.0 * factor, abs=0.01)
     # Suspected, it still counts: the others do not speed up (and suspect each other).
     assert lan["a"].pace() == 2.0
     assert [v.node_id for v in node_state(lan["a"], lan.now).peers if v.suspected] == ["j"]
-    lan.advance(heard_at + 20.0)
+    lan.advance(j.last_seen + 10.0 * factor)
     [lost] = lan.of_type("a", PeerLost)
     assert lost.node_id == "j"
-    assert lost.silent_s == pytest.approx(20.0)
+    assert lost.silent_s == pytest.approx(10.0 * factor)
     assert lan["a"].pace() == 1.8
+
+
+def test_a_peer_that_knows_more_nodes_than_we_do_is_timed_by_its_own_pace() -> None:
+    """b hears 14 nodes a does not (a one-way split, say): b announces every 3.2 s,
+    past a's own 3 s suspicion; a times b by the gaps it hears between b's summaries."""
+    lan = lan_of("a", "b")
+    for index in range(14):
+        stranger = wire.Encoder(Origin(f"x{index:02d}", 1))
+        summary = stranger.summary(Mode.WORK, 0, None, 0, lan["b"].summary_hash())
+        address = (f"10.0.1.{index}", PORT)
+        lan.by_address[address] = f"x{index:02d}"  # a node outside the Lan: unreachable
+        lan["b"].receive_datagram(summary, address, lan.now)
+    lan.flush("b")
+    assert (lan["a"].pace(), lan["b"].pace()) == (1.0, 3.2)
+    suspected = []
+    for _ in range(150):
+        lan.run_for(0.1)
+        suspected.append(lan["a"].peers[Origin("b", 1)].suspected)
+    assert lan["a"].peers[Origin("b", 1)].pace_seen > 2.8
+    assert not any(suspected[50:])  # once a heard one of b's slow gaps, never
+    assert lan.of_type("a", PeerLost) == []
 
 
 def test_a_suspected_peer_that_speaks_again_is_trusted_again() -> None:

@@ -482,6 +482,36 @@ def encode_response(request_id: RequestId, data: dict[str, Any]) -> bytes:
     return _dumps({"v": VERSION, "id": request_id, "ok": True, "data": data})
 
 
+_ADD_ANSWER = (
+    '{"v":%d,"id":%s,"ok":true,"data":{"variable":"%s","node_id":"%s",'
+    '"incarnation":%d,"nonce":%d,"value":%d}}\n'
+)
+_PLAIN = re.compile(r"[A-Za-z0-9_.-]*\Z")  # the characters of names: none needs escaping
+_ADD_KEYS = ("variable", "node_id", "incarnation", "nonce", "value")
+
+
+def encode_add_response(request_id: RequestId, data: dict[str, Any]) -> bytes:
+    """`encode_response` of an add's answer, the same bytes, from a format string: the
+    JSON encoder was a tenth of a pipelined daemon's CPU (bench/profile_add.py at 1 x
+    256: ``iterencode`` 12% own). Anything but an add's plain names and integers goes
+    the general way."""
+    if tuple(data) == _ADD_KEYS:
+        variable, node_id, incarnation, nonce, value = data.values()
+        if (
+            type(variable) is str
+            and type(node_id) is str
+            and type(incarnation) is int
+            and type(nonce) is int
+            and type(value) is int
+            and _PLAIN.match(variable)
+            and _PLAIN.match(node_id)
+        ):
+            quoted = str(request_id) if type(request_id) is int else _ENCODER.encode(request_id)
+            numbers = (incarnation, nonce, value)
+            return (_ADD_ANSWER % (VERSION, quoted, variable, node_id, *numbers)).encode()
+    return encode_response(request_id, data)
+
+
 def encode_error(request_id: RequestId | None, code: str, message: str) -> bytes:
     assert code in ErrorCode.__members__.values(), code
     error = {"code": str(code), "message": message}

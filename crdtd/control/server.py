@@ -62,6 +62,7 @@ from crdtd.control.protocol import (
     Request,
     RequestId,
     decode_request,
+    encode_add_response,
     encode_error,
     encode_response,
 )
@@ -368,7 +369,11 @@ class _Connection(asyncio.Protocol):
             return  # the connection is gone
         error = future.exception()
         if error is None:
-            pending.line = encode_response(request.id, future.result())
+            data = future.result()
+            if request.cmd == "add":
+                pending.line = encode_add_response(request.id, data)
+            else:
+                pending.line = encode_response(request.id, data)
         elif isinstance(error, ControlError):
             pending.line = encode_error(request.id, error.code, error.message)
         else:

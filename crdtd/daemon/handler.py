@@ -25,11 +25,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from crdtd.control.protocol import HISTORY_PAGE_OPS, ControlError, ErrorCode, Request
-from crdtd.control.server import CoroutineHandler
+from crdtd.control.server import CoroutineHandler, Reply
 from crdtd.core.events import AddApplied
 from crdtd.core.ids import InvalidInput
 from crdtd.core.requests import Add, ReadVariable
-from crdtd.core.requests import Request as CoreRequest
 from crdtd.core.settings import Settings
 from crdtd.core.view import NodeState, UnknownVariable, VariableView
 from crdtd.daemon.diagnosis import (
@@ -51,7 +50,7 @@ POPULATE_STEP_OPS = 5000  # ops of a populate applied in one step: ~10 ms, one c
 
 class Handler(CoroutineHandler):
     """The daemon's answers. ``add`` and ``get`` (the hot ones) are answered without a
-    task: the driver's reply (`Driver.call`) fills the future the server waits on; the rest
+    task or a future: the driver's reply (`Driver.call`) calls the server's; the rest
     run as coroutines."""
 
     def __init__(
@@ -78,22 +77,19 @@ class Handler(CoroutineHandler):
             ControlError(ErrorCode.TIMEOUT, "the add was not applied in time"),
         )
 
-    def answer(self, request: Request) -> asyncio.Future[dict[str, Any]]:
+    def answer(self, request: Request, reply: Reply) -> asyncio.Future[Any] | None:
         args = request.args
         if request.cmd == "add":
             add = Add(args["variable"], (args["delta"],), args.get("request_id"))
-            return self._late_adds.watch(self._call(add, _add_data))
+            self._driver.call(
+                add, functools.partial(_reply, self._late_adds.watch(reply), _add_data)
+            )
+            return None
         if request.cmd == "get":
-            return self._call(ReadVariable(args["variable"]), _get_data)
-        return super().answer(request)
-
-    def _call(
-        self, request: CoreRequest, convert: Callable[[Any], dict[str, Any]]
-    ) -> asyncio.Future[dict[str, Any]]:
-        """*request* to the driver; its answer, converted, in the future returned."""
-        out: asyncio.Future[dict[str, Any]] = self._loop.create_future()
-        self._driver.call(request, functools.partial(_reply, out, convert))
-        return out
+            get = ReadVariable(args["variable"])
+            self._driver.call(get, functools.partial(_reply, reply, _get_data))
+            return None
+        return super().answer(request, reply)
 
     async def handle(self, request: Request) -> dict[str, Any]:
         try:
@@ -418,19 +414,14 @@ def _get_data(view: VariableView) -> dict[str, Any]:
 
 
 def _reply(
-    out: asyncio.Future[dict[str, Any]],
-    convert: Callable[[Any], dict[str, Any]],
-    result: Any,
-    error: Exception | None,
+    reply: Reply, convert: Callable[[Any], dict[str, Any]], result: Any, error: Exception | None
 ) -> None:
-    """A driver answer (`Driver.call`) into *out*, converted by *convert*: no task, and
-    no future of the driver's. A cancelled *out* (the client is gone) drops it."""
-    if out.done():
-        return
+    """A driver answer (`Driver.call`) to the server's *reply*, converted by *convert*:
+    no task, and no future, of the driver's or ours."""
     if error is not None:
-        out.set_exception(_control_error(error))
+        reply(None, _control_error(error))
     else:
-        out.set_result(convert(result))
+        reply(convert(result), None)
 
 
 class Deadlines:
@@ -445,28 +436,44 @@ class Deadlines:
         self._loop = loop
         self._timeout_s = timeout_s
         self._late = late
-        self._waiting: collections.deque[tuple[float, asyncio.Future[Any]]]
-        self._waiting = collections.deque()
+        self._waiting: collections.deque[tuple[float, _Once]] = collections.deque()
         self._timer: asyncio.TimerHandle | None = None
 
-    def watch(self, future: asyncio.Future[dict[str, Any]]) -> asyncio.Future[dict[str, Any]]:
+    def watch(self, reply: Reply) -> Reply:
+        """*reply*, called once: with the answer, or with *late* when the time is up
+        (the answer that comes after is dropped)."""
         loop = self._loop
         waiting = self._waiting
-        while waiting and waiting[0][1].done():
+        while waiting and waiting[0][1].done:
             waiting.popleft()
-        waiting.append((loop.time() + self._timeout_s, future))
+        once = _Once(reply)
+        waiting.append((loop.time() + self._timeout_s, once))
         if self._timer is None:
             self._timer = loop.call_at(waiting[0][0], self._expire)
-        return future
+        return once
 
     def _expire(self) -> None:
         loop = self._loop
         now, waiting = loop.time(), self._waiting
-        while waiting and (waiting[0][1].done() or waiting[0][0] <= now):
-            _, future = waiting.popleft()
-            if not future.done():
-                future.set_exception(ControlError(self._late.code, self._late.message))
+        while waiting and (waiting[0][1].done or waiting[0][0] <= now):
+            _, once = waiting.popleft()
+            once(None, ControlError(self._late.code, self._late.message))
         self._timer = loop.call_at(waiting[0][0], self._expire) if waiting else None
+
+
+class _Once:
+    """A reply that passes on its first call only (`Deadlines`)."""
+
+    __slots__ = ("_reply", "done")
+
+    def __init__(self, reply: Reply) -> None:
+        self.done = False
+        self._reply = reply
+
+    def __call__(self, data: dict[str, Any] | None, error: BaseException | None) -> None:
+        if not self.done:
+            self.done = True
+            self._reply(data, error)
 
 
 def _control_error(error: BaseException) -> BaseException:

@@ -4,7 +4,7 @@
 
 Writes bench/results/lan_scale.json by default. Needs root (network namespaces, see
 `crdtd.lab`). For each size: start a lab of N nodes (daemon defaults: announce every
-1 s, a full sync every 300 s), wait until every node sees every other one as a live
+1 s, times N / 5 beyond 5 nodes, `crdtd.core.settings.pace`; a full sync every 300 s), wait until every node sees every other one as a live
 peer (``mesh_s``, counted from the moment the last daemon answered on its socket), let
 it settle for ``--settle-s``, then, with no adds at all, read every daemon's
 utime+stime from /proc/PID/stat at the start and the end of ``--measure-s`` seconds.
@@ -14,8 +14,9 @@ Reported per size:
 - ``cpu_pct_mean`` / ``cpu_pct_max``: one daemon's CPU, in percent of one core;
 - ``cpu_pct_all``: all daemons together, in percent of one core;
 - ``rss_mib_mean`` / ``rss_mib_max``: VmRSS at the end;
-- ``rx_per_s``: datagrams one daemon received per second (its status stats), which
-  grows with N: every node hears every node's announce.
+- ``rx_per_s``: datagrams one daemon received per second (its status stats): every
+  node hears every node's announce, so about N - 1 a second up to 5 nodes, and about 5
+  beyond, where the announces slow down with N.
 """
 
 from __future__ import annotations

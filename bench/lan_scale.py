@@ -4,9 +4,10 @@
 
 Writes bench/results/lan_scale.json by default. Needs root (network namespaces, see
 `crdtd.lab`). For each size: start a lab of N nodes (daemon defaults: announce every
-1 s, times N / 5 beyond 5 nodes, `crdtd.core.settings.pace`; a full sync every 300 s), wait until every node sees every other one as a live
-peer (``mesh_s``, counted from the moment the last daemon answered on its socket), let
-it settle for ``--settle-s``, then, with no adds at all, read every daemon's
+1 s, times N / 5 beyond 5 nodes, `crdtd.core.settings.pace`; a full sync every
+300 s), wait until every node sees every other one as a live peer (``mesh_s``, counted
+from the moment the last daemon answered on its socket), let it settle for
+``--settle-s``, then, with no adds at all, read every daemon's
 utime+stime from /proc/PID/stat at the start and the end of ``--measure-s`` seconds.
 Reported per size:
 

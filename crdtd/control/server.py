@@ -74,11 +74,6 @@ STARTED_AT_ONCE = frozenset(name for name, command in COMMANDS.items() if comman
 PROBE_TIMEOUT_S = 1.0
 
 
-_Pending = asyncio.Future[bytes] | Request | None
-"""What waits in a connection's answer queue: an answer being computed, a request not
-started yet, or None for the end of input."""
-
-
 Reply = Callable[[dict[str, Any] | None, BaseException | None], None]
 """Given a response's ``data``, or the error that refuses the request (then None)."""
 

@@ -6,9 +6,9 @@ node multicasts, in this order: the graves it keeps (a node that missed a delete
 those ops before it could show them), an `Announce` naming only the shown variables
 whose marks changed since the last one, and a `Summary`: the count of shown variables
 and a hash over all their marks (`crdtd.core.summary`, kept up to date from every
-effect that moves a mark, `Announcer.touch`). A peer whose own hash differs from two of
-ours in a row asks for our full announce (`SummaryRequest`), at most once per peer
-every 2 intervals and of one peer per interval; we answer only live peers that
+effect that moves a mark, `Announcer.touch`). A peer whose own hash differs (twice in
+a row, right after its own write) asks for our full announce (`SummaryRequest`), at
+most once per peer every 2 intervals and of one peer per interval; we answer only live peers that
 announced themselves, at most `SUMMARY_REPLIES_PER_INTERVAL` times per interval in all.
 The announce carries every shown variable in a barrier (participants judge from each
 other's full marks whether they hold everything) and while a live peer never sent a
@@ -40,6 +40,10 @@ from crdtd.core.summary import Summary as Hashes
 
 SUMMARY_REPLIES_PER_INTERVAL = 4
 """Full announces a node sends on request (`SummaryRequest`) per announce interval."""
+IN_FLIGHT_S = 0.1
+"""How long after a fresh op of ours a peer's differing summary may be one that left
+before the op reached it (`Announcer.on_summary`): a datagram's trip on a LAN and the
+peer's step, with room to spare; the tail digests' whole train fits in it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +93,7 @@ class Announcer:
         self._tail = Tail(settings)
         self._hashes = Hashes()
         self._asked_at: float | None = None
+        self._burst_at = -1e300  # our last fresh op
         self._replies: list[float] = []  # when we sent our full announce by request
 
     def restored(self) -> None:
@@ -104,6 +109,7 @@ class Announcer:
     def burst(self, variable: str, now: float) -> None:
         """A fresh op of ours (or a new local variable) leaves in this step's batch."""
         self._tail.burst(variable, now)
+        self._burst_at = now
 
     def summary_hash(self) -> bytes:
         """The hash our summary carries, brought up to date (`crdtd.core.summary`)."""
@@ -175,16 +181,17 @@ class Announcer:
 
     def on_summary(self, message: Summary, peer: Peer, now: float) -> list[Effect]:
         """A peer's summary: note its mode, epoch and barrier as an announce does; if
-        its hash differs from ours twice in a row (half an interval apart at least, so
-        not a summary and its unicast copy), or in its first summary (a newcomer, a
-        peer back from a partition), ask it for its full announce.
+        its hash differs from ours, ask it for its full announce, unless we wrote in
+        the last `IN_FLIGHT_S`: then only if its next summary differs too (half an
+        interval later at least, so not a summary and its unicast copy).
 
-        Once is often an op of ours in flight: its summary left before our op reached
-        it. Asking then cost a full announce for nothing, hundreds of datagrams at
-        10,000 variables, and the lag of whatever the receiver did meanwhile (loopback,
-        10k variables, 200 lag probes: with one such request the two slowest took 33
-        and 82 ms, without one 17 ms at most). A real difference stays, and is asked
-        for one announce later; the deltas, tail digests and repair find most before.
+        Right after a write of ours the difference is most often our op in flight: its
+        summary left before our op reached it. Asking then cost a full announce for
+        nothing, hundreds of datagrams at 10,000 variables, and the lag of whatever the
+        receiver did meanwhile (loopback, 10k variables, 200 lag probes: with one such
+        request the two slowest took 33 and 82 ms, without one 17 ms at most). Any
+        other difference is asked at once: a hole whose op, tail digests and delta were
+        all lost (30% loss: waiting a round for it gave a lag of 1.5 s).
         """
         peer.mode, peer.epoch, peer.barrier = message.mode, message.epoch, message.barrier
         peer.announced_at = now
@@ -197,7 +204,8 @@ class Announcer:
         since = peer.summary_differed_at
         if since is None:
             peer.summary_differed_at = now
-        if not first and (since is None or now - since < 0.5 * interval):
+        in_flight = now - self._burst_at < IN_FLIGHT_S
+        if in_flight and not first and (since is None or now - since < 0.5 * interval):
             return effects
         if peer.summary_asked_at is not None and now - peer.summary_asked_at < 2 * interval:
             return effects

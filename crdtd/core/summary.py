@@ -12,10 +12,10 @@ every variable whose marks may have moved (an op, a base, a grave, a new counter
 kept until `take_changed`: the next announce carries full detail for them only (a delta
 announce), and the summary stands for the rest.
 
-A peer whose summary differs from ours, twice in a row, is asked for its full announce
-(`crdtd.core.announcer.Announcer.on_summary`): the summary is the safety net that finds
-what the deltas, the tail digests and repair missed, at the cost of one small datagram
-per announce while nothing differs.
+A peer whose summary differs from ours (twice in a row right after a write of ours) is
+asked for its full announce (`crdtd.core.announcer.Announcer.on_summary`): the summary
+is the safety net that finds what the deltas, the tail digests and repair missed, at
+the cost of one small datagram per announce while nothing differs.
 """
 
 from __future__ import annotations

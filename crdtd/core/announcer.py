@@ -8,11 +8,11 @@ whose marks changed since the last one, and a `Summary`: the count of shown vari
 and a hash over all their marks (`crdtd.core.summary`, kept up to date from every
 effect that moves a mark, `Announcer.touch`). A peer whose own hash differs (twice in
 a row, right after its own write) asks for our full announce (`SummaryRequest`), at
-most once per peer every 2 intervals and of one peer per interval; we answer only live peers that
-announced themselves, at most `SUMMARY_REPLIES_PER_INTERVAL` times per interval in all.
-The announce carries every shown variable in a barrier (participants judge from each
-other's full marks whether they hold everything) and while a live peer never sent a
-summary (a node of 0.1, which reads none). After a burst of our own ops,
+most once per peer every 2 intervals and of one peer per interval; we answer only
+live peers that announced themselves, at most `SUMMARY_REPLIES_PER_INTERVAL` times per
+interval in all. The announce carries every shown variable in a barrier (participants
+judge from each other's full marks whether they hold everything) and while a live peer
+never sent a summary (a node of 0.1, which reads none). After a burst of our own ops,
 `crdtd.core.repair.Tail` times a few small digests naming only that burst, so a peer
 that lost its last op sees the hole soon.
 

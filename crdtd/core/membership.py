@@ -3,11 +3,11 @@
 Theory of operation. A peer is an origin (a node id and an incarnation), created by
 its first datagram that passed the wire checks (`Membership.touch`), suspected after
 ``peer_suspect_s`` and forgotten after ``peer_timeout_s`` of silence, both times the
-announce pace of a cluster of our size (`Membership.pace`, `Membership.expire`), or
-pushed out to make room. A restarted node is a new peer; its old self is
-*superseded* (suspected, and its id held by another origin) and goes first when room
-is needed. Two live origins of one node id are an identity conflict, reported at most
-every ``REPORT_INTERVAL_S``.
+slower of our announce pace (`Membership.pace`) and the pace we hear it announce at
+(`Membership.heard_summary`, `Membership.expire`), or pushed out to make room. A
+restarted node is a new peer; its old self is *superseded* (suspected, and its id held
+by another origin) and goes first when room is needed. Two live origins of one node id
+are an identity conflict, reported at most every ``REPORT_INTERVAL_S``.
 
 Multicast-less networks: a peer we have not heard by multicast lately, one that told
 us it does not hear ours, and a configured seed not yet heard from get unicast copies
